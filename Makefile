@@ -1,0 +1,28 @@
+# pam_ros developer commands. Every target installs what it needs first (idempotent: `make setup`).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo interfaces clean bench
+
+setup:
+	@bash scripts/setup.sh
+
+interfaces: setup
+
+# The whole test suite (CPU, tiny random-weight fixture model).
+test: setup
+	$(PY) -m pytest test $(PYTEST_ARGS)
+
+# The main job on the built-in default: replay the demo bag through the whole pipeline.
+demo: setup
+	$(PY) -m pam_ros.cli demo
+
+bench: setup
+	$(PY) -m pam_ros.cli bench track
+
+clean:
+	rm -rf build install log demo_out

@@ -1,0 +1,33 @@
+"""The `pam-ros` command: describe, replay, bench, download, demo.
+
+Front end only: it parses arguments, calls the engine / model core, and prints results.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pam_ros import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pam-ros",
+        description="Perceive Anything Model (SAM 2.1 + PAM semantics) for ROS 2 robots.",
+    )
+    parser.add_argument("--version", action="version", version=f"pam-ros {__version__}")
+    parser.add_subparsers(dest="command", metavar="COMMAND")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
