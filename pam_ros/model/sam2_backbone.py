@@ -308,8 +308,11 @@ def resolve_config_path(config: str | Path) -> Path:
     )
 
 
-def load_sam2_config(config: str | Path):
-    """The config's `model` node with PAM's build overrides applied (an OmegaConf DictConfig)."""
+def load_sam2_config(config: str | Path, overrides: Mapping[str, Any] | None = None):
+    """The config's `model` node with PAM's build overrides applied (an OmegaConf DictConfig).
+
+    `overrides` (dotted keys under `model`, e.g. {"image_size": 512}) are applied last.
+    """
     from omegaconf import OmegaConf
 
     path = resolve_config_path(config)
@@ -320,7 +323,7 @@ def load_sam2_config(config: str | Path):
     if "model" not in cfg:
         raise CheckpointError(f"SAM 2 config {path} has no 'model' section")
     model_cfg = cfg.model
-    for key, value in PAM_BUILD_OVERRIDES.items():
+    for key, value in {**PAM_BUILD_OVERRIDES, **(overrides or {})}.items():
         OmegaConf.update(model_cfg, key, value, merge=True, force_add=True)
     OmegaConf.resolve(model_cfg)
     return model_cfg
@@ -409,17 +412,19 @@ class Sam2Backbone(torch.nn.Module):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         state_dict: Mapping[str, Any] | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> "Sam2Backbone":
         """Build SAM 2.1 from a packaged config name or YAML path and load its weights.
 
         Weights come from `checkpoint` (an official `.pt`) or `state_dict` (e.g. PAM's
         vision-tower copy, with or without its `model.vision_tower.sam2_model_predictor.` prefix).
         With neither, the module keeps its random initialisation (useful for benchmarks only);
-        a warning says so.
+        a warning says so. `overrides` changes config values after PAM's (e.g. a smaller
+        {"image_size": 256} for fast CPU tests; PAM itself needs 1024).
         """
         from hydra.utils import instantiate
 
-        model_cfg = load_sam2_config(config)
+        model_cfg = load_sam2_config(config, overrides)
         if checkpoint is not None and state_dict is not None:
             raise CheckpointError("give either a SAM 2 checkpoint file or a state_dict, not both")
         weights = source = None
