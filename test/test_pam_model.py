@@ -164,3 +164,13 @@ def test_video_mode_from_tracked_features_gives_official_tokens(pam, tracked_cli
     torch.testing.assert_close(embeds, g[f"{name}.llm.inputs_embeds"], rtol=0, atol=1e-4)
     out = pam.describe(tracked_clip, "video_caption", max_new_tokens=12)
     assert out.token_ids == g[f"{name}.generated_ids"].tolist() and out.num_frames == 16
+
+
+def test_reduced_precision_runs_end_to_end():
+    """bfloat16 weights (LLM, perceiver; SAM 2 under autocast) work on CPU; the first token, whose
+    greedy margin is large (1.19), is the official one."""
+    model = PamModel.from_pretrained(PAM_DIR, SAM2_CONFIG, SAM2_CHECKPOINT, dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    case = IMAGE_CASES["c0_box_recognize"]
+    _, (out,) = model.describe_image(load_image(case), visual_prompt(case), ["recognize"], max_new_tokens=4)
+    assert len(out.token_ids) == 4 and out.token_ids[0] == case["generated_ids"][0]
