@@ -257,3 +257,19 @@ def test_reset_frees_everything(small_backbone):
     assert tracker.object_ids == [] and tracker.next_frame_index == 0
     assert tracker.state_size()["memory_bytes"] == 0 == tracker.state_size()["feature_bytes"]
     assert tracker.step(moving_square(1)).objects == []
+
+
+# ---- benchmark plumbing (numbers are printed, not asserted) --------------------------------------
+def test_track_bench_runs_both_trackers_on_the_same_frames(small_backbone):
+    from pam_ros.engine.bench import run_track_bench
+
+    lines: list[str] = []
+    rows, points = run_track_bench(
+        small_backbone, num_frames=3, num_objects=(1, 2), long_frames=(4, 6), printer=lines.append
+    )
+    assert [(r.tracker, r.objects, r.frames) for r in rows] == [
+        ("streaming", 1, 3), ("sam2-video-predictor", 1, 3), ("streaming", 2, 3), ("sam2-video-predictor", 2, 3)
+    ]
+    assert all(r.seconds_per_frame > 0 and r.state_bytes > 0 for r in rows)
+    assert [p.frames for p in points] == [4, 6]
+    assert any("after      6 frames" in line for line in lines)
