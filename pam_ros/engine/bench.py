@@ -298,7 +298,7 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     track.add_argument("--long-frames", default="100,10000",
                        help="frame counts after which the long stream's state is printed ('' to skip)")
     track.add_argument("--no-upstream", action="store_true", help="skip the SAM2VideoPredictor runs")
-    track.set_defaults(func=run)
+    track.set_defaults(run=run)
     return bench
 
 
