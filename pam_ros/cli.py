@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pam_ros import __version__
+from pam_ros import __version__, cli_replay
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,7 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Perceive Anything Model (SAM 2.1 + PAM semantics) for ROS 2 robots.",
     )
     parser.add_argument("--version", action="version", version=f"pam-ros {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    cli_replay.add_parser(subparsers)
     return parser
 
 
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command in cli_replay.COMMANDS:
+        return cli_replay.run(args)
     return 0
 
 
