@@ -1,0 +1,376 @@
+"""Bag replay: reading bags (MCAP, sqlite3, damaged), prompts, outputs; the end-to-end runs with the
+tiny fixture model are at the bottom."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mcap.writer import CompressionType
+from mcap.writer import Writer as McapRawWriter
+from mcap_ros2.decoder import DecoderFactory
+from mcap.reader import make_reader
+from rosbags.highlevel import AnyReader
+from rosbags.typesys import Stores, get_typestore
+
+from pam_ros.engine.types import (
+    FrameResult,
+    ObjectResult,
+    ObjectSemantics,
+    PromptAction,
+    PromptRequest,
+    SemanticsState,
+    TrackingState,
+)
+from pam_ros.message_fields import header_fields, perceived_object_array_fields
+from pam_ros.replay.bag import BagInput
+from pam_ros.replay.bag_writer import BagWriter
+from pam_ros.replay.errors import BagOpenError, BagReadError, PromptFileError, TopicNotFoundError
+from pam_ros.replay.interfaces import build_message, find_msg_dir, pam_ros_typestore
+from pam_ros.replay.prompts import PromptSchedule, ScheduledPrompt, load_prompt_file
+
+W, H = 64, 48
+STAMP0 = 1_700_000_000_000_000_000
+PERIOD = 100_000_000
+
+
+# ----- helpers: small synthetic bags ----------------------------------------------------------------
+def scene(t: int, width: int = W, height: int = H) -> np.ndarray:
+    """A grey frame with a bright square moving right by 2 px per frame."""
+    frame = np.full((height, width, 3), 60, np.uint8)
+    x = 8 + 2 * t
+    frame[16:32, x:x + 14] = (230, 60, 40)
+    return frame
+
+
+def image_fields(t: int, rgb: np.ndarray | None = None) -> dict:
+    rgb = scene(t) if rgb is None else rgb
+    height, width = rgb.shape[:2]
+    return {"header": header_fields(STAMP0 + t * PERIOD, "cam"), "height": height, "width": width,
+            "encoding": "rgb8", "is_bigendian": 0, "step": width * 3, "data": rgb.tobytes()}
+
+
+def prompt_fields(stamp_ns: int, object_id: str, box=None, points=(), labels=(), tasks=(), action=0) -> dict:
+    return {"header": header_fields(stamp_ns, "cam"), "action": action, "object_id": object_id,
+            "points": [{"x": x, "y": y, "z": 0.0} for x, y in points], "point_labels": list(labels),
+            "box": list(box) if box else [0.0] * 4, "has_box": box is not None, "tasks": list(tasks)}
+
+
+def write_bag(path: Path, storage: str = "mcap", frames: int = 4, *, topic: str = "/cam",
+              prompts: list[tuple[int, dict]] = (), extra_image_topic: str | None = None,
+              garbage_frames: tuple[int, ...] = ()) -> Path:
+    """Images on `topic` (log time = header stamp); prompts as (log_time_ns, fields); a /rosout-like
+    string topic; `garbage_frames` get bytes that are not a valid Image message."""
+    with BagWriter(path, storage) as bag:
+        bag.add_topic(topic, "sensor_msgs/msg/Image")
+        bag.add_topic("/chatter", "std_msgs/msg/String")
+        if prompts:
+            bag.add_topic("/prompts", "pam_ros/msg/Prompt")
+        if extra_image_topic:
+            bag.add_topic(extra_image_topic, "sensor_msgs/msg/Image")
+        for log_time, fields in prompts:
+            bag.write_fields("/prompts", log_time, fields)
+        for t in range(frames):
+            stamp = STAMP0 + t * PERIOD
+            if t in garbage_frames:
+                bag.write_raw(topic, stamp, b"\x00\x01\x00\x00garbage")
+            else:
+                bag.write_fields(topic, stamp, image_fields(t))
+            if extra_image_topic:
+                bag.write_fields(extra_image_topic, stamp, image_fields(t))
+        bag.write_fields("/chatter", STAMP0, {"data": "hello"})
+    return path
+
+
+def write_chunked_mcap(path: Path, frames: int, chunk_size: int = 4096) -> Path:
+    """A bare .mcap written by the `mcap` library (one frame per chunk), as another
+    recorder would; images serialized with the same CDR as ROS."""
+    store = pam_ros_typestore()
+    msgdef, _ = store.generate_msgdef("sensor_msgs/msg/Image", ros_version=2)
+    with path.open("wb") as stream:
+        writer = McapRawWriter(stream, chunk_size=chunk_size, compression=CompressionType.NONE)
+        writer.start(profile="ros2", library="test")
+        schema = writer.register_schema("sensor_msgs/msg/Image", "ros2msg", msgdef.encode())
+        channel = writer.register_channel("/cam", "cdr", schema)
+        for t in range(frames):
+            message = build_message(store, "sensor_msgs/msg/Image", image_fields(t))
+            data = store.serialize_cdr(message, "sensor_msgs/msg/Image")
+            stamp = STAMP0 + t * PERIOD
+            writer.add_message(channel, log_time=stamp, data=bytes(data), publish_time=stamp)
+        writer.finish()
+    return path
+
+
+def read_all(bag: BagInput) -> list:
+    return [(r.image_index, bag.decode_image(r)) for r in bag.records() if r.kind == "image"]
+
+
+# ----- reading ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_reads_every_frame_in_order_from_mcap_and_sqlite3(tmp_path, storage):
+    path = write_bag(tmp_path / "in", storage, frames=5)
+    with BagInput(path) as bag:
+        assert bag.image_topic == "/cam" and bag.image_count == 5 and bag.prompt_topics == []
+        frames = read_all(bag)
+    assert [index for index, _ in frames] == [0, 1, 2, 3, 4]
+    for t, (_, image) in enumerate(frames):
+        assert image.stamp_ns == STAMP0 + t * PERIOD and image.frame_id == "cam"
+        assert np.array_equal(image.rgb, scene(t))
+
+
+def test_reads_a_bare_storage_file_and_a_directory_without_metadata(tmp_path):
+    path = write_bag(tmp_path / "in", "mcap", frames=3)
+    with BagInput(path / "in.mcap") as bag:
+        assert len(read_all(bag)) == 3
+    (path / "metadata.yaml").unlink()  # a recorder killed before it wrote metadata.yaml
+    with BagInput(path) as bag:
+        assert len(read_all(bag)) == 3
+
+
+def test_missing_topic_error_lists_the_topics_that_exist(tmp_path):
+    path = write_bag(tmp_path / "in", "mcap", frames=2)
+    with pytest.raises(TopicNotFoundError) as err:
+        BagInput(path, image_topic="/camera/image_raw")
+    text = str(err.value)
+    assert "'/camera/image_raw' is not in bag" in text
+    assert "/cam  [sensor_msgs/msg/Image]  2 messages" in text and "/chatter  [std_msgs/msg/String]" in text
+
+
+def test_several_image_topics_need_a_choice(tmp_path):
+    path = write_bag(tmp_path / "in", "sqlite3", frames=2, extra_image_topic="/cam2")
+    with pytest.raises(TopicNotFoundError, match="2 image topics; choose one with --image-topic") as err:
+        BagInput(path)
+    assert "/cam2" in str(err.value)
+    with BagInput(path, image_topic="/cam2") as bag:
+        assert bag.image_topic == "/cam2" and len(read_all(bag)) == 2
+
+
+def test_a_non_image_topic_is_refused(tmp_path):
+    path = write_bag(tmp_path / "in", "mcap", frames=1)
+    with pytest.raises(TopicNotFoundError, match="has type std_msgs/msg/String, not an image type"):
+        BagInput(path, image_topic="/chatter")
+
+
+def test_unreadable_bags_are_clear_errors(tmp_path):
+    with pytest.raises(BagOpenError, match="bag not found"):
+        BagInput(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BagOpenError, match="not a rosbag2 bag"):
+        BagInput(tmp_path / "empty")
+    path = write_bag(tmp_path / "in", "sqlite3", frames=3)
+    db = path / "in.db3"
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    with pytest.raises(BagOpenError, match="cannot open bag .*malformed"):
+        BagInput(path)
+
+
+def test_truncated_mcap_is_read_up_to_the_damage(tmp_path):
+    path = write_chunked_mcap(tmp_path / "rec.mcap", frames=10)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.6)])
+    with BagInput(path) as bag:
+        assert "truncated" in bag.salvage_reason
+        frames = []
+        with pytest.raises(BagReadError, match="truncated or corrupted"):
+            for record in bag.records():
+                frames.append(bag.decode_image(record))
+    assert 2 <= len(frames) < 10
+    for t, image in enumerate(frames):
+        assert np.array_equal(image.rgb, scene(t))
+
+
+def test_undecodable_image_message_is_reported_per_frame(tmp_path):
+    from pam_ros.imaging import ImageDecodeError
+
+    path = write_bag(tmp_path / "in", "mcap", frames=3, garbage_frames=(1,))
+    with BagInput(path) as bag:
+        records = [r for r in bag.records() if r.kind == "image"]
+        assert [r.image_index for r in records] == [0, 1, 2]
+        bag.decode_image(records[0])
+        with pytest.raises(ImageDecodeError, match="not a valid sensor_msgs/msg/Image"):
+            bag.decode_image(records[1])
+        bag.decode_image(records[2])
+
+
+def test_prompts_topic_is_read_in_bag_order(tmp_path):
+    prompts = [(STAMP0 + PERIOD // 2, prompt_fields(STAMP0, "cube", box=(8, 16, 22, 32), tasks=["caption"])),
+               (STAMP0 + 2 * PERIOD + 1, prompt_fields(0, "cube", points=[(20.0, 24.0)], labels=[1], action=1))]
+    path = write_bag(tmp_path / "in", "sqlite3", frames=3, prompts=prompts)
+    with BagInput(path) as bag:
+        assert bag.prompt_topics == ["/prompts"]
+        kinds = [(r.kind, r.image_index) for r in bag.records()]
+        requests = [bag.decode_prompt(r) for r in bag.records() if r.kind == "prompt"]
+    assert kinds == [("image", 0), ("prompt", -1), ("image", 1), ("image", 2), ("prompt", -1)]
+    assert requests[0] == PromptRequest(action=PromptAction.ADD, object_id="cube", box=(8.0, 16.0, 22.0, 32.0),
+                                        tasks=("caption",), stamp_ns=STAMP0)
+    assert requests[1].action == PromptAction.REFINE and requests[1].points == ((20.0, 24.0),)
+    assert requests[1].labels == (1,) and requests[1].box is None and requests[1].stamp_ns == 0
+
+
+def test_msg_definitions_are_found_in_the_checkout_and_in_the_install_prefix(tmp_path):
+    here = find_msg_dir()
+    assert (here / "Prompt.msg").is_file()
+    assert find_msg_dir([tmp_path, here]) == here
+    from pam_ros.replay.errors import InterfaceNotFoundError
+    with pytest.raises(InterfaceNotFoundError, match="cannot find the pam_ros message definitions"):
+        find_msg_dir([tmp_path])
+
+
+# ----- prompts file and scheduling -------------------------------------------------------------------
+def write_yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "prompts.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_prompts_file_format(tmp_path):
+    path = write_yaml(tmp_path, """
+prompts:
+  - frame: 0
+    object_id: cube
+    box: [8, 16, 22, 32]
+    tasks: [explain, caption]
+  - stamp_ns: 1700000000200000000
+    object_id: cube
+    action: refine
+    points: [[20, 24], [2, 2]]
+    labels: [1, 0]
+  - frame: 3
+    points: [[40, 10]]
+  - frame: 4
+    object_id: cube
+    action: remove
+""")
+    prompts = load_prompt_file(path)
+    assert [p.frame for p in prompts] == [0, None, 3, 4]
+    assert prompts[0].request == PromptRequest(object_id="cube", box=(8.0, 16.0, 22.0, 32.0),
+                                               tasks=("explain", "caption"))
+    assert prompts[1].stamp_ns == 1_700_000_000_200_000_000
+    assert prompts[1].request.action == PromptAction.REFINE and prompts[1].request.labels == (1, 0)
+    assert prompts[2].request.labels == (1,) and prompts[2].request.object_id == ""
+    assert prompts[3].request.action == PromptAction.REMOVE
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{frame: 0, stamp_ns: 5, box: [1, 1, 5, 5]}", "exactly one of 'frame'"),
+    ("{box: [1, 1, 5, 5]}", "exactly one of 'frame'"),
+    ("{frame: -1, box: [1, 1, 5, 5]}", "frame must be a non-negative integer"),
+    ("{frame: 0, box: [1, 1, 5]}", "box must be"),
+    ("{frame: 0, points: [[1, 2]], labels: [1, 0]}", "2 labels for 1 points"),
+    ("{frame: 0, points: [[1, 2]], labels: [2]}", "labels must be a list of 1"),
+    ("{frame: 0, action: refine, points: [[1, 2]]}", "refine needs an object_id"),
+    ("{frame: 0, action: jump, box: [1, 1, 5, 5]}", "action 'jump' is not one of"),
+    ("{frame: 0}", "add needs a box and/or points"),
+    ("{frame: 0, box: [1, 1, 5, 5], colour: red}", r"unknown field\(s\) \['colour'\]"),
+    ("{frame: 0, box: [1, .nan, 5, 5]}", "finite"),
+])
+def test_bad_prompt_entries_name_entry_and_field(tmp_path, entry, message):
+    path = write_yaml(tmp_path, f"prompts:\n  - {{frame: 0, box: [0, 0, 4, 4]}}\n  - {entry}\n")
+    with pytest.raises(PromptFileError, match=message) as err:
+        load_prompt_file(path)
+    assert "prompts[1]" in str(err.value)
+
+
+def test_unreadable_prompts_files(tmp_path):
+    with pytest.raises(PromptFileError, match="cannot read prompts file"):
+        load_prompt_file(tmp_path / "missing.yaml")
+    with pytest.raises(PromptFileError, match="not valid YAML"):
+        load_prompt_file(write_yaml(tmp_path, "prompts: [unclosed"))
+    with pytest.raises(PromptFileError, match="'prompts:' list"):
+        load_prompt_file(write_yaml(tmp_path, "objects: []"))
+
+
+def test_schedule_releases_prompts_at_their_image_in_a_fixed_order():
+    by_frame = ScheduledPrompt(PromptRequest(object_id="a", box=(0, 0, 4, 4)), "file 0", frame=2)
+    by_stamp = ScheduledPrompt(PromptRequest(object_id="b", box=(0, 0, 4, 4)), "file 1", stamp_ns=STAMP0 + 15)
+    schedule = PromptSchedule([by_frame, by_stamp])
+    from_topic = ScheduledPrompt(PromptRequest(object_id="c", box=(0, 0, 4, 4), stamp_ns=0), "topic 0", stamp_ns=0)
+    assert schedule.due(0, STAMP0) == []
+    schedule.add(from_topic)
+    due = schedule.due(1, STAMP0 + 20)
+    assert [p.request.object_id for p in due] == ["b", "c"]
+    assert all(p.request.stamp_ns == STAMP0 + 20 for p in due), "applied to exactly this image"
+    assert [p.request.object_id for p in schedule.due(2, STAMP0 + 30)] == ["a"]
+    late = ScheduledPrompt(PromptRequest(object_id="d", box=(0, 0, 4, 4)), "file 2", frame=99)
+    schedule.add(late)
+    assert schedule.due(3, STAMP0 + 40) == [] and schedule.remaining() == [late]
+
+
+# ----- the objects message ----------------------------------------------------------------------------
+def hand_built_result() -> FrameResult:
+    mask = np.zeros((H, W), bool)
+    mask[10:14, 20:25] = True
+    mask[11, 20] = False
+    semantics = ObjectSemantics(state=SemanticsState.READY, stamp_ns=STAMP0, frame_index=0,
+                                texts={"explain": "a cube. It holds things.", "caption": "a red cube"},
+                                category="cube", definition="a solid", explanation="It holds things.",
+                                caption="a red cube")
+    cube = ObjectResult(object_id="cube", score=0.75, object_score_logit=1.0986, tracking_state=TrackingState.TRACKED,
+                        frames_lost=0, mask=mask, roi=(20, 10, 5, 4), mask_area=19, centroid=(22.0, 11.5),
+                        semantics=semantics)
+    lost = ObjectResult(object_id="gone", score=0.1, object_score_logit=-2.2, tracking_state=TrackingState.LOST,
+                        frames_lost=2, mask=np.zeros((H, W), bool), roi=(0, 0, 0, 0), mask_area=0,
+                        centroid=(0.0, 0.0))
+    return FrameResult(frame_index=3, stamp_ns=STAMP0 + 3 * PERIOD, width=W, height=H, objects=[cube, lost],
+                       tracking_seconds=0.25)
+
+
+def test_objects_message_is_decodable_by_rosbags_and_mcap_ros2(tmp_path):
+    result = hand_built_result()
+    fields = perceived_object_array_fields(result, "cam", frames_received=4, frames_dropped=0)
+    with BagWriter(tmp_path / "out", "mcap") as bag:
+        bag.add_topic("/objects", "pam_ros/msg/PerceivedObjectArray")
+        bag.write_fields("/objects", STAMP0, fields)
+
+    # rosbags, with nothing but the definitions embedded in the bag
+    with AnyReader([tmp_path / "out"], default_typestore=get_typestore(Stores.EMPTY)) as reader:
+        (conn, _, raw), = list(reader.messages())
+        msg = reader.deserialize(raw, conn.msgtype)
+    assert msg.header.stamp.sec == (STAMP0 + 3 * PERIOD) // 10**9 and msg.header.frame_id == "cam"
+    assert msg.frame_index == 3 and msg.frames_received == 4 and msg.image_width == W
+    cube, lost = msg.objects
+    assert cube.object_id == "cube" and abs(cube.score - 0.75) < 1e-6 and cube.tracking_state == 2
+    assert (cube.roi.x_offset, cube.roi.y_offset, cube.roi.width, cube.roi.height) == (20, 10, 5, 4)
+    mask = np.asarray(cube.mask.data).reshape(cube.mask.height, cube.mask.width)
+    assert np.array_equal(mask == 255, result.objects[0].mask[10:14, 20:25])
+    assert cube.mask.encoding == "mono8" and not cube.mask_full_frame
+    assert list(cube.task_names) == ["explain", "caption"] and cube.category == "cube"
+    assert lost.tracking_state == 3 and lost.frames_lost == 2 and lost.mask.width == 0
+
+    # mcap-ros2-support, a different decoder, on the same file
+    with (tmp_path / "out" / "out.mcap").open("rb") as stream:
+        decoded = [m for _, _, _, m in make_reader(stream, decoder_factories=[DecoderFactory()]).iter_decoded_messages()]
+    other = decoded[0]
+    assert other.objects[0].object_id == "cube" and other.objects[0].caption == "a red cube"
+    assert bytes(other.objects[0].mask.data) == bytes(np.asarray(cube.mask.data))
+    assert other.objects[1].semantics_state == 0
+
+
+def test_mask_encodings_full_and_none():
+    result = hand_built_result()
+    full = perceived_object_array_fields(result, "cam", frames_received=1, frames_dropped=0, mask_encoding="full")
+    image = full["objects"][0]["mask"]
+    assert full["objects"][0]["mask_full_frame"] and (image["width"], image["height"]) == (W, H)
+    pixels = np.frombuffer(image["data"], np.uint8).reshape(H, W)
+    assert np.array_equal(pixels == 255, result.objects[0].mask)
+    none = perceived_object_array_fields(result, "cam", frames_received=1, frames_dropped=0, mask_encoding="none")
+    assert none["objects"][0]["mask"]["width"] == 0 and none["objects"][0]["mask"]["data"] == b""
+    with pytest.raises(ValueError, match="mask_encoding"):
+        perceived_object_array_fields(result, "cam", frames_received=1, frames_dropped=0, mask_encoding="png")
+
+
+def test_frames_line_format():
+    from pam_ros.masks import rle_to_mask
+    from pam_ros.replay.outputs import frame_line
+
+    result = hand_built_result()
+    line = json.loads(frame_line(3, result.stamp_ns, result))
+    assert list(line)[:3] == ["frame", "stamp_ns", "objects"]
+    cube = line["objects"][0]
+    assert cube["object_id"] == "cube" and cube["score"] == 0.75 and cube["roi"] == [20, 10, 5, 4]
+    assert cube["semantics"] == {"explain": "a cube. It holds things.", "caption": "a red cube"}
+    assert np.array_equal(rle_to_mask(cube["mask_rle"]), result.objects[0].mask)
+    skipped = json.loads(frame_line(4, 0, None, skipped="undecodable: bad"))
+    assert skipped == {"frame": 4, "stamp_ns": 0, "objects": [], "skipped": "undecodable: bad"}
