@@ -374,3 +374,37 @@ def test_frames_line_format():
     assert np.array_equal(rle_to_mask(cube["mask_rle"]), result.objects[0].mask)
     skipped = json.loads(frame_line(4, 0, None, skipped="undecodable: bad"))
     assert skipped == {"frame": 4, "stamp_ns": 0, "objects": [], "skipped": "undecodable: bad"}
+
+
+def fill_rclpy(message, fields: dict):
+    """Set an rclpy message's fields from a message_fields dict (nested dicts -> nested messages)."""
+    import importlib
+
+    types = message.get_fields_and_field_types()
+    for name, value in fields.items():
+        if isinstance(value, dict):
+            fill_rclpy(getattr(message, name), value)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            element = types[name][types[name].index("<") + 1:types[name].rindex(">")]
+            package, type_name = element.split("/")
+            cls = getattr(importlib.import_module(f"{package}.msg"), type_name)
+            setattr(message, name, [fill_rclpy(cls(), item) for item in value])
+        else:
+            setattr(message, name, value)
+    return message
+
+
+def test_field_dicts_give_rclpy_and_rosbags_messages_with_equal_values():
+    """The dict layout is the generated interface's: an rclpy message filled from it serializes
+    (rclpy/Fast CDR) to a message that rosbags decodes and re-serializes to the replay's exact bytes."""
+    from rclpy.serialization import serialize_message
+
+    from pam_ros.msg import PerceivedObjectArray
+
+    fields = perceived_object_array_fields(hand_built_result(), "cam", frames_received=4, frames_dropped=0)
+    from_rclpy = serialize_message(fill_rclpy(PerceivedObjectArray(), fields))
+    store = pam_ros_typestore()
+    msgtype = "pam_ros/msg/PerceivedObjectArray"
+    from_replay = bytes(store.serialize_cdr(build_message(store, msgtype, fields), msgtype))
+    # Fast CDR leaves alignment padding uninitialised, so compare after a decode/encode round trip.
+    assert bytes(store.serialize_cdr(store.deserialize_cdr(from_rclpy, msgtype), msgtype)) == from_replay
