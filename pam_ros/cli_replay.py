@@ -101,7 +101,32 @@ def _load_pipeline(args: argparse.Namespace):
     return spec, PerceptionPipeline.load(spec, config)
 
 
+def _check_inputs(args: argparse.Namespace, overwrite: bool) -> str:
+    """Check the bag, topic, prompts file and output directory before loading a model (which may
+    take a minute): the error text, or "" when all is well."""
+    from pam_ros.replay.bag import BagInput
+    from pam_ros.replay.errors import ReplayError
+    from pam_ros.replay.outputs import check_out_dir
+    from pam_ros.replay.prompts import load_prompt_file
+
+    try:
+        with BagInput(args.bag, getattr(args, "image_topic", None)):
+            pass
+        if args.prompts:
+            load_prompt_file(args.prompts)
+        check_out_dir(args.out, overwrite)
+    except ReplayError as err:
+        return str(err)
+    return ""
+
+
 def _run_replay(args: argparse.Namespace, *, overlay_pngs: bool | None = None, overwrite: bool | None = None):
+    overwrite = args.overwrite if overwrite is None else overwrite
+    problem = _check_inputs(args, overwrite)
+    if problem:
+        print(f"pam-ros {args.command}: error: {problem}", file=sys.stderr)
+        return 2
+
     from pam_ros.model.errors import PamError
     from pam_ros.replay.errors import BagReadError, ReplayError
     from pam_ros.replay.runner import format_summary, run_replay
@@ -118,7 +143,7 @@ def _run_replay(args: argparse.Namespace, *, overlay_pngs: bool | None = None, o
     try:
         report = run_replay(args.bag, args.out, pipeline, image_topic=getattr(args, "image_topic", None),
                             prompt_file=args.prompts,
-                            overwrite=args.overwrite if overwrite is None else overwrite,
+                            overwrite=overwrite,
                             overlay_pngs=args.overlay_pngs if overlay_pngs is None else overlay_pngs,
                             mask_encoding=args.mask_encoding, progress=not args.no_progress,
                             model_name=model_name)

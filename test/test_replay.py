@@ -408,3 +408,35 @@ def test_field_dicts_give_rclpy_and_rosbags_messages_with_equal_values():
     from_replay = bytes(store.serialize_cdr(build_message(store, msgtype, fields), msgtype))
     # Fast CDR leaves alignment padding uninitialised, so compare after a decode/encode round trip.
     assert bytes(store.serialize_cdr(store.deserialize_cdr(from_rclpy, msgtype), msgtype)) == from_replay
+
+
+# ----- command line, before any model is loaded -------------------------------------------------------
+def test_cli_missing_topic_fails_fast_and_lists_topics(tmp_path, capsys):
+    from pam_ros.cli import main
+
+    path = write_bag(tmp_path / "in", "mcap", frames=1)
+    code = main(["replay", str(path), "--out", str(tmp_path / "out"), "--image-topic", "/camera/image_raw"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "'/camera/image_raw' is not in bag" in err and "/cam  [sensor_msgs/msg/Image]" in err
+    assert not (tmp_path / "out").exists(), "nothing is written when the inputs are wrong"
+
+
+def test_cli_refuses_to_overwrite_earlier_outputs(tmp_path, capsys):
+    from pam_ros.cli import main
+
+    path = write_bag(tmp_path / "in", "mcap", frames=1)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "frames.jsonl").write_text("{}\n")
+    assert main(["replay", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "already holds replay outputs (frames.jsonl); pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "out" / "frames.jsonl").read_text() == "{}\n"
+
+
+def test_cli_bad_prompts_file_fails_fast(tmp_path, capsys):
+    from pam_ros.cli import main
+
+    path = write_bag(tmp_path / "in", "mcap", frames=1)
+    prompts = write_yaml(tmp_path, "prompts:\n  - {frame: 0}\n")
+    assert main(["replay", str(path), "--out", str(tmp_path / "out"), "--prompts", str(prompts)]) == 2
+    assert "prompts[0]: action add needs a box and/or points" in capsys.readouterr().err

@@ -35,6 +35,19 @@ SUMMARY_TEXT = "summary.txt"
 OUTPUT_NAMES = (BAG_DIR, FRAMES_FILE, OVERLAY_DIR, SUMMARY_JSON, SUMMARY_TEXT)
 
 
+def check_out_dir(out_dir: Path, overwrite: bool) -> list[str]:
+    """The replay outputs already in out_dir (to be replaced); OutputExistsError unless overwrite."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"--out {out_dir} exists and is not a directory")
+    existing = [name for name in OUTPUT_NAMES if (out_dir / name).exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"{out_dir} already holds replay outputs ({', '.join(existing)}); "
+            f"pass --overwrite or choose another --out"
+        )
+    return existing
+
+
 def frame_line(index: int, stamp_ns: int, result: FrameResult | None, *, skipped: str = "",
                prompt_outcomes: list[PromptOutcome] = ()) -> str:
     """The frames.jsonl line of one input image (no trailing newline)."""
@@ -74,14 +87,7 @@ class ReplayOutputs:
         self.out_dir = Path(out_dir)
         self.overlay_pngs = overlay_pngs
         self.mask_encoding = mask_encoding
-        existing = [name for name in OUTPUT_NAMES if (self.out_dir / name).exists()]
-        if existing and not overwrite:
-            raise OutputExistsError(
-                f"{self.out_dir} already holds replay outputs ({', '.join(existing)}); "
-                f"pass --overwrite or choose another --out"
-            )
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise OutputExistsError(f"--out {self.out_dir} exists and is not a directory")
+        existing = check_out_dir(self.out_dir, overwrite)
         for name in existing:
             path = self.out_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
