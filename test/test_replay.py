@@ -440,3 +440,136 @@ def test_cli_bad_prompts_file_fails_fast(tmp_path, capsys):
     prompts = write_yaml(tmp_path, "prompts:\n  - {frame: 0}\n")
     assert main(["replay", str(path), "--out", str(tmp_path / "out"), "--prompts", str(prompts)]) == 2
     assert "prompts[0]: action add needs a box and/or points" in capsys.readouterr().err
+
+
+# ----- end to end with the tiny fixture model -----------------------------------------------------------
+CUBE_BOX = (6.0, 14.0, 24.0, 34.0)  # around the square of scene(0)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipelines():
+    """A factory of fresh pipelines (new tracking state each) sharing one loaded tiny model."""
+    pipeline_module = pytest.importorskip("pam_ros.engine.pipeline", reason="the engine pipeline is not merged yet")
+    config = pipeline_module.PipelineConfig(new_object_tasks=("caption",), max_new_tokens=6, semantics_mode="sync")
+    first = pipeline_module.PerceptionPipeline.load(pipeline_module.ModelSpec(name="tiny"), config)
+    made = [first]
+
+    def make():
+        if len(made) == 1 and not getattr(make, "used", False):
+            make.used = True
+            return first
+        pipeline = pipeline_module.PerceptionPipeline(first.model, config)
+        made.append(pipeline)
+        return pipeline
+
+    yield make
+    for pipeline in made:
+        pipeline.close()
+
+
+def replay(tiny_pipelines, bag: Path, out: Path, **kwargs):
+    from pam_ros.replay.runner import run_replay
+
+    return run_replay(bag, out, tiny_pipelines(), progress=False, **kwargs)
+
+
+def jsonl(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
+
+
+def cube_prompt_file(tmp_path: Path) -> Path:
+    return write_yaml(tmp_path, f"prompts:\n  - frame: 1\n    object_id: cube\n    box: {list(CUBE_BOX)}\n")
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_replay_writes_every_frame_and_a_decodable_bag(tiny_pipelines, tmp_path, storage):
+    from pam_ros.masks import rle_to_mask
+
+    bag = write_bag(tmp_path / "in", storage, frames=4)
+    out = tmp_path / "out"
+    report = replay(tiny_pipelines, bag, out, prompt_file=cube_prompt_file(tmp_path))
+    assert report.complete and report.frames_read == report.frames_processed == 4 and report.frames_skipped == 0
+    assert report.prompts_accepted == 1 and not report.prompts_refused
+
+    lines = jsonl(out)
+    assert [line["frame"] for line in lines] == [0, 1, 2, 3]
+    assert [line["stamp_ns"] for line in lines] == [STAMP0 + t * PERIOD for t in range(4)]
+    assert lines[0]["objects"] == [], "the prompt names frame 1"
+    for line in lines[1:]:
+        (cube,) = line["objects"]
+        assert cube["object_id"] == "cube" and 0.0 <= cube["score"] <= 1.0
+        assert rle_to_mask(cube["mask_rle"]).shape == (H, W)
+    assert lines[1]["prompt_outcomes"][0]["accepted"] is True
+
+    # rosbags, with only the definitions the output bag embeds
+    with AnyReader([out / "bag"], default_typestore=get_typestore(Stores.EMPTY)) as reader:
+        counts = {topic: info.msgcount for topic, info in reader.topics.items()}
+        assert counts == {"/cam": 4, "/objects": 4, "/overlay": 4}
+        objects = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages()
+                   if c.topic == "/objects"]
+        images = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages() if c.topic == "/cam"]
+    assert [o.header.stamp.nanosec for o in objects] == [i.header.stamp.nanosec for i in images]
+    assert [len(o.objects) for o in objects] == [0, 1, 1, 1]
+    roi = objects[2].objects[0].roi
+    assert [roi.x_offset, roi.y_offset, roi.width, roi.height] == lines[2]["objects"][0]["roi"]
+    assert np.array_equal(np.asarray(images[3].data).reshape(H, W, 3), scene(3)), "input images kept"
+
+    # mcap-ros2-support
+    with (out / "bag" / "bag.mcap").open("rb") as stream:
+        decoded = [(channel.topic, message) for _, channel, _, message in
+                   make_reader(stream, decoder_factories=[DecoderFactory()]).iter_decoded_messages()]
+    assert [m.objects[0].object_id for t, m in decoded if t == "/objects" and m.objects] == ["cube"] * 3
+    overlay = next(m for t, m in decoded if t == "/overlay")
+    assert (overlay.width, overlay.height, overlay.encoding) == (W, H, "rgb8")
+
+
+def test_replay_is_deterministic(tiny_pipelines, tmp_path):
+    bag = write_bag(tmp_path / "in", "mcap", frames=3)
+    prompts = cube_prompt_file(tmp_path)
+    replay(tiny_pipelines, bag, tmp_path / "a", prompt_file=prompts)
+    replay(tiny_pipelines, bag, tmp_path / "b", prompt_file=prompts)
+    first = (tmp_path / "a" / "frames.jsonl").read_bytes()
+    assert first == (tmp_path / "b" / "frames.jsonl").read_bytes()
+    assert first.count(b"\n") == 3
+
+
+def test_prompts_from_the_bag_topic_act_like_the_same_prompts_from_a_file(tiny_pipelines, tmp_path):
+    stamp1 = STAMP0 + PERIOD
+    prompts = [(stamp1 - 10, prompt_fields(stamp1, "cube", box=CUBE_BOX, tasks=["caption"]))]
+    with_topic = write_bag(tmp_path / "topic", "mcap", frames=3, prompts=prompts)
+    report = replay(tiny_pipelines, with_topic, tmp_path / "from_topic")
+    assert report.prompt_topics == ["/prompts"] and report.prompts_accepted == 1
+    plain = write_bag(tmp_path / "plain", "mcap", frames=3)
+    replay(tiny_pipelines, plain, tmp_path / "from_file", prompt_file=cube_prompt_file(tmp_path))
+    from_topic, from_file = jsonl(tmp_path / "from_topic"), jsonl(tmp_path / "from_file")
+    assert from_topic[1]["objects"] and from_topic == from_file
+
+
+def test_no_frame_is_lost_undecodable_ones_are_counted(tiny_pipelines, tmp_path):
+    bag = write_bag(tmp_path / "in", "sqlite3", frames=4, garbage_frames=(2,))
+    report = replay(tiny_pipelines, bag, tmp_path / "out", prompt_file=cube_prompt_file(tmp_path))
+    assert report.frames_read == 4 and report.frames_processed == 3 and report.skipped == {"undecodable": 1}
+    lines = jsonl(tmp_path / "out")
+    assert [line["frame"] for line in lines] == [0, 1, 2, 3]
+    assert lines[2]["objects"] == [] and lines[2]["skipped"].startswith("undecodable: not a valid")
+    assert lines[3]["objects"][0]["object_id"] == "cube"
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert "frames skipped    1 (undecodable: 1)" in summary and "frame 2: undecodable" in summary
+
+
+def test_truncated_bag_keeps_and_reports_partial_results(tiny_pipelines, tmp_path):
+    path = write_chunked_mcap(tmp_path / "rec.mcap", frames=6)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.5)])
+    out = tmp_path / "out"
+    with pytest.raises(BagReadError, match="truncated or corrupted") as err:
+        replay(tiny_pipelines, path, out, prompt_file=cube_prompt_file(tmp_path))
+    report = err.value.report
+    assert not report.complete and "truncated" in report.error
+    assert 2 <= report.frames_read < 6 and report.frames_processed == report.frames_read
+    assert len(jsonl(out)) == report.frames_read
+    with AnyReader([out / "bag"]) as reader:  # closed properly: index and metadata.yaml are there
+        assert reader.topics["/objects"].msgcount == report.frames_read
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is False and summary["frames_read"] == report.frames_read
+    assert "INCOMPLETE" in (out / "summary.txt").read_text()
