@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pam_ros import __version__, cli_replay
+from pam_ros import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pam-ros {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from pam_ros import cli_describe, cli_download, cli_replay
+
+    cli_describe.add_parser(subparsers)
+    cli_download.add_parser(subparsers)
     cli_replay.add_parser(subparsers)
     return parser
 
@@ -27,9 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if args.command in cli_replay.COMMANDS:
-        return cli_replay.run(args)
-    return 0
+    return args.run(args)
 
 
 if __name__ == "__main__":

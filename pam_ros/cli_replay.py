@@ -43,6 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     replay.add_argument("--overwrite", action="store_true", help="replace earlier replay outputs in OUT")
     replay.add_argument("--overlay-pngs", action="store_true", help="also save OUT/overlays/frame_NNNNN.png")
     _add_engine_arguments(replay, default_model="")
+    replay.set_defaults(run=run)
 
     demo = subparsers.add_parser(
         "demo", help="replay the built-in demo bag (default: the built-in tiny random-weight model)",
@@ -52,6 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--bag", type=Path, default=DEMO_BAG, help=argparse.SUPPRESS)
     demo.add_argument("--prompts", type=Path, default=DEMO_PROMPTS, help=argparse.SUPPRESS)
     _add_engine_arguments(demo, default_model="tiny")
+    demo.set_defaults(run=run)
 
 
 def _add_engine_arguments(parser: argparse.ArgumentParser, default_model: str) -> None:

@@ -10,8 +10,10 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pam_ros.model.errors import ImageError
 
-class ImageDecodeError(ValueError):
+
+class ImageDecodeError(ImageError):
     """An image message whose payload cannot be turned into an RGB image (the text says why)."""
 
 

@@ -1,8 +1,10 @@
 """Errors of the bag replay. Each message says what is wrong and what exists / what to do."""
 from __future__ import annotations
 
+from pam_ros.model.errors import PamError
 
-class ReplayError(Exception):
+
+class ReplayError(PamError):
     """Base of every replay error."""
 
 
