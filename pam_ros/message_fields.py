@@ -10,6 +10,7 @@ other arrays are lists; builtin_interfaces/Time is {"sec", "nanosec"}.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,7 +22,7 @@ MASK_ENCODINGS = ("roi", "full", "none")
 
 def time_fields(stamp_ns: int) -> dict:
     """builtin_interfaces/Time of a stamp in nanoseconds."""
-    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    sec, nanosec = divmod(max(0, int(stamp_ns)), 1_000_000_000)
     return {"sec": sec, "nanosec": nanosec}
 
 
@@ -37,14 +38,14 @@ def mask_image_fields(mask: np.ndarray, roi: Sequence[int], header: dict, mask_e
     """sensor_msgs/Image (mono8, 0/255) of an object's mask, and whether it is full-frame.
 
     Returns {"image": Image fields, "full_frame": bool}. "roi": only the roi's pixels; "full":
-    the whole frame; "none" (or an empty mask): a 0x0 image.
+    the whole frame; "none" (or an empty mask): a 0x0 image with no encoding.
     """
     if mask_encoding not in MASK_ENCODINGS:
         raise ValueError(f"mask_encoding must be one of {MASK_ENCODINGS}, got {mask_encoding!r}")
     x, y, w, h = (int(v) for v in roi)
-    empty = {"header": header, "height": 0, "width": 0, "encoding": "mono8", "is_bigendian": 0,
+    empty = {"header": header, "height": 0, "width": 0, "encoding": "", "is_bigendian": 0,
              "step": 0, "data": b""}
-    if mask_encoding == "none" or w <= 0 or h <= 0:
+    if mask_encoding == "none" or w <= 0 or h <= 0 or not mask[y:y + h, x:x + w].any():
         return {"image": empty, "full_frame": False}
     pixels = mask if mask_encoding == "full" else mask[y:y + h, x:x + w]
     mono8 = np.where(pixels, np.uint8(255), np.uint8(0)).astype(np.uint8)
@@ -102,26 +103,48 @@ def perceived_object_array_fields(result: FrameResult, frame_id: str, *, frames_
     }
 
 
-def prompt_request_from_fields(*, action: int, object_id: str, points: Sequence[tuple[float, float]],
-                               point_labels: Sequence[int], box: Sequence[float], has_box: bool,
-                               tasks: Sequence[str], stamp_ns: int) -> PromptRequest:
-    """A pam_ros/msg/Prompt's values -> PromptRequest (points are (x, y); z is ignored).
+class PromptMessageError(ValueError):
+    """A pam_ros/Prompt message that is malformed (action, id, NaN, labels, box); the text says which."""
 
-    Only the action is checked here (the message carries a raw uint8); coordinates, labels and
-    ids are checked by the engine, which refuses bad prompts in its PromptOutcome.
+
+def prompt_request_from_message(msg) -> PromptRequest:
+    """A pam_ros/msg/Prompt (rclpy or rosbags object: only its field names are used) -> PromptRequest.
+
+    Checks what a message alone can tell (action, ids, finite numbers, one label 0/1 per point, box
+    order, something to segment); whether points lie inside the image is the engine's check. RESET_ALL
+    reads no other field, REMOVE only object_id. Raises PromptMessageError.
     """
     try:
-        prompt_action = PromptAction(int(action))
+        action = PromptAction(int(msg.action))
     except ValueError:
-        known = ", ".join(f"{a.value}={a.name}" for a in PromptAction)
-        raise ValueError(f"unknown prompt action {action} (known: {known})") from None
-    return PromptRequest(
-        action=prompt_action,
-        object_id=str(object_id),
-        points=tuple((float(px), float(py)) for px, py in points),
-        labels=tuple(int(label) for label in point_labels),
-        box=tuple(float(v) for v in box) if has_box else None,
-        tasks=tuple(str(t) for t in tasks),
-        stamp_ns=int(stamp_ns),
-    )
-
+        raise PromptMessageError(
+            f"unknown prompt action {msg.action}; use ADD=0, REFINE=1, REMOVE=2 or RESET_ALL=3") from None
+    stamp_ns = stamp_ns_of(msg.header.stamp.sec, msg.header.stamp.nanosec)
+    object_id = str(msg.object_id).strip()
+    if action == PromptAction.RESET_ALL:
+        return PromptRequest(action=action, stamp_ns=stamp_ns)
+    if action in (PromptAction.REFINE, PromptAction.REMOVE) and not object_id:
+        raise PromptMessageError(f"{action.name} needs the object_id of a tracked object")
+    if action == PromptAction.REMOVE:
+        return PromptRequest(action=action, object_id=object_id, stamp_ns=stamp_ns)
+    points = tuple((float(p.x), float(p.y)) for p in msg.points)
+    labels = tuple(int(label) for label in msg.point_labels)
+    if len(labels) != len(points):
+        raise PromptMessageError(f"{len(points)} points but {len(labels)} point_labels (one label per point)")
+    if not all(math.isfinite(v) for point in points for v in point):
+        raise PromptMessageError(f"point coordinates must be finite numbers, got {list(points)}")
+    bad_labels = sorted({label for label in labels if label not in (0, 1)})
+    if bad_labels:
+        raise PromptMessageError(f"point labels must be 1 (object) or 0 (background), got {bad_labels}")
+    box = None
+    if msg.has_box:
+        box = tuple(float(v) for v in msg.box)
+        if not all(math.isfinite(v) for v in box):
+            raise PromptMessageError(f"box must be finite numbers, got {list(box)}")
+        if not (box[0] < box[2] and box[1] < box[3]):
+            raise PromptMessageError(f"box must be x1 < x2 and y1 < y2 (pixels), got {list(box)}")
+    if not points and box is None:
+        raise PromptMessageError(f"{action.name} needs points or a box (has_box=true)")
+    tasks = tuple(str(task).strip() for task in msg.tasks if str(task).strip())
+    return PromptRequest(action=action, object_id=object_id, points=points, labels=labels, box=box,
+                         tasks=tasks, stamp_ns=stamp_ns)

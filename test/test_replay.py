@@ -209,6 +209,35 @@ def test_prompts_topic_is_read_in_bag_order(tmp_path):
     assert requests[1].labels == (1,) and requests[1].box is None and requests[1].stamp_ns == 0
 
 
+@pytest.mark.parametrize("fields, message", [
+    (prompt_fields(0, "a", box=(5, 5, 1, 9)), "x1 < x2"),
+    (prompt_fields(0, "a", points=[(1.0, 2.0)], labels=[1, 0]), "1 points but 2 point_labels"),
+    (prompt_fields(0, "a", points=[(float("nan"), 2.0)], labels=[1]), "finite"),
+    (prompt_fields(0, "a", points=[(1.0, 2.0)], labels=[3]), "must be 1 .object. or 0"),
+    (prompt_fields(0, "", points=[(1.0, 2.0)], labels=[1], action=1), "REFINE needs the object_id"),
+    (prompt_fields(0, "a"), "ADD needs points or a box"),
+    (prompt_fields(0, "a", box=(1, 1, 5, 5), action=9), "unknown prompt action 9"),
+])
+def test_malformed_prompt_messages_are_clear_errors(tmp_path, fields, message):
+    from pam_ros.message_fields import PromptMessageError
+
+    path = write_bag(tmp_path / "in", "mcap", frames=1, prompts=[(STAMP0 + 1, fields)])
+    with BagInput(path) as bag:
+        (record,) = [r for r in bag.records() if r.kind == "prompt"]
+        with pytest.raises(PromptMessageError, match=message):
+            bag.decode_prompt(record)
+
+
+def test_reset_and_remove_prompts_read_only_their_fields(tmp_path):
+    prompts = [(STAMP0 + 1, prompt_fields(0, "ignored", points=[(1.0, 2.0)], labels=[], action=3)),
+               (STAMP0 + 2, prompt_fields(5, " cube ", points=[(1.0, 2.0)], labels=[], action=2))]
+    path = write_bag(tmp_path / "in", "sqlite3", frames=1, prompts=prompts)
+    with BagInput(path) as bag:
+        reset, remove = [bag.decode_prompt(r) for r in bag.records() if r.kind == "prompt"]
+    assert reset == PromptRequest(action=PromptAction.RESET_ALL, stamp_ns=0)
+    assert remove == PromptRequest(action=PromptAction.REMOVE, object_id="cube", stamp_ns=5)
+
+
 def test_msg_definitions_are_found_in_the_checkout_and_in_the_install_prefix(tmp_path):
     here = find_msg_dir()
     assert (here / "Prompt.msg").is_file()

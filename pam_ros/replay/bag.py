@@ -24,7 +24,7 @@ from rosbags.typesys.store import Typestore
 
 from pam_ros.engine.types import PromptRequest
 from pam_ros.imaging import ImageDecodeError, decode_compressed, decode_image
-from pam_ros.message_fields import prompt_request_from_fields, stamp_ns_of
+from pam_ros.message_fields import PromptMessageError, prompt_request_from_message, stamp_ns_of
 from pam_ros.replay.errors import BagOpenError, BagReadError, TopicNotFoundError
 from pam_ros.replay.interfaces import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, PROMPT_TYPE, pam_ros_typestore
 
@@ -290,21 +290,12 @@ class BagInput:
         return DecodedImage(rgb, stamp_ns, msg.header.frame_id)
 
     def decode_prompt(self, record: BagRecord) -> PromptRequest:
-        """A pam_ros/msg/Prompt record -> PromptRequest. Raises ValueError when unusable."""
+        """A pam_ros/msg/Prompt record -> PromptRequest. Raises PromptMessageError when unusable."""
         try:
             msg = self._deserialize(record)
         except Exception as err:
-            raise ValueError(f"not a valid {record.msgtype} message: {_reason(err)}") from None
-        return prompt_request_from_fields(
-            action=msg.action,
-            object_id=msg.object_id,
-            points=[(p.x, p.y) for p in msg.points],
-            point_labels=[int(v) for v in msg.point_labels],
-            box=[float(v) for v in msg.box],
-            has_box=bool(msg.has_box),
-            tasks=list(msg.tasks),
-            stamp_ns=stamp_ns_of(msg.header.stamp.sec, msg.header.stamp.nanosec),
-        )
+            raise PromptMessageError(f"not a valid {record.msgtype} message: {_reason(err)}") from None
+        return prompt_request_from_message(msg)
 
     def definition_of(self, topic: str) -> MessageDefinitionText | None:
         """The embedded definition of a topic's type, if the bag carries one."""
