@@ -18,6 +18,7 @@ from pam_ros.engine.types import FrameResult, ObjectResult, SemanticsState, Trac
 MASK_ALPHA = 0.45
 LOST_COLOUR = (160, 160, 160)
 FONT_SIZE = 12
+MAX_CATEGORY_CHARS = 24  # a label names the object; long generated text would hide the image
 
 
 def object_colour(object_id: str) -> tuple[int, int, int]:
@@ -41,8 +42,9 @@ def object_label(obj: ObjectResult) -> str:
     """'id category score', with what is known about the object so far."""
     parts = [obj.object_id]
     semantics = obj.semantics
-    if semantics.category:
-        parts.append(semantics.category)
+    category = printable(semantics.category, MAX_CATEGORY_CHARS)
+    if category:
+        parts.append(category)
     elif semantics.state == SemanticsState.PENDING:
         parts.append("...")
     elif semantics.state == SemanticsState.FAILED:
@@ -51,6 +53,12 @@ def object_label(obj: ObjectResult) -> str:
     if obj.tracking_state == TrackingState.LOST:
         parts.append(f"LOST x{obj.frames_lost}" if obj.frames_lost else "LOST")
     return " ".join(parts)
+
+
+def printable(text: str, limit: int) -> str:
+    """Text with control characters dropped and whitespace collapsed, cut to `limit` characters (with '...')."""
+    cleaned = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    return cleaned if len(cleaned) <= limit else cleaned[: max(0, limit - 3)].rstrip() + "..."
 
 
 def draw_overlay(image_rgb: np.ndarray, frame_result: FrameResult) -> np.ndarray:
@@ -87,6 +95,7 @@ def draw_overlay(image_rgb: np.ndarray, frame_result: FrameResult) -> np.ndarray
     draw = ImageDraw.Draw(picture)
     font = ImageFont.load_default(size=FONT_SIZE)
     lost_without_box: list[str] = []
+    placed: list[tuple[int, int, int, int]] = []  # label tags drawn so far (never drawn over each other)
     for obj in frame_result.objects:
         colour = _colour_of(obj)
         x, y, w, h = obj.roi
@@ -96,10 +105,10 @@ def draw_overlay(image_rgb: np.ndarray, frame_result: FrameResult) -> np.ndarray
             continue
         box_width = 1 if obj.tracking_state == TrackingState.LOST else 2
         draw.rectangle((x, y, x + w - 1, y + h - 1), outline=colour, width=box_width)
-        _draw_label(draw, font, object_label(obj), (x, y), colour, width, height)
+        _draw_label(draw, font, object_label(obj), (x, y), colour, width, height, placed)
     if lost_without_box:
         _draw_label(draw, font, "LOST: " + ", ".join(lost_without_box), (0, 0), LOST_COLOUR, width, height,
-                    above=False)
+                    placed, above=False)
     return np.asarray(picture, dtype=np.uint8).copy()
 
 
@@ -108,9 +117,10 @@ def _colour_of(obj: ObjectResult) -> tuple[int, int, int]:
 
 
 def _draw_label(draw: ImageDraw.ImageDraw, font, text: str, anchor_xy: tuple[int, int],
-                colour: tuple[int, int, int], width: int, height: int, *, above: bool = True) -> None:
+                colour: tuple[int, int, int], width: int, height: int,
+                placed: list[tuple[int, int, int, int]], *, above: bool = True) -> None:
     """A filled tag with the text, just above the anchor point (below it when there is no room),
-    shifted to stay inside the image."""
+    shifted to stay inside the image and moved down past tags already drawn."""
     text = _drawable(font, text)
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     tag_w, tag_h = right - left + 4, bottom - top + 4
@@ -118,8 +128,18 @@ def _draw_label(draw: ImageDraw.ImageDraw, font, text: str, anchor_xy: tuple[int
     tag_y = y - tag_h if above and y - tag_h >= 0 else y
     tag_x = max(0, min(x, width - tag_w))
     tag_y = max(0, min(tag_y, height - tag_h))
+    for _ in range(len(placed)):
+        clash = next((p for p in placed if _overlap(p, (tag_x, tag_y, tag_w, tag_h))), None)
+        if clash is None:
+            break
+        tag_y = min(clash[1] + clash[3], height - tag_h)
+    placed.append((tag_x, tag_y, tag_w, tag_h))
     draw.rectangle((tag_x, tag_y, tag_x + tag_w - 1, tag_y + tag_h - 1), fill=colour)
     draw.text((tag_x + 2 - left, tag_y + 2 - top), text, fill=_text_colour_on(colour), font=font)
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
 def _text_colour_on(background: tuple[int, int, int]) -> tuple[int, int, int]:

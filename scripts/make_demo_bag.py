@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate the demo bag shipped in demo/: a synthetic 320x240 scene of simple moving objects.
 
-    python scripts/make_demo_bag.py [--out demo/demo_bag] [--frames 32]
+    python scripts/make_demo_bag.py [--out demo/demo_bag] [--frames 24]
 
 The bag (rosbag2, MCAP storage) holds:
   /camera/image_raw/compressed  sensor_msgs/CompressedImage, PNG (lossless: decodes identically
@@ -35,7 +35,7 @@ PERIOD_NS = 100_000_000  # 10 Hz
 FRAME_ID = "camera"
 IMAGE_TOPIC = "/camera/image_raw/compressed"
 PROMPT_TOPIC = "/prompts"
-RING_PROMPT_FRAME = 12
+RING_PROMPT_FRAME = 10
 
 
 def ball_centre(t: int) -> tuple[float, float]:
@@ -105,7 +105,7 @@ def write_demo_bag(out: Path, frames: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--out", type=Path, default=REPO / "demo" / "demo_bag")
-    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--frames", type=int, default=24)
     args = parser.parse_args()
     write_demo_bag(args.out, args.frames)
     size = sum(p.stat().st_size for p in args.out.iterdir())

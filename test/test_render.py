@@ -100,3 +100,13 @@ def test_mask_of_wrong_size_is_a_clear_error(grey_image):
 def test_non_rgb_image_is_a_clear_error():
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         draw_overlay(np.zeros((H, W), np.uint8), frame_with())
+
+
+def test_labels_are_short_printable_and_do_not_cover_each_other(grey_image):
+    noisy = make_object("a", (0, 0, W, H), category="\x02chair\x1a\nwith a very long generated description")
+    assert object_label(noisy) == "a chair with a very lon... 0.90"
+    other = make_object("b", (0, 0, W, H), category="cup")
+    out = draw_overlay(grey_image, frame_with(noisy, other))
+    # both tags are visible: rows near the top carry colour a, the rows below colour b
+    column = out[:, 2]
+    assert (column == object_colour("a")).all(axis=1).any() and (column == object_colour("b")).all(axis=1).any()

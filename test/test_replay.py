@@ -478,21 +478,17 @@ CUBE_BOX = (6.0, 14.0, 24.0, 34.0)  # around the square of scene(0)
 @pytest.fixture(scope="module")
 def tiny_pipelines():
     """A factory of fresh pipelines (new tracking state each) sharing one loaded tiny model."""
-    pipeline_module = pytest.importorskip("pam_ros.engine.pipeline", reason="the engine pipeline is not merged yet")
-    config = pipeline_module.PipelineConfig(new_object_tasks=("caption",), max_new_tokens=6, semantics_mode="sync")
-    first = pipeline_module.PerceptionPipeline.load(pipeline_module.ModelSpec(name="tiny"), config)
-    made = [first]
+    engine = pytest.importorskip("pam_ros.engine.pipeline", reason="the engine pipeline is not merged yet")
+    config = engine.PipelineConfig(new_object_tasks=("caption",), max_new_tokens=6, semantics_mode="sync")
+    loaded = engine.PerceptionPipeline.load(engine.ModelSpec(name="tiny"), config)
+    made = [loaded]
 
     def make():
-        if len(made) == 1 and not getattr(make, "used", False):
-            make.used = True
-            return first
-        pipeline = pipeline_module.PerceptionPipeline(first.model, config)
-        made.append(pipeline)
-        return pipeline
+        made.append(engine.PerceptionPipeline(loaded.model, config))
+        return made[-1]
 
     yield make
-    for pipeline in made:
+    for pipeline in reversed(made):
         pipeline.close()
 
 

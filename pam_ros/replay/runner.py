@@ -22,6 +22,7 @@ from pam_ros.replay.bag import BagInput, BagRecord
 from pam_ros.replay.errors import BagReadError
 from pam_ros.replay.outputs import ReplayOutputs
 from pam_ros.replay.prompts import PromptSchedule, ScheduledPrompt, load_prompt_file
+from pam_ros.render import printable
 
 if TYPE_CHECKING:
     from pam_ros.engine.pipeline import PerceptionPipeline
@@ -235,7 +236,7 @@ def format_summary(report: ReplayReport, max_listed: int = 10) -> str:
         rows.append(("", f"unusable: {item['source']}: {item['error']}"))
     rows.append(("objects", str(len(report.objects))))
     for object_id, seen in list(report.objects.items())[:max_listed]:
-        category = f", category {seen['category']!r}" if seen["category"] else ""
+        category = f", category \"{printable(seen['category'], 40)}\"" if seen["category"] else ""
         rows.append(("", f"{object_id}: in {seen['frames']} frames, lost in {seen['lost_frames']}{category}"))
     rows.append(("time", f"{report.seconds:.1f} s ({report.frames_per_second:.2f} frames/s)"))
     for name, path in report.outputs.items():
