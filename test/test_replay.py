@@ -598,3 +598,80 @@ def test_truncated_bag_keeps_and_reports_partial_results(tiny_pipelines, tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] is False and summary["frames_read"] == report.frames_read
     assert "INCOMPLETE" in (out / "summary.txt").read_text()
+
+
+# ----- the demo -------------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_demo_bag_matches_its_generator_and_prompts(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_demo_bag", REPO / "scripts" / "make_demo_bag.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    generator.write_demo_bag(tmp_path / "fresh", frames=24)
+
+    def contents(path):
+        with BagInput(path) as bag:
+            records = list(bag.records())
+            return ([bag.decode_image(r).rgb for r in records if r.kind == "image"],
+                    [bag.decode_prompt(r) for r in records if r.kind == "prompt"])
+
+    shipped_images, shipped_prompts = contents(REPO / "demo" / "demo_bag")
+    fresh_images, fresh_prompts = contents(tmp_path / "fresh")
+    assert len(shipped_images) == 24 and shipped_images[0].shape == (240, 320, 3)
+    assert all(np.array_equal(a, b) for a, b in zip(shipped_images, fresh_images))
+    assert shipped_prompts == fresh_prompts and shipped_prompts[0].object_id == "ring"
+    assert sum(p.stat().st_size for p in (REPO / "demo" / "demo_bag").iterdir()) < 3_000_000
+
+    file_prompts = load_prompt_file(REPO / "demo" / "prompts.yaml")
+    for prompt in file_prompts:  # every click lands on the object it names
+        frame = shipped_images[prompt.frame]
+        for x, y in prompt.request.points[:1]:
+            assert tuple(frame[int(y), int(x)]) != tuple(shipped_images[0][5, 5]), prompt.source
+
+
+def test_demo_command_writes_overlays_gif_and_says_the_words_are_meaningless(tmp_path, capsys):
+    from PIL import Image
+
+    pytest.importorskip("pam_ros.engine.pipeline", reason="the engine pipeline is not merged yet")
+
+    from pam_ros.cli import main
+
+    bag = write_bag(tmp_path / "in", "mcap", frames=2)
+    out = tmp_path / "demo_out"
+    code = main(["demo", "--out", str(out), "--bag", str(bag), "--prompts", str(cube_prompt_file(tmp_path)),
+                 "--tasks", "caption", "--max-new-tokens", "4", "--no-progress"])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["frame_00000.png", "frame_00001.png"]
+    with Image.open(out / "demo.gif") as gif:
+        assert gif.n_frames == 2 and gif.size == (W, H)
+    assert (out / "bag" / "metadata.yaml").exists() and len(jsonl(out)) == 2
+    for text in (stdout, (out / "summary.txt").read_text()):
+        assert "RANDOM weights" in text and "meaningless" in text
+        assert "pam-ros download PAM-1.5B" in text and "pam-ros download sam2.1-hiera-large" in text
+        assert "pam-ros demo --model PAM-1.5B" in text
+
+
+def test_outputs_of_an_earlier_run_are_replaced_only_when_asked(tmp_path):
+    from pam_ros.replay.errors import OutputExistsError
+    from pam_ros.replay.outputs import ReplayOutputs
+
+    bag_path = write_bag(tmp_path / "in", "mcap", frames=1)
+    out = tmp_path / "out"
+    for attempt in range(2):  # the second run replaces the first one's outputs
+        outputs = ReplayOutputs(out, overwrite=True)
+        with BagInput(bag_path) as bag:
+            outputs.open(bag)
+            for record in bag.records():
+                outputs.copy_input(record)
+                outputs.write_skipped(record, 0, f"run {attempt}")
+        outputs.close()
+    assert jsonl(out) == [{"frame": 0, "stamp_ns": 0, "objects": [], "skipped": "run 1"}]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="pass --overwrite"):
+        ReplayOutputs(out)
+    ReplayOutputs(out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine", "only replay outputs are removed"
