@@ -181,6 +181,22 @@ def test_truncated_mcap_is_read_up_to_the_damage(tmp_path):
         assert np.array_equal(image.rgb, scene(t))
 
 
+def test_corrupted_chunk_in_an_indexed_mcap_stops_reading_there(tmp_path):
+    path = write_chunked_mcap(tmp_path / "rec.mcap", frames=10)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 200] = b"\xff" * 200  # footer and index intact, one chunk's bytes damaged
+    path.write_bytes(bytes(data))
+    with BagInput(path) as bag:
+        assert bag.salvage_reason == "" and bag.image_count == 10
+        frames = []
+        with pytest.raises(BagReadError, match="is damaged: Chunk checksum mismatch"):
+            for record in bag.records():
+                frames.append(bag.decode_image(record))
+    assert 2 <= len(frames) < 10
+    assert all(np.array_equal(image.rgb, scene(t)) for t, image in enumerate(frames))
+
+
 def test_undecodable_image_message_is_reported_per_frame(tmp_path):
     from pam_ros.imaging import ImageDecodeError
 
