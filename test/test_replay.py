@@ -129,6 +129,14 @@ def test_reads_a_bare_storage_file_and_a_directory_without_metadata(tmp_path):
         assert len(read_all(bag)) == 3
 
 
+def test_unusable_metadata_falls_back_to_the_storage_file(tmp_path):
+    path = write_bag(tmp_path / "in", "mcap", frames=3)
+    (path / "metadata.yaml").write_text("rosbag2_bagfile_information: {version: [")
+    with BagInput(path) as bag:
+        assert "metadata.yaml is unusable" in bag.warning
+        assert len(read_all(bag)) == 3
+
+
 def test_missing_topic_error_lists_the_topics_that_exist(tmp_path):
     path = write_bag(tmp_path / "in", "mcap", frames=2)
     with pytest.raises(TopicNotFoundError) as err:
@@ -171,7 +179,7 @@ def test_truncated_mcap_is_read_up_to_the_damage(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * 0.6)])
     with BagInput(path) as bag:
-        assert "truncated" in bag.salvage_reason
+        assert "truncated" in bag.warning
         frames = []
         with pytest.raises(BagReadError, match="truncated or corrupted"):
             for record in bag.records():
@@ -188,7 +196,7 @@ def test_corrupted_chunk_in_an_indexed_mcap_stops_reading_there(tmp_path):
     data[middle:middle + 200] = b"\xff" * 200  # footer and index intact, one chunk's bytes damaged
     path.write_bytes(bytes(data))
     with BagInput(path) as bag:
-        assert bag.salvage_reason == "" and bag.image_count == 10
+        assert bag.warning == "" and bag.image_count == 10
         frames = []
         with pytest.raises(BagReadError, match="is damaged: Chunk checksum mismatch"):
             for record in bag.records():

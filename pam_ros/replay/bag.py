@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from mcap.exceptions import McapError
-from mcap.records import Channel, Message, Schema
+from mcap.records import Channel, Footer, Message, Schema
 from mcap.stream_reader import StreamReader
 from rosbags.interfaces import Connection, MessageDefinitionFormat
 from rosbags.rosbag2 import Reader, ReaderError
@@ -87,7 +87,7 @@ class BagInput:
 
     def __init__(self, path: str | Path, image_topic: str | None = None) -> None:
         self.path = Path(path)
-        self.salvage_reason = ""  # non-empty: the index was unreadable, records are read sequentially
+        self.warning = ""  # non-empty: how the bag was read despite damage (shown in the summary)
         self._reader: Reader | None = None
         self._salvage_file: Path | None = None
         self._connections: list[Connection] = []
@@ -106,15 +106,18 @@ class BagInput:
         if not self.path.exists():
             raise BagOpenError(f"bag not found: {self.path}")
         target = self._reader_target()
-        try:
-            reader = Reader(target)
-            reader.open()
-        except (ReaderError, sqlite3.DatabaseError, FileNotFoundError, OSError) as err:
-            mcap_files = self._mcap_files(target)
+        reader, error = _open_reader(target)
+        mcap_files = self._mcap_files(target)
+        if reader is None and len(mcap_files) == 1 and mcap_files[0] != target:
+            # metadata.yaml unusable, the storage file itself may be fine
+            reader, _ = _open_reader(mcap_files[0])
+            if reader is not None:
+                self.warning = f"{target / 'metadata.yaml'} is unusable ({error}); read {mcap_files[0].name} alone"
+        if reader is None:
             if len(mcap_files) != 1:
-                raise BagOpenError(f"cannot open bag {self.path}: {_reason(err)}") from None
-            self.salvage_reason = (
-                f"{mcap_files[0].name} has no valid index/footer ({_reason(err)}); the bag is probably "
+                raise BagOpenError(f"cannot open bag {self.path}: {error}")
+            self.warning = (
+                f"{mcap_files[0].name} has no valid index/footer ({error}); the bag is probably "
                 f"truncated: reading its records sequentially up to the damage"
             )
             self._salvage_file = mcap_files[0]
@@ -168,7 +171,7 @@ class BagInput:
             for cid, channel in channels.items()
         }
         if not self._salvage_channels:
-            raise BagOpenError(f"cannot open bag {self.path}: {self.salvage_reason}; no topic could be read")
+            raise BagOpenError(f"cannot open bag {self.path}: {self.warning}; no topic could be read")
         summaries = {topic: TopicSummary(topic, msgtype, None) for topic, msgtype, _ in self._salvage_channels.values()}
         return sorted(summaries.values(), key=lambda t: t.name)
 
@@ -236,6 +239,8 @@ class BagInput:
         try:
             with self._salvage_file.open("rb") as stream:
                 for record in StreamReader(stream, validate_crcs=True).records:
+                    if isinstance(record, Footer):
+                        return  # the file was complete after all
                     if isinstance(record, Message):
                         channel = self._salvage_channels.get(record.channel_id)
                         if channel and channel[0] in wanted:
@@ -317,6 +322,16 @@ class BagInput:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _open_reader(target: Path) -> tuple[Reader | None, str]:
+    """An opened rosbags Reader, or None and why it failed."""
+    try:
+        reader = Reader(target)
+        reader.open()
+    except _DAMAGE_ERRORS as err:
+        return None, _reason(err)
+    return reader, ""
 
 
 def _connection_definition(conn: Connection) -> MessageDefinitionText | None:

@@ -87,7 +87,7 @@ def run_replay(bag_path: str | Path, out_dir: str | Path, pipeline: "PerceptionP
                                 mask_encoding=mask_encoding)
         report = ReplayReport(bag=str(bag_path), out_dir=str(out_dir), image_topic=bag.image_topic,
                               image_type=bag.image_type, prompt_topics=list(bag.prompt_topics),
-                              warning=bag.salvage_reason, model=model_name)
+                              warning=bag.warning, model=model_name)
         try:
             outputs.open(bag)
         except BaseException:
