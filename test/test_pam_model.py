@@ -138,3 +138,39 @@ def test_task_and_input_mismatch_is_refused(pam, runs):
         pam.describe([feats] * 16, "caption")
     with pytest.raises(TaskError, match="unknown task"):
         pam.describe(feats, "summarise")
+
+
+@pytest.fixture(scope="module")
+def tracked_clip(pam):
+    """The fixture clip tracked by the streaming tracker on the model's own backbone."""
+    from pam_ros.engine.tracker import StreamingTracker
+
+    info = video_case()
+    tracker = StreamingTracker(pam.backbone, keep_feature_frames=16)
+    object_id = tracker.add_object(VisualPrompt(box=np.array(info["visual_prompt"], dtype=np.float32)))
+    for i, path in enumerate(info["frames"]):
+        tracker.step(np.asarray(Image.open(FIXTURE_DIR / path).convert("RGB")), stamp_ns=i)
+    return tracker.features(object_id)
+
+
+def test_video_mode_from_tracked_features_gives_official_tokens(pam, tracked_clip):
+    """v0 end to end: the tracker's kept per-frame features go straight into describe (video mode)."""
+    g = golden()
+    name = video_case()["case"]
+    assert len(tracked_clip) == 16
+    sem = torch.cat([pam.perceive(f, 0.5 if i == 0 else 0.25)[0] for i, f in enumerate(tracked_clip)])
+    torch.testing.assert_close(sem, g[f"{name}.perceiver.sem_tokens_selected_frames"], rtol=0, atol=1e-4)
+    _, embeds = pam.prepare(tracked_clip, "video_caption")
+    torch.testing.assert_close(embeds, g[f"{name}.llm.inputs_embeds"], rtol=0, atol=1e-4)
+    out = pam.describe(tracked_clip, "video_caption", max_new_tokens=12)
+    assert out.token_ids == g[f"{name}.generated_ids"].tolist() and out.num_frames == 16
+
+
+def test_reduced_precision_runs_end_to_end():
+    """bfloat16 weights (LLM, perceiver; SAM 2 under autocast) work on CPU; the first token, whose
+    greedy margin is large (1.19), is the official one."""
+    model = PamModel.from_pretrained(PAM_DIR, SAM2_CONFIG, SAM2_CHECKPOINT, dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    case = IMAGE_CASES["c0_box_recognize"]
+    _, (out,) = model.describe_image(load_image(case), visual_prompt(case), ["recognize"], max_new_tokens=4)
+    assert len(out.token_ids) == 4 and out.token_ids[0] == case["generated_ids"][0]

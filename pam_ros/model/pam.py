@@ -69,6 +69,23 @@ class RegionFeatures:
             )
 
 
+def as_region_features(item) -> RegionFeatures:
+    """RegionFeatures from anything carrying mid_mask_tokens / mid_image_embed (e.g. the tracker's
+    FrameFeatures), so the engine can hand its kept features over as they are."""
+    if isinstance(item, RegionFeatures):
+        return item
+    try:
+        return RegionFeatures(item.mid_mask_tokens, item.mid_image_embed, int(getattr(item, "frame_index", 0)))
+    except AttributeError:
+        raise TaskError(
+            f"expected region features (mid_mask_tokens + mid_image_embed), got {type(item).__name__}"
+        ) from None
+
+
+def _is_single(features) -> bool:
+    return hasattr(features, "mid_mask_tokens")
+
+
 @dataclass
 class PamGeneration(Generation):
     """A Generation plus what was asked; `explanation` is filled for the explain tasks."""
@@ -114,8 +131,12 @@ class PamModel:
     def from_pretrained(cls, pam_dir: str | Path, sam2_config: str | Path,
                         sam2_checkpoint: str | Path | None = None, *, device: str | torch.device = "cpu",
                         dtype: str | torch.dtype = torch.float32,
-                        attn_implementation: str | None = None) -> "PamModel":
+                        attn_implementation: str | None = None,
+                        sam2_overrides: dict | None = None) -> "PamModel":
         """Load a PAM folder and SAM 2.1 (config name or YAML + official .pt), strictly offline.
+
+        sam2_overrides: SAM 2 config values to change (e.g. {"image_size": 512}: faster on small
+        devices, but no longer the official PAM computation, which uses 1024).
 
         SAM 2 weights come from `sam2_checkpoint` as in the official code. Without one, the SAM 2 copy
         inside a full PAM save (`model.vision_tower.sam2_model_predictor.*`) is used if present; with
@@ -128,11 +149,12 @@ class PamModel:
         if sam2_checkpoint is not None:
             if sam2_copy is not None:
                 log.info("using SAM 2 weights from %s; ignoring the copy inside %s", sam2_checkpoint, pam_dir)
-            backbone = Sam2Backbone.from_config(sam2_config, sam2_checkpoint, device=device, dtype=dtype)
+            backbone = Sam2Backbone.from_config(sam2_config, sam2_checkpoint, device=device, dtype=dtype,
+                                                overrides=sam2_overrides)
         elif sam2_copy is not None:
             log.info("using the SAM 2 copy stored in %s", pam_dir)
             backbone = Sam2Backbone.from_config(sam2_config, None, device=device, dtype=dtype,
-                                                state_dict=sam2_copy)
+                                                state_dict=sam2_copy, overrides=sam2_overrides)
         else:
             raise CheckpointError(
                 f"no SAM 2 weights: {pam_dir} holds no SAM 2 copy, so give the SAM 2.1 checkpoint (.pt)"
@@ -182,6 +204,7 @@ class PamModel:
     @torch.inference_mode()
     def perceive(self, features: RegionFeatures, scale: float = IMAGE_SCALE) -> tuple[Tensor, Tensor]:
         """Semantic Perceiver outputs (sem_tokens [1, 16, C], image_tokens [1, N, 4C])."""
+        features = as_region_features(features)
         dtype = self.perceiver.sem_tokens.weight.dtype
         embed = features.mid_image_embed.to(device=self.device, dtype=dtype)[None]
         tokens = features.mid_mask_tokens.to(device=self.device, dtype=dtype)[None]
@@ -190,9 +213,9 @@ class PamModel:
     @torch.inference_mode()
     def region_embeddings(self, features: RegionFeatures | Sequence[RegionFeatures]) -> Tensor:
         """The LLM tokens that replace `<image>`: one frame (image mode) or PAM's video mode."""
-        if isinstance(features, RegionFeatures):
-            return self.language.image_region_embeddings(*self.perceive(features, IMAGE_SCALE))
-        frames = list(features)
+        if _is_single(features):
+            return self.language.image_region_embeddings(*self.perceive(as_region_features(features), IMAGE_SCALE))
+        frames = [as_region_features(f) for f in features]
         chosen = select_video_frames(len(frames))
         # the scale rule is the official `frame_id == 0`: the clip's first frame gets 1/2
         per_frame = [self.perceive(frames[i], IMAGE_SCALE if i == 0 else VIDEO_FRAME_SCALE) for i in chosen]
@@ -201,7 +224,7 @@ class PamModel:
     def prepare(self, features: RegionFeatures | Sequence[RegionFeatures], task: str | None = "recognize",
                 *, prompt: str | None = None, history: str | None = None) -> tuple[PreparedPrompt, Tensor]:
         """Prompt ids and the LLM's inputs_embeds [1, T, H] for a task (or free prompt) on a region."""
-        video = not isinstance(features, RegionFeatures)
+        video = not _is_single(features)
         if prompt is None:
             if is_video_task(task) and not video:
                 raise TaskError(f"task {task!r} needs a track: give {VIDEO_FRAMES}+ frames' features")
@@ -227,7 +250,8 @@ class PamModel:
                  should_stop: StopCheck | None = None) -> PamGeneration:
         """Generate PAM's answer for one object.
 
-        features: one frame's RegionFeatures (image tasks) or a list of >= 16 frames' (video tasks).
+        features: one frame's RegionFeatures (image tasks) or a list of >= 16 frames' (video tasks);
+            anything with mid_mask_tokens / mid_image_embed (the tracker's FrameFeatures) works too.
         task: a task name (tasks.TASK_PROMPTS) or None with `prompt` (free text about the region).
         Greedy by default; repetition penalty etc. from the checkpoint's generation_config.
         on_text(text_so_far, num_tokens) streams; should_stop() -> True cancels between tokens.
@@ -237,7 +261,7 @@ class PamModel:
         prepared, embeds = self.prepare(features, task, prompt=prompt, history=history)
         out = self.language.generate(embeds, settings, self.tokenizer, on_text=on_text, should_stop=should_stop)
         result = PamGeneration(**vars(out), task=prepared.task, prompt=prepared.user_turn,
-                               num_frames=1 if isinstance(features, RegionFeatures) else VIDEO_FRAMES)
+                               num_frames=1 if _is_single(features) else VIDEO_FRAMES)
         if prepared.task in EXPLAIN_TASKS:
             result.explanation = parse_explanation(out.text)
         return result

@@ -78,6 +78,9 @@ class SemanticPerceiver(nn.Module):
         with torch.device("meta"):
             model = cls()
         load_module_weights(model, ckpt.tensors["perceiver"], "perceiver", device=device, dtype=dtype)
+        # the positional encoding is computed from a float32 grid: keep its frequencies in float32
+        # (in bf16/fp16 runs the result is cast to the working dtype afterwards)
+        model.pe_layer.float()
         return model.eval()
 
     @property
