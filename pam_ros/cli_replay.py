@@ -66,6 +66,9 @@ def _add_engine_arguments(parser: argparse.ArgumentParser, default_model: str) -
     model.add_argument("--pam", default="", help="PAM checkpoint folder (Hugging Face layout)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--image-size", type=int, default=0, metavar="N",
+                        help="SAM 2 input size, a multiple of 64 (default 0: the config's, 1024 as PAM was "
+                             "trained; smaller is faster but no longer the official computation)")
     parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), metavar="TASK",
                         help=f"semantic tasks run for each new object (default: {' '.join(DEFAULT_TASKS)})")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="generated tokens per task (default 48)")
@@ -89,8 +92,9 @@ def _model_spec(args: argparse.Namespace):
         raise _UsageError("give either --model NAME or --sam2-config/--sam2-checkpoint/--pam, not both")
     if explicit:
         return ModelSpec(sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
-                         pam_checkpoint=args.pam, device=args.device, dtype=args.dtype)
-    return ModelSpec(name=args.model or "tiny", device=args.device, dtype=args.dtype)
+                         pam_checkpoint=args.pam, device=args.device, dtype=args.dtype,
+                         image_size=args.image_size)
+    return ModelSpec(name=args.model or "tiny", device=args.device, dtype=args.dtype, image_size=args.image_size)
 
 
 def _load_pipeline(args: argparse.Namespace):

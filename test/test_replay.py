@@ -504,7 +504,8 @@ def tiny_pipelines():
     """A factory of fresh pipelines (new tracking state each) sharing one loaded tiny model."""
     engine = pytest.importorskip("pam_ros.engine.pipeline", reason="the engine pipeline is not merged yet")
     config = engine.PipelineConfig(new_object_tasks=("caption",), max_new_tokens=6, semantics_mode="sync")
-    loaded = engine.PerceptionPipeline.load(engine.ModelSpec(name="tiny"), config)
+    # A 256-pixel SAM 2 input keeps CPU time low (same code path as the official 1024).
+    loaded = engine.PerceptionPipeline.load(engine.ModelSpec(name="tiny", image_size=256), config)
     made = [loaded]
 
     def make():
@@ -666,7 +667,7 @@ def test_demo_command_writes_overlays_gif_and_says_the_words_are_meaningless(tmp
     bag = write_bag(tmp_path / "in", "mcap", frames=2)
     out = tmp_path / "demo_out"
     code = main(["demo", "--out", str(out), "--bag", str(bag), "--prompts", str(cube_prompt_file(tmp_path)),
-                 "--tasks", "caption", "--max-new-tokens", "4", "--no-progress"])
+                 "--tasks", "caption", "--max-new-tokens", "4", "--image-size", "256", "--no-progress"])
     stdout = capsys.readouterr().out
     assert code == 0
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["frame_00000.png", "frame_00001.png"]
