@@ -66,9 +66,15 @@ def _add_engine_arguments(parser: argparse.ArgumentParser, default_model: str) -
     model.add_argument("--pam", default="", help="PAM checkpoint folder (Hugging Face layout)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    parser.add_argument("--image-size", type=int, default=0, metavar="N",
-                        help="SAM 2 input size, a multiple of 64 (default 0: the config's, 1024 as PAM was "
-                             "trained; smaller is faster but no longer the official computation)")
+    if default_model == "tiny":
+        parser.add_argument("--image-size", type=int, default=None, metavar="N",
+                            help="SAM 2 input size, a multiple of 64 (default: 256 for the built-in tiny "
+                                 "model, whose output is meaningless anyway, so the demo runs in seconds on "
+                                 "a CPU; 0, the config's 1024 as PAM was trained, for any other model)")
+    else:
+        parser.add_argument("--image-size", type=int, default=0, metavar="N",
+                            help="SAM 2 input size, a multiple of 64 (default 0: the config's, 1024 as PAM "
+                                 "was trained; smaller is faster but no longer the official computation)")
     parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), metavar="TASK",
                         help=f"semantic tasks run for each new object (default: {' '.join(DEFAULT_TASKS)})")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="generated tokens per task (default 48)")
@@ -84,10 +90,15 @@ def run(args: argparse.Namespace) -> int:
     return _run_replay(args)
 
 
+TINY_DEMO_IMAGE_SIZE = 256
+
+
 def _model_spec(args: argparse.Namespace):
     from pam_ros.engine.pipeline import ModelSpec
 
     explicit = any([args.sam2_config, args.sam2_checkpoint, args.pam])
+    if args.image_size is None:  # demo default: fast for the tiny model, official for real weights
+        args.image_size = TINY_DEMO_IMAGE_SIZE if (args.model or "tiny") == "tiny" and not explicit else 0
     if explicit and args.model:
         raise _UsageError("give either --model NAME or --sam2-config/--sam2-checkpoint/--pam, not both")
     if explicit:
@@ -103,7 +114,9 @@ def _load_pipeline(args: argparse.Namespace):
     spec = _model_spec(args)
     config = PipelineConfig(new_object_tasks=tuple(args.tasks), max_new_tokens=args.max_new_tokens,
                             semantics_mode="sync")
-    print(f"loading model {spec.name or spec.pam_checkpoint} on {spec.device} ({spec.dtype}) ...", file=sys.stderr)
+    size = f", SAM 2 input {spec.image_size} px" if spec.image_size else ""
+    print(f"loading model {spec.name or spec.pam_checkpoint} on {spec.device} ({spec.dtype}{size}) ...",
+          file=sys.stderr)
     return spec, PerceptionPipeline.load(spec, config)
 
 
