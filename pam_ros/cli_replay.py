@@ -159,6 +159,10 @@ def _run_replay(args: argparse.Namespace, *, overlay_pngs: bool | None = None, o
         print(f"pam-ros {args.command}: cannot load the model: {err}", file=sys.stderr)
         return 2
     model_name = spec.name or f"{spec.pam_checkpoint} + {spec.sam2_checkpoint}"
+    if spec.name == "tiny" and args.command == "replay":
+        print("note: using the built-in tiny model (random weights: its words are meaningless); for real "
+              "results: pam-ros download PAM-1.5B && pam-ros download sam2.1-hiera-large, then --model PAM-1.5B",
+              file=sys.stderr)
     try:
         report = run_replay(args.bag, args.out, pipeline, image_topic=getattr(args, "image_topic", None),
                             prompt_file=args.prompts,
