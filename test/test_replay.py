@@ -2,7 +2,6 @@
 tiny fixture model are at the bottom."""
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 

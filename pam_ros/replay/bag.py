@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,14 +68,6 @@ class DecodedImage:
     rgb: np.ndarray  # HxWx3 uint8
     stamp_ns: int  # header stamp
     frame_id: str
-
-
-@dataclass
-class _Stream:
-    """The selected topics of an opened bag and how to iterate their messages."""
-
-    topics: list[TopicSummary]
-    definitions: dict[str, MessageDefinitionText] = field(default_factory=dict)  # topic -> definition
 
 
 class BagInput:
