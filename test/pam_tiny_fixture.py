@@ -42,3 +42,11 @@ def video_case() -> dict:
 
 def all_cases() -> list[dict]:
     return image_cases() + fixture_json()["video_cases"]
+
+
+def video_frames() -> list:
+    """The fixture clip's 16 frames as HxWx3 uint8 RGB arrays (320x240)."""
+    import numpy as np
+    from PIL import Image
+
+    return [np.array(Image.open(FIXTURE_DIR / path).convert("RGB")) for path in video_case()["frames"]]
