@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from pam_tiny_fixture import PAM_DIR, SAM2_CHECKPOINT, SAM2_CONFIG, video_case, video_frames
+from pam_tiny_fixture import (
+    PAM_DIR,
+    SAM2_CHECKPOINT,
+    SAM2_CONFIG,
+    case_image,
+    case_prompt,
+    image_cases,
+    video_case,
+    video_frames,
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,17 @@ def small_backbone():
     from pam_ros.model.sam2_backbone import Sam2Backbone
 
     return Sam2Backbone.from_config(SAM2_CONFIG, SAM2_CHECKPOINT, overrides={"image_size": 256})
+
+
+@pytest.fixture(scope="session")
+def decoded_image_cases(full_backbone) -> dict:
+    """Every image case of the fixture encoded and decoded once at full resolution:
+    {case name: (ImageEncoding, DecoderOutput)} (read by the backbone and the PamModel tests)."""
+    decoded = {}
+    for case in image_cases():
+        enc = full_backbone.encode_image(case_image(case))
+        decoded[case["case"]] = (enc, full_backbone.decode(enc, [case_prompt(case)]))
+    return decoded
 
 
 @pytest.fixture(scope="session")
