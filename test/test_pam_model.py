@@ -97,9 +97,10 @@ def test_video_mode_frame_selection():
         select_video_frames(15)
 
 
-def test_video_mode_layout_and_official_tokens(pam):
+def test_video_mode_layout(pam):
     """v0: 16 frames of per-frame features (mid tokens from the fixture) give the official layout of
-    5213 LLM positions; the official inputs_embeds give the official ids through our generation."""
+    5213 LLM positions. (Generation from the official inputs_embeds gives the official ids:
+    test_pam_language.test_greedy_generation_matches_official; from tracked features: below.)"""
     g = golden()
     info = video_case()
     name = info["case"]
@@ -112,9 +113,6 @@ def test_video_mode_layout_and_official_tokens(pam):
     official = g[f"{name}.llm.inputs_embeds"]
     pos = info["input_ids"].index(-200)
     torch.testing.assert_close(embeds[0, :pos], official[0, :pos], rtol=0, atol=1e-6)
-    settings = pam.generation_settings(max_new_tokens=12)
-    out = pam.language.generate(official, settings, pam.tokenizer)
-    assert out.token_ids == g[f"{name}.generated_ids"].tolist()
 
 
 def test_task_and_input_mismatch_is_refused(pam, runs):

@@ -14,9 +14,9 @@ from pam_ros.engine.tracker import (
 )
 from pam_ros.engine.types import TrackingState
 from pam_ros.model.errors import ImageError, PromptError
-from pam_ros.model.sam2_backbone import VisualPrompt
+from pam_ros.model.sam2_backbone import Sam2Backbone, VisualPrompt
 
-from pam_tiny_fixture import golden as fixture_golden, video_case, video_frames
+from pam_tiny_fixture import SAM2_CHECKPOINT, SAM2_CONFIG, golden as fixture_golden, video_case, video_frames
 
 VIDEO = video_case()
 TOL = 1e-4
@@ -137,8 +137,15 @@ def moving_square(index: int) -> np.ndarray:
     return frame
 
 
-def test_state_stops_growing_on_a_long_stream(small_backbone):
-    tracker = StreamingTracker(small_backbone, max_conditioning_frames=3, keep_feature_frames=8)
+@pytest.fixture(scope="module")
+def long_stream_backbone():
+    """The fixture's weights at a 128-pixel model input: what is kept per frame does not depend on
+    the input size, and 200 frames run about 3x faster than at 256."""
+    return Sam2Backbone.from_config(SAM2_CONFIG, SAM2_CHECKPOINT, overrides={"image_size": 128})
+
+
+def test_state_stops_growing_on_a_long_stream(long_stream_backbone):
+    tracker = StreamingTracker(long_stream_backbone, max_conditioning_frames=3, keep_feature_frames=8)
     first = tracker.add_object(box(5, 15, 20, 30))
     tracker.add_object(point(50, 40))
     sizes = {}
@@ -152,7 +159,8 @@ def test_state_stops_growing_on_a_long_stream(small_backbone):
     assert {k: sizes[130][k] for k in memory_keys} == {k: sizes[199][k] for k in memory_keys}
     assert sizes[45]["tracked_frames"] == sizes[199]["tracked_frames"]
     assert sizes[199]["conditioning_frames"] == 3 + 1  # capped for the refined object, 1 for the other
-    frame_bytes = (2 * 256 + 256 * 16 * 16) * 4  # one frame's PAM features at this model size
+    grid = long_stream_backbone.image_size // 16  # the decoder's feature grid at this model size
+    frame_bytes = (2 * 256 + 256 * grid * grid) * 4  # one frame's PAM features (float32)
     for index in (130, 199):
         assert sizes[index]["feature_frames"] <= 2 * 8
         assert sizes[index]["feature_bytes"] <= 2 * 8 * frame_bytes
