@@ -44,8 +44,9 @@ class InputError(ValueError):
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "describe",
-        help="segment an object in an image and describe it with PAM",
-        description="Segment one object (box and/or points) in an image and run PAM tasks on it.",
+        help="segment an object in an image (or track it through a clip) and describe it with PAM",
+        description="Segment one object (box and/or points) in an image, or track it from the first frame "
+                    "through a clip, and run PAM tasks on it.",
     )
     p.add_argument("image", help="image file (8-bit RGB), or a clip: a directory of frames, an animated GIF, "
                                  "or a video file (needs PyAV)")
@@ -56,7 +57,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "given to SAM 2 in command-line order")
     p.add_argument("--task", action="append", default=[], metavar="NAME",
                    help="task to run (repeatable): recognize, explain, caption, detailed_caption and "
-                        "their _zh variants (default: explain)")
+                        "their _zh variants (default: explain); on a clip also video_caption and "
+                        "video_stream_caption (+ _zh; default: video_caption)")
     p.add_argument("--prompt", help="free question about the object (runs as task 'prompt'; on a clip it "
                                     "asks about the whole track)")
     p.add_argument("--history", metavar="TEXT",

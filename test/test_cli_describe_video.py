@@ -42,13 +42,18 @@ def official_masks() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def v0_run():
+def v0_overlay(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("overlay") / "first_frame.png"
+
+
+@pytest.fixture(scope="module")
+def v0_run(v0_overlay):
     """One process: the fixture's video case (video_caption) plus a streaming caption with history and
-    an image task on the same tracked clip."""
+    an image task on the same tracked clip, and the first frame's overlay."""
     box = [str(v) for v in V0["visual_prompt"]]
     proc = run_cli("describe", str(CLIP_DIR), "--box", *box, "--task", "video_caption", "--task", "caption",
                    "--task", "video_stream_caption", "--history", HISTORY, *MODEL_ARGS,
-                   "--max-new-tokens", "12", "--json")
+                   "--max-new-tokens", "12", "--json", "--save-overlay", str(v0_overlay))
     assert proc.returncode == 0, proc.stderr
     return proc
 
@@ -78,6 +83,19 @@ def test_video_case_prints_official_tokens_and_masks(v0_run):
     ys, xs = np.nonzero(rle_to_mask(result["mask_rle"]))
     assert result["roi"] == [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
     assert "Traceback" not in v0_run.stderr and "INFO" in v0_run.stderr  # logs on stderr
+
+
+def test_overlay_shows_the_first_frame_with_its_mask(v0_run, v0_overlay):
+    overlay = np.asarray(Image.open(v0_overlay).convert("RGB")).astype(int)
+    frame = video_frames()[0].astype(int)
+    mask = rle_to_mask(json.loads(v0_run.stdout)["mask_rle"])
+    assert overlay.shape == frame.shape
+    inside, outside = mask.copy(), ~mask
+    outside[30:130, 10:110] = False  # leave out the drawn box prompt and its outline
+    inside[30:130, 10:110] = False
+    assert inside.any() and outside.any()
+    assert np.array_equal(overlay[outside], frame[outside])  # untouched where there is no mask
+    assert np.abs(overlay[inside] - frame[inside]).mean() > 10  # tinted where there is
 
 
 def test_streaming_caption_uses_the_history_and_image_tasks_describe_the_first_frame(v0_run, pam_model):

@@ -23,9 +23,12 @@ from pam_ros.engine.tracker import FrameFeatures, StreamingTracker
 from pam_ros.engine.types import TrackingState
 from pam_ros.masks import mask_to_rle, rle_to_mask
 from pam_ros.model.errors import PamError, PromptError, TaskError
+from pam_ros.model.pam import VIDEO_FRAMES, select_video_frames
 from pam_ros.model.tasks import canonical_task, is_video_task
 
-VIDEO_FRAMES = 16  # PAM's video mode reads 16 frames of the track
+__all__ = ["ClipError", "ClipFrame", "ClipSource", "TrackedClip", "check_clip_tasks", "describe_clip",
+           "is_clip_path", "open_clip", "select_video_frames", "track_clip"]
+
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 GIF_SUFFIXES = (".gif",)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -40,16 +43,6 @@ def is_clip_path(path: str | Path) -> bool:
     """Whether `path` names a clip (directory, GIF or video file) rather than a single image."""
     path = Path(path)
     return path.is_dir() or path.suffix.lower() in GIF_SUFFIXES + VIDEO_SUFFIXES
-
-
-def select_video_frames(num_frames: int) -> list[int]:
-    """PAM's frame selection for its video mode (the model core's rule, re-exported for callers)."""
-    from pam_ros.model.pam import select_video_frames as select
-
-    try:
-        return select(num_frames)
-    except TaskError as exc:
-        raise ClipError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,14 +162,14 @@ def _open_video_file(file: Path) -> ClipSource:
         ) from None
 
     def frames() -> Iterator[np.ndarray]:
-        with av.open(str(file)) as container:
-            for frame in container.decode(video=0):
-                yield frame.to_ndarray(format="rgb24")
+        try:
+            with av.open(str(file)) as container:
+                for frame in container.decode(video=0):
+                    yield frame.to_ndarray(format="rgb24")
+        except (av.error.FFmpegError, IndexError) as exc:  # IndexError: no video stream
+            raise ClipError(f"{file} is not a readable video ({exc})") from None
 
-    try:
-        count = sum(1 for _ in frames())  # exact count: container headers may not carry one
-    except (av.error.FFmpegError, IndexError) as exc:
-        raise ClipError(f"{file} is not a readable video ({exc})") from None
+    count = sum(1 for _ in frames())  # exact count: container headers may not carry one
     if count == 0:
         raise ClipError(f"{file} holds no video frames")
     return ClipSource(file, count, (0, 0), frames)
