@@ -1,0 +1,69 @@
+"""The package as colcon builds it on a ROS 2 machine: CMake with the Python sources installed.
+
+`make setup` builds only the interfaces (PAM_ROS_INSTALL_PYTHON=OFF, sources stay editable). Here the
+full ament_cmake install runs into a temporary prefix, the way `colcon build` runs it, and the result
+must be a working package: generated interfaces and our modules side by side, the node executable for
+`ros2 run`, the launch file, parameters and model manifests in share/.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = Path(sys.prefix)
+
+
+@pytest.fixture(scope="module")
+def prefix(tmp_path_factory):
+    if not (VENV / "share" / "rosidl_default_generators").is_dir():
+        pytest.skip("the ROS 2 build tools are not in this environment (run make setup)")
+    build = tmp_path_factory.mktemp("build")
+    install = tmp_path_factory.mktemp("install")
+    env = {**os.environ, "AMENT_PREFIX_PATH": str(VENV)}
+    configure = [
+        "cmake", "-S", str(ROOT), "-B", str(build),
+        f"-DCMAKE_PROJECT_INCLUDE={ROOT / 'cmake' / 'ros_wheels_fix.cmake'}",
+        f"-DCMAKE_PREFIX_PATH={VENV}", f"-DCMAKE_INSTALL_PREFIX={install}",
+        f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF",
+    ]
+    for cmd in (configure, ["cmake", "--build", str(build), "-j2"], ["cmake", "--install", str(build)]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"{' '.join(cmd[:3])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return install
+
+
+def test_install_layout(prefix):
+    pyver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site = prefix / "lib" / pyver / "site-packages" / "pam_ros"
+    for rel in ("__init__.py", "msg/__init__.py", "srv/__init__.py", "action/__init__.py",
+                "ros/node.py", "engine/pipeline.py", "model/pam.py", "cli.py"):
+        assert (site / rel).is_file(), f"{rel} not installed"
+    node = prefix / "lib" / "pam_ros" / "pam_ros_node"
+    assert node.is_file() and os.access(node, os.X_OK)
+    share = prefix / "share" / "pam_ros"
+    for rel in ("package.xml", "launch/pam.launch.py", "config/pam_ros.yaml", "models/PAM-1.5B.json",
+                "msg/Prompt.msg", "srv/Describe.srv", "action/Caption.action"):
+        assert (share / rel).is_file(), f"share/pam_ros/{rel} not installed"
+    assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / "pam_ros").is_file()
+
+
+def test_installed_package_imports_outside_the_checkout(prefix, tmp_path):
+    pyver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site = prefix / "lib" / pyver / "site-packages"
+    # As `source install/setup.bash` would: the prefix first, no checkout on the path.
+    env = {**os.environ, "PYTHONPATH": str(site), "LD_LIBRARY_PATH": f"{prefix / 'lib'}:{VENV / 'lib'}",
+           "PYTHONNOUSERSITE": "1"}
+    code = ("import pam_ros, pam_ros.ros.node as n; from pam_ros.msg import PerceivedObjectArray; "
+            "from pam_ros.action import Caption; print(pam_ros.__file__); print(n.__file__)")
+    out = subprocess.run([sys.executable, "-S", "-c",
+                          f"import sys; sys.path[:0] = [{str(site)!r}, {sysconfig.get_paths()['purelib']!r}]; "
+                          + code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.split()
+    assert all(line.startswith(str(site)) for line in lines), lines
