@@ -1,0 +1,48 @@
+"""Package metadata: one version everywhere, and the CLI answers --version / --help."""
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pam_ros
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_versions_agree():
+    pkg = ET.parse(ROOT / "package.xml").getroot()
+    setup_py = (ROOT / "setup.py").read_text()
+    setup_version = re.search(r'version="([^"]+)"', setup_py).group(1)
+    assert pkg.findtext("version") == setup_version == pam_ros.__version__
+
+
+def test_cli_version_and_help():
+    out = subprocess.run([sys.executable, "-m", "pam_ros.cli", "--version"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"pam-ros {pam_ros.__version__}"
+    helped = subprocess.run([sys.executable, "-m", "pam_ros.cli", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert helped.returncode == 0 and "usage: pam-ros" in helped.stdout
+
+
+def test_interfaces_are_declared_in_cmake():
+    """Every .msg/.srv/.action file is generated (a file missing from CMakeLists would silently not exist)."""
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    files = sorted(p.relative_to(ROOT).as_posix() for d in ("msg", "srv", "action") for p in (ROOT / d).iterdir())
+    assert files, "no interface files"
+    for f in files:
+        assert f'"{f}"' in cmake, f"{f} is not listed in rosidl_generate_interfaces"
+
+
+def test_generated_interfaces_import():
+    from pam_ros.action import Caption
+    from pam_ros.msg import PerceivedObject, PerceivedObjectArray, Prompt
+    from pam_ros.srv import Describe, ManageObjects
+
+    assert Prompt.RESET_ALL == 3 and PerceivedObject.SEMANTICS_STALE == 3
+    assert PerceivedObjectArray().objects == []
+    assert Describe.Request().prompt.action == Prompt.ADD
+    assert ManageObjects.Response().object_ids == []
+    assert Caption.Feedback().num_tokens == 0
