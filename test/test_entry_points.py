@@ -24,3 +24,14 @@ def test_pam_ros_version_runs():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"pam-ros {pam_ros.__version__}"
 
+
+
+def test_pam_ros_node_help_lists_the_parameters():
+    from pam_ros.ros.parameters import PARAMETER_NAMES
+
+    result = subprocess.run([_console_script("pam_ros_node"), "--help"], capture_output=True, text=True,
+                            timeout=60, env=child_environment())
+    assert result.returncode == 0, result.stderr
+    assert "usage: pam_ros_node" in result.stdout and "--ros-args" in result.stdout
+    for name in PARAMETER_NAMES:
+        assert f"  {name} (default" in result.stdout, name

@@ -181,6 +181,27 @@ def prompt_msg_to_request(msg: Prompt, image_size: tuple[int, int] | None = None
                          tasks=tasks, stamp_ns=stamp_ns)
 
 
+def describe_prompt_from_msg(msg: Prompt, has_image: bool,
+                             image_size: tuple[int, int] | None = None) -> PromptRequest:
+    """Describe / Caption prompt: points and/or a box (action ignored), or a tracked object's id alone.
+
+    A bare object_id refers to a tracked object's latest mask and features, so it cannot be combined
+    with an explicit image.
+    """
+    if not msg.points and not msg.has_box:
+        object_id = msg.object_id.strip()
+        if not object_id:
+            raise PromptConversionError("the prompt needs points, a box (has_box=true) or a tracked object_id")
+        if has_image:
+            raise PromptConversionError(
+                f"object_id {object_id!r} refers to a tracked object on the latest frame: leave image empty, "
+                "or give points / a box on the image")
+        return PromptRequest(action=PromptAction.ADD, object_id=object_id, stamp_ns=stamp_to_ns(msg.header.stamp))
+    as_add = Prompt(header=msg.header, action=Prompt.ADD, object_id=msg.object_id, points=msg.points,
+                    point_labels=msg.point_labels, box=msg.box, has_box=msg.has_box, tasks=msg.tasks)
+    return prompt_msg_to_request(as_add, image_size)
+
+
 def _check_inside(points: Sequence[tuple[float, float]], box, image_size: tuple[int, int]) -> None:
     width, height = image_size
     for x, y in points:
