@@ -104,6 +104,7 @@ class PamNode(LifecycleNode):
         self._stage_times = StageTimes()
         self._frames_processed = 0
         self._bad_frames = 0
+        self._overlays_drawn = 0
         self._activated_at = 0.0
         self._last_image_at = 0.0
         self._no_image_warned = False
@@ -249,8 +250,11 @@ class PamNode(LifecycleNode):
         for name in ("_objects_pub", "_overlay_pub"):
             publisher = getattr(self, name)
             if publisher is not None:
-                self.destroy_lifecycle_publisher(publisher)
                 setattr(self, name, None)
+                try:
+                    self.destroy_lifecycle_publisher(publisher)
+                except Exception:  # already gone with the context at process exit
+                    pass
 
     def _describe_model(self) -> str:
         spec = self._model_spec
@@ -302,7 +306,7 @@ class PamNode(LifecycleNode):
         now = time.monotonic()
         self._input_rate.tick(now)
         if self._no_image_warned and self._last_image_at == 0.0:
-            self.get_logger().info(f"images are arriving on {self._image_sub.topic_name} now")
+            self.get_logger().info(f"images are arriving on {self.resolve_topic_name(self._image_topic_name())} now")
         self._last_image_at = now
         self._slot.put((msg, now))  # latest frame wins; a replaced frame is counted as dropped
 
@@ -345,6 +349,8 @@ class PamNode(LifecycleNode):
                 if frame is not None:
                     self._track_frame(pipeline, *frame)
             except Exception:  # a bug must not kill tracking; it is logged with its traceback
+                if not self.context.ok():  # process shutting down: publishers are gone
+                    break
                 self.get_logger().error(f"tracking error (frame skipped):\n{traceback.format_exc()}")
 
     def _hand_over_prompts(self, pipeline) -> None:
@@ -393,6 +399,7 @@ class PamNode(LifecycleNode):
             overlay = self._draw_overlay(image, result)
             if overlay is not None:
                 overlay_pub.publish(convert.rgb_to_image_msg(overlay, msg.header))
+                self._overlays_drawn += 1
             self._stage_times.record("overlay", time.monotonic() - published)
         self._stage_times.record("wait_in_slot", started - received_at)
         self._stage_times.record("convert", converted - started)
@@ -600,6 +607,7 @@ class PamNode(LifecycleNode):
             "frames_processed": self._frames_processed,
             "frames_dropped": self._slot.dropped,
             "frames_bad": self._bad_frames,
+            "overlays_drawn": self._overlays_drawn,
             "queue_depth": self._slot.depth,
             "prompts_pending": len(self._pending),
         }
@@ -633,7 +641,7 @@ class PamNode(LifecycleNode):
         self._input_rate = RateMeter()
         self._processed_rate = RateMeter()
         self._stage_times.clear()
-        self._frames_processed = self._bad_frames = 0
+        self._frames_processed = self._bad_frames = self._overlays_drawn = 0
         self._last_image_at = 0.0
         self._no_image_warned = False
         self._bad_input_logged.clear()
