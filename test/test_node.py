@@ -352,11 +352,14 @@ def test_diagnostics_report_rates_latency_and_drops(node):
 
 def test_frames_are_dropped_not_queued_under_overload(node):
     burst = 25
+    before = node.objects[-1]
     headers = [node.publish_frame(frame(i)) for i in range(burst)]  # as fast as possible
     last = node.wait_objects_for(headers[-1])  # the newest frame is always processed
     processed = [h for h in headers if node.objects_for(h) is not None]
     assert len(processed) < burst, "every frame was processed: nothing was dropped"
-    assert last.frames_dropped > 0 and last.frames_dropped >= burst - len(processed)
+    # Frames replaced in the node's slot are counted (DDS may also drop some from its own history).
+    assert last.frames_dropped > before.frames_dropped
+    assert last.frames_received - before.frames_received >= len(processed) + (last.frames_dropped - before.frames_dropped)
     stamps = [node.objects_for(h).header.stamp.sec for h in processed]
     assert stamps == sorted(stamps)
     values = node.wait_diagnostics(lambda v: int(v["frames_dropped"]) >= last.frames_dropped, "drops in diagnostics")

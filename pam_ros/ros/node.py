@@ -71,6 +71,13 @@ def _engine_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _error_text(error: BaseException) -> str:
+    """str() of a KeyError is its repr; show its message plainly."""
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])
+    return str(error)
+
+
 class PamNode(LifecycleNode):
     """The PAM perception node (see the module docstring for its interface)."""
 
@@ -369,7 +376,7 @@ class PamNode(LifecycleNode):
                 image = convert.image_msg_to_rgb(msg)
         except convert.ImageConversionError as error:
             self._bad_frames += 1
-            self._log_bad_input(f"image skipped: {error}")
+            self._log_bad_input(f"image skipped: {_error_text(error)}")
             return
         converted = time.monotonic()
         stamp_ns = convert.stamp_to_ns(msg.header.stamp)
@@ -379,7 +386,7 @@ class PamNode(LifecycleNode):
             result = pipeline.process(image, stamp_ns)
         except self._bad_input_errors as error:
             self._bad_frames += 1
-            self._log_bad_input(f"image skipped: {error}")
+            self._log_bad_input(f"image skipped: {_error_text(error)}")
             return
         tracked = time.monotonic()
         self._frames_processed += 1
@@ -471,7 +478,7 @@ class PamNode(LifecycleNode):
             response.success = True
             response.message = f"described {obj.object_id or 'the prompted object'}: {', '.join(tasks)}"
         except self._bad_input_errors as error:
-            response.success, response.message = False, f"describe refused: {error}"
+            response.success, response.message = False, f"describe refused: {_error_text(error)}"
             self._log_bad_input(response.message)
         except Exception as error:
             response.success, response.message = False, f"describe failed: {error}"
@@ -552,9 +559,9 @@ class PamNode(LifecycleNode):
                 generation = generations[0]
                 publish_text(generation.text, len(generation.token_ids))
         except self._bad_input_errors as error:
-            self._log_bad_input(f"caption refused: {error}")
+            self._log_bad_input(f"caption refused: {_error_text(error)}")
             goal_handle.abort()
-            return Caption.Result(success=False, message=f"caption refused: {error}")
+            return Caption.Result(success=False, message=f"caption refused: {_error_text(error)}")
         except Exception as error:
             self.get_logger().error(f"caption failed:\n{traceback.format_exc()}")
             goal_handle.abort()
