@@ -16,7 +16,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Perceive Anything Model (SAM 2.1 + PAM semantics) for ROS 2 robots.",
     )
     parser.add_argument("--version", action="version", version=f"pam-ros {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from pam_ros import cli_describe, cli_download
+
+    cli_describe.add_parser(subparsers)
+    cli_download.add_parser(subparsers)
     return parser
 
 
@@ -26,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return 0
+    return args.run(args)
 
 
 if __name__ == "__main__":

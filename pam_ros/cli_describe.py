@@ -1,0 +1,265 @@
+"""`pam-ros describe`: segment one object in an image and say what it is (PAM tasks).
+
+    pam-ros describe IMAGE [--box X1 Y1 X2 Y2] [--point X Y [LABEL]]... --task NAME [--task NAME]...
+        [--prompt TEXT] [--model NAME | --sam2-config CFG --sam2-checkpoint PT --pam DIR]
+        [--device D] [--dtype T] [--max-new-tokens N] [--greedy | --temperature T --top-p P]
+        [--json] [--save-overlay PNG]
+
+Bad input (missing file, non-RGB image, NaN, labels other than 0/1, zero-area box, no prompt, unknown
+task) ends with one clear line on stderr and exit status 2, before any model is loaded. A box partly
+outside the image is clipped to it; a box or point entirely outside is refused. Logs go to stderr;
+stdout carries only the result (one JSON object with --json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("pam_ros.describe")
+
+EXIT_BAD_INPUT = 2
+EXIT_MODEL_ERROR = 1
+DEFAULT_TASKS = ("explain",)
+
+
+class InputError(ValueError):
+    """A command-line input that cannot be used (reported as one line, exit status 2)."""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "describe",
+        help="segment an object in an image and describe it with PAM",
+        description="Segment one object (box and/or points) in an image and run PAM tasks on it.",
+    )
+    p.add_argument("image", help="image file (8-bit RGB)")
+    p.add_argument("--box", nargs=4, type=float, metavar=("X1", "Y1", "X2", "Y2"),
+                   help="box in pixels of the image (clipped to the image if partly outside)")
+    p.add_argument("--point", nargs="+", action="append", default=[], metavar="X Y [LABEL]",
+                   help="point in pixels; LABEL 1 = positive (default), 0 = negative; repeatable, "
+                        "given to SAM 2 in command-line order")
+    p.add_argument("--task", action="append", default=[], metavar="NAME",
+                   help="task to run (repeatable): recognize, explain, caption, detailed_caption and "
+                        "their _zh variants (default: explain)")
+    p.add_argument("--prompt", help="free question about the object (runs as task 'prompt')")
+    model = p.add_argument_group("model (a downloaded name, or explicit files)")
+    model.add_argument("--model", metavar="NAME", help="downloaded model, e.g. PAM-1.5B, PAM-3B (or 'tiny')")
+    model.add_argument("--sam2-config", metavar="CFG", help="SAM 2.1 config name (sam2.1_hiera_l) or YAML")
+    model.add_argument("--sam2-checkpoint", metavar="PT", help="SAM 2.1 checkpoint (.pt)")
+    model.add_argument("--pam", metavar="DIR", help="PAM checkpoint folder")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help="most tokens to generate per task (default 512)")
+    decoding = p.add_mutually_exclusive_group()
+    decoding.add_argument("--greedy", action="store_true", help="greedy decoding (the default)")
+    decoding.add_argument("--temperature", type=float, help="sample with this temperature")
+    p.add_argument("--top-p", type=float, help="nucleus sampling threshold (with --temperature)")
+    p.add_argument("--seed", type=int, help="seed for sampling")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--save-overlay", metavar="PNG", help="write the image with the mask drawn on it")
+    p.set_defaults(run=run)
+    return p
+
+
+# ------------------------------------------------------------------ input checks
+def load_rgb_image(path: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    file = Path(path)
+    if not file.exists():
+        raise InputError(f"image not found: {file}")
+    if not file.is_file():
+        raise InputError(f"{file} is not a file")
+    try:
+        with Image.open(file) as img:
+            img.load()
+            mode = img.mode
+            if mode != "RGB":
+                raise InputError(f"{file} is a {mode} image; describe needs an 8-bit RGB image")
+            return np.asarray(img, dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"{file} is not a readable image ({exc})") from None
+
+
+def parse_points(raw: list[list[str]]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if not raw:
+        return None, None
+    points, labels = [], []
+    for values in raw:
+        if len(values) not in (2, 3):
+            raise InputError(f"--point takes X Y [LABEL], got {' '.join(values)}")
+        try:
+            x, y = float(values[0]), float(values[1])
+        except ValueError:
+            raise InputError(f"--point coordinates must be numbers, got {' '.join(values[:2])}") from None
+        label_text = values[2] if len(values) == 3 else "1"
+        try:
+            label = float(label_text)
+        except ValueError:
+            raise InputError(f"--point LABEL must be 0 or 1, got {label_text!r}") from None
+        if label not in (0.0, 1.0):
+            raise InputError(f"--point LABEL must be 0 (negative) or 1 (positive), got {label_text}")
+        points.append((x, y))
+        labels.append(int(label))
+    return np.array(points, dtype=np.float64), np.array(labels, dtype=np.int64)
+
+
+def build_prompt(args, image_wh: tuple[int, int]):
+    from pam_ros.model.sam2_backbone import VisualPrompt
+
+    points, labels = parse_points(args.point)
+    box = None if args.box is None else np.array(args.box, dtype=np.float64)
+    if points is None and box is None:
+        raise InputError("no visual prompt: give --box X1 Y1 X2 Y2 and/or --point X Y [LABEL]")
+    return VisualPrompt(points=points, labels=labels, box=box).validate(image_wh)
+
+
+def check_tasks(args) -> list[str]:
+    from pam_ros.model.tasks import canonical_task, is_video_task
+
+    tasks = []
+    for name in args.task or ([] if args.prompt else list(DEFAULT_TASKS)):
+        task = canonical_task(name)
+        if is_video_task(task):
+            raise InputError(f"task {name!r} needs a video; describe runs image tasks on one image")
+        tasks.append(task)
+    return tasks
+
+
+def model_source(args) -> tuple[str, ...]:
+    explicit = (args.pam, args.sam2_config, args.sam2_checkpoint)
+    if args.model and any(explicit):
+        raise InputError("give either --model NAME or --pam/--sam2-config/--sam2-checkpoint, not both")
+    if args.model:
+        return ("name", args.model)
+    if not all(explicit):
+        raise InputError("no model: give --model NAME, or all of --pam DIR --sam2-config CFG --sam2-checkpoint PT")
+    return ("files", *explicit)
+
+
+def generation_options(args) -> dict:
+    if args.top_p is not None and args.temperature is None:
+        raise InputError("--top-p needs --temperature (sampling)")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    options = {"max_new_tokens": args.max_new_tokens}
+    if args.temperature is not None:
+        if not (math.isfinite(args.temperature) and args.temperature > 0):
+            raise InputError(f"--temperature must be > 0, got {args.temperature}")
+        if args.top_p is not None and not 0 < args.top_p <= 1:
+            raise InputError(f"--top-p must be in (0, 1], got {args.top_p}")
+        options.update(do_sample=True, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    return options
+
+
+# ------------------------------------------------------------------ running
+def load_model(source: tuple[str, ...], device: str, dtype: str):
+    from pam_ros.model.pam import PamModel
+
+    if source[0] == "name":
+        return PamModel.from_name(source[1], device=device, dtype=dtype)
+    pam_dir, sam2_config, sam2_checkpoint = source[1:]
+    return PamModel.from_pretrained(pam_dir, sam2_config, sam2_checkpoint, device=device, dtype=dtype)
+
+
+def describe(args) -> dict:
+    """Everything the command prints, as the --json object."""
+    from pam_ros.masks import mask_bbox_xywh, mask_to_rle
+
+    image = load_rgb_image(args.image)
+    height, width = image.shape[:2]
+    prompt = build_prompt(args, (width, height))
+    tasks = check_tasks(args)
+    options = generation_options(args)
+    source = model_source(args)
+    if args.prompt is not None and not args.prompt.strip():
+        raise InputError("--prompt is empty")
+
+    log.info("loading model (%s) on %s, %s", " ".join(source[1:]), args.device, args.dtype)
+    model = load_model(source, args.device, args.dtype)
+    enc = model.encode_image(image)
+    dec = model.segment(enc, [prompt])
+    features = model.region_features(dec, 0)
+    mask = (dec.mask_logits[0, 0] > 0).cpu().numpy()
+    logit = float(dec.object_score_logits[0, 0])
+
+    results = {}
+    runs = [(t, None) for t in tasks] + ([("prompt", args.prompt)] if args.prompt is not None else [])
+    explanation = None
+    for task, free in runs:
+        log.info("running task %s", task)
+        out = model.describe(features, None if free is not None else task, prompt=free, **options)
+        results[task] = {"prompt": out.prompt, "text": out.text, "token_ids": out.token_ids}
+        if out.explanation is not None and explanation is None:
+            explanation = out.explanation
+    result = {
+        "image": args.image,
+        "size": [width, height],
+        "object_score_logit": logit,
+        "score": 1.0 / (1.0 + math.exp(-logit)),
+        "roi": list(mask_bbox_xywh(mask)),
+        "mask_rle": mask_to_rle(mask),
+        "tasks": results,
+        "category": explanation.category if explanation else None,
+        "definition": explanation.definition if explanation else None,
+    }
+    if args.save_overlay:
+        save_overlay(image, mask, prompt, args.save_overlay)
+    return result
+
+
+def save_overlay(image: np.ndarray, mask: np.ndarray, prompt, path: str) -> None:
+    """The image with the mask tinted and the visual prompt drawn."""
+    from PIL import Image, ImageDraw
+
+    tinted = image.astype(np.float32)
+    tinted[mask] = 0.5 * tinted[mask] + 0.5 * np.array([30, 144, 255], dtype=np.float32)
+    canvas = Image.fromarray(tinted.astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    if prompt.box is not None:
+        draw.rectangle([float(v) for v in prompt.box], outline=(0, 255, 0), width=2)
+    if prompt.points is not None:
+        for (x, y), label in zip(prompt.points, prompt.labels):
+            color = (0, 255, 0) if label == 1 else (255, 0, 0)
+            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=color, outline=(255, 255, 255))
+    try:
+        canvas.save(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot write the overlay to {path}: {exc}") from None
+    log.info("overlay written to %s", path)
+
+
+def print_text(result: dict) -> None:
+    print(f"{result['image']} {result['size'][0]}x{result['size'][1]}: object score "
+          f"{result['score']:.3f}, roi {result['roi']}")
+    for task, out in result["tasks"].items():
+        print(f"[{task}] {out['text']}")
+    if result["category"] is not None:
+        print(f"category: {result['category']}")
+        print(f"definition: {result['definition']}")
+
+
+def run(args) -> int:
+    from pam_ros.model.errors import CheckpointError, PamError
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = describe(args)
+    except (InputError, PamError) as exc:
+        # bad input and bad files are the user's to fix: one line, no traceback
+        code = EXIT_MODEL_ERROR if isinstance(exc, CheckpointError) else EXIT_BAD_INPUT
+        print(f"pam-ros describe: error: {exc}", file=sys.stderr)
+        return code
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print_text(result)
+    return 0

@@ -1,0 +1,227 @@
+"""Asynchronous PAM semantics: a worker that turns tracked-object features into words.
+
+The tracker hands over each object's decoder features (never the image), so language never re-runs
+the image encoder. The worker owns the LLM: one generation at a time, in its own thread, so tracking
+never waits for text. In "sync" mode (bag replay) jobs run in the caller's thread instead, which makes
+the output deterministic.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from pam_ros.engine.errors import EngineClosedError, UnknownObjectError
+from pam_ros.engine.types import GenerationResult, ObjectSemantics, SemanticsState
+from pam_ros.model.tasks import parse_explanation
+
+log = logging.getLogger(__name__)
+
+# (snapshot, task, max_new_tokens, on_text, should_stop) -> GenerationResult
+RunTask = Callable[..., GenerationResult]
+TextCallback = Callable[[str, int], None]
+
+
+@dataclass
+class SemanticsJob:
+    """Tasks to run for one object on a snapshot of its features."""
+
+    object_id: str
+    tasks: tuple[str, ...]
+    snapshot: object  # the tracker's per-object feature snapshot (opaque here)
+    stamp_ns: int
+    frame_index: int
+    max_new_tokens: int
+    on_text: TextCallback | None = None
+    should_stop: Callable[[], bool] | None = None
+    history: str | None = None  # previous caption, for streaming video captions
+    future: Future = field(default_factory=Future)
+
+
+class SemanticsStore:
+    """Latest semantics of every object, safe to read from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[str, ObjectSemantics] = {}
+
+    def get(self, object_id: str) -> ObjectSemantics:
+        with self._lock:
+            sem = self._items.get(object_id)
+            return _copy(sem) if sem is not None else ObjectSemantics()
+
+    def mark_pending(self, object_id: str) -> None:
+        with self._lock:
+            sem = self._items.setdefault(object_id, ObjectSemantics())
+            # Words already there stay readable while the refresh runs: they are only stale.
+            sem.state = SemanticsState.STALE if sem.texts else SemanticsState.PENDING
+
+    def set_result(self, object_id: str, job: SemanticsJob, results: Sequence[GenerationResult]) -> None:
+        with self._lock:
+            if object_id not in self._items:
+                return  # removed while the job ran
+            sem = self._items[object_id]
+            for res in results:
+                sem.texts[res.task] = res.text
+            sem.stamp_ns, sem.frame_index = job.stamp_ns, job.frame_index
+            fill_named_fields(sem)
+            sem.state, sem.error = SemanticsState.READY, ""
+
+    def set_texts(self, object_id: str, results: Sequence[GenerationResult]) -> None:
+        """Texts produced outside a job (a caption request): same bookkeeping as a job's result."""
+        with self._lock:
+            sem = self._items.setdefault(object_id, ObjectSemantics())
+            for res in results:
+                sem.texts[res.task] = res.text
+                sem.stamp_ns, sem.frame_index = res.stamp_ns, res.frame_index
+            fill_named_fields(sem)
+            sem.state, sem.error = SemanticsState.READY, ""
+
+    def set_error(self, object_id: str, message: str) -> None:
+        with self._lock:
+            if object_id in self._items:
+                self._items[object_id].state = SemanticsState.FAILED
+                self._items[object_id].error = message
+
+    def remove(self, object_id: str) -> None:
+        with self._lock:
+            self._items.pop(object_id, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+def _copy(sem: ObjectSemantics) -> ObjectSemantics:
+    return ObjectSemantics(sem.state, sem.stamp_ns, sem.frame_index, dict(sem.texts), sem.category,
+                           sem.definition, sem.explanation, sem.caption, sem.error)
+
+
+def fill_named_fields(sem: ObjectSemantics) -> None:
+    """category / definition / explanation / caption from the raw task texts (English or _zh)."""
+    texts = sem.texts
+    for explain in ("explain", "explain_zh"):
+        if explain in texts:
+            sem.explanation = texts[explain]
+            parsed = parse_explanation(texts[explain])
+            sem.category, sem.definition = parsed.category, parsed.definition
+            break
+    else:
+        for recognize in ("recognize", "recognize_zh"):
+            if recognize in texts:
+                sem.category = texts[recognize].strip()
+                break
+    for cap in ("caption", "caption_zh", "detailed_caption", "detailed_caption_zh",
+                "video_caption", "video_caption_zh", "video_stream_caption", "video_stream_caption_zh"):
+        if cap in texts:
+            sem.caption = texts[cap]
+            break
+
+
+class SemanticsWorker:
+    """Runs SemanticsJobs one at a time, in a thread ("async") or inline ("sync").
+
+    A failing job is reported on its future and in the store (FAILED + message); the worker goes on.
+    """
+
+    def __init__(self, run_task: RunTask, store: SemanticsStore, *, mode: str = "async",
+                 is_tracked: Callable[[str], bool] = lambda _id: True) -> None:
+        if mode not in ("async", "sync"):
+            raise ValueError(f"semantics mode must be 'async' or 'sync', not {mode!r}")
+        self._run_task = run_task
+        self._store = store
+        self._mode = mode
+        self._is_tracked = is_tracked
+        self._queue: queue.Queue[SemanticsJob | None] = queue.Queue()
+        self._closed = False
+        self._busy = threading.Event()
+        self.jobs_done = 0
+        self.jobs_failed = 0
+        self.last_job_seconds = 0.0
+        self._thread: threading.Thread | None = None
+        if mode == "async":
+            self._thread = threading.Thread(target=self._loop, name="pam-semantics", daemon=True)
+            self._thread.start()
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    def submit(self, job: SemanticsJob) -> Future:
+        if self._closed:
+            raise EngineClosedError("the semantics worker is closed")
+        self._store.mark_pending(job.object_id)
+        if self._mode == "sync":
+            self._run(job)
+        else:
+            self._queue.put(job)
+        return job.future
+
+    def pending(self) -> int:
+        return self._queue.qsize() + (1 if self._busy.is_set() else 0)
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.pending():
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+        # Fail what is still queued, so that nobody waits forever on a future.
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and not job.future.done():
+                job.future.set_exception(EngineClosedError("the pipeline was closed before this job ran"))
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            self._busy.set()
+            try:
+                self._run(job)
+            finally:
+                self._busy.clear()
+
+    def _run(self, job: SemanticsJob) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
+        if not self._is_tracked(job.object_id):
+            job.future.set_exception(UnknownObjectError(
+                f"object {job.object_id!r} is no longer tracked; its semantics were not computed"))
+            return
+        t0 = time.perf_counter()
+        results: list[GenerationResult] = []
+        try:
+            for task in job.tasks:
+                res = self._run_task(job.snapshot, task, job.max_new_tokens, on_text=job.on_text,
+                                     should_stop=job.should_stop, history=job.history,
+                                     object_id=job.object_id)
+                res.stamp_ns, res.frame_index = job.stamp_ns, job.frame_index
+                results.append(res)
+        except Exception as exc:  # noqa: BLE001 - any model failure is reported, the worker goes on
+            self.jobs_failed += 1
+            message = f"semantics for {job.object_id!r} failed: {type(exc).__name__}: {exc}"
+            log.error(message)
+            self._store.set_error(job.object_id, message)
+            job.future.set_exception(exc)
+            return
+        finally:
+            self.last_job_seconds = time.perf_counter() - t0
+        self.jobs_done += 1
+        self._store.set_result(job.object_id, job, results)
+        job.future.set_result(results)

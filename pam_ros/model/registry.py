@@ -1,0 +1,159 @@
+"""Models by name: the manifests in models/ (one JSON per model) and the Hugging Face cache.
+
+`resolve_model(name)` finds downloaded weights strictly offline; `download_model(name)` is the only
+place in pam_ros that goes to the network (used by `pam-ros download`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pam_ros.model.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def models_dir() -> Path:
+    """Where manifests live: $PAM_ROS_MODELS_DIR, else models/ at the repository root."""
+    return Path(os.environ.get("PAM_ROS_MODELS_DIR", REPO_ROOT / "models"))
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """Local files of a usable PAM model."""
+
+    pam_dir: Path
+    sam2_config: str
+    sam2_checkpoint: Path
+
+
+def known_models() -> list[str]:
+    folder = models_dir()
+    return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+
+def load_manifest(name: str) -> dict[str, Any]:
+    path = models_dir() / f"{name}.json"
+    if not path.is_file():
+        known = ", ".join(known_models()) or "none"
+        raise CheckpointError(f"unknown model {name!r}; known models: {known}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"model manifest {path} cannot be read: {exc}") from None
+
+
+def _local_path(relative: str) -> Path:
+    path = Path(relative)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def cached_snapshot(manifest: dict[str, Any]) -> Path:
+    """The cached snapshot folder of a Hub model, offline; CheckpointError if not downloaded."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(manifest["repo_id"], revision=manifest.get("revision"),
+                                        local_files_only=True))
+    except Exception:
+        raise CheckpointError(
+            f"model {manifest['name']} is not downloaded; run: pam-ros download {manifest['name']}"
+        ) from None
+    missing = missing_files(manifest, folder)
+    if missing:
+        raise CheckpointError(
+            f"model {manifest['name']} is incompletely downloaded (missing {', '.join(missing)}); "
+            f"run: pam-ros download {manifest['name']}"
+        )
+    return folder
+
+
+def missing_files(manifest: dict[str, Any], folder: Path) -> list[str]:
+    missing = [f for f in manifest.get("required_files", []) if not (folder / f).is_file()]
+    for alternatives in manifest.get("required_any", []):
+        if not any((folder / f).is_file() for f in alternatives):
+            missing.append(" or ".join(alternatives))
+    return missing
+
+
+def resolve_model(name: str) -> ModelPaths:
+    """Local paths of a model name (a PAM model plus the SAM 2 it uses), never touching the network."""
+    manifest = load_manifest(name)
+    kind = manifest.get("kind")
+    if kind == "local":
+        return ModelPaths(_local_path(manifest["pam_dir"]), str(_local_path(manifest["sam2_config"])),
+                          _local_path(manifest["sam2_checkpoint"]))
+    if kind != "pam":
+        raise CheckpointError(f"{name} is a {kind} model, not a PAM model; use a PAM name "
+                              f"({', '.join(n for n in known_models() if n.startswith('PAM'))})")
+    pam_dir = cached_snapshot(manifest)
+    sam2 = load_manifest(manifest["sam2"])
+    sam2_dir = cached_snapshot(sam2)
+    return ModelPaths(pam_dir, sam2["sam2_config"], sam2_dir / sam2["checkpoint"])
+
+
+def models_to_download(name: str) -> list[dict[str, Any]]:
+    """The manifests a name needs: a PAM model brings its SAM 2."""
+    manifest = load_manifest(name)
+    if manifest.get("kind") == "local":
+        raise CheckpointError(f"model {name} is built in (local files); nothing to download")
+    needed = [manifest]
+    if manifest.get("sam2"):
+        needed.append(load_manifest(manifest["sam2"]))
+    return needed
+
+
+def download_model(manifest: dict[str, Any], *, check_hashes: bool = True) -> Path:
+    """Fetch one Hub model into the usual cache (progress bars from huggingface_hub) and verify it."""
+    from huggingface_hub import snapshot_download
+
+    folder = Path(snapshot_download(manifest["repo_id"], revision=manifest.get("revision")))
+    verify_download(manifest, folder, check_hashes=check_hashes)
+    return folder
+
+
+def verify_download(manifest: dict[str, Any], folder: Path, *, check_hashes: bool = True) -> None:
+    """Required files present; sizes equal the manifest's (where published) and the Hub's metadata;
+    sha256 of the large (LFS) files equal the Hub's."""
+    missing = missing_files(manifest, folder)
+    if missing:
+        raise CheckpointError(f"download of {manifest['name']} lacks {', '.join(missing)}")
+    for rel, size in (manifest.get("files") or {}).items():
+        actual = (folder / rel).stat().st_size if (folder / rel).is_file() else None
+        if actual != size:
+            raise CheckpointError(f"{manifest['name']}: {rel} has {actual} bytes, expected {size}")
+    for rel, size, sha256 in _hub_metadata(manifest):
+        path = folder / rel
+        if not path.is_file():
+            continue
+        if size is not None and path.stat().st_size != size:
+            raise CheckpointError(f"{manifest['name']}: {rel} has {path.stat().st_size} bytes, the Hub says {size}")
+        if check_hashes and sha256 and _sha256(path) != sha256:
+            raise CheckpointError(f"{manifest['name']}: {rel} does not match the Hub's sha256; delete it and retry")
+
+
+def _hub_metadata(manifest: dict[str, Any]) -> list[tuple[str, int | None, str | None]]:
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(manifest["repo_id"], revision=manifest.get("revision"), files_metadata=True)
+    rows = []
+    for sibling in info.siblings or []:
+        lfs = getattr(sibling, "lfs", None)
+        sha = getattr(lfs, "sha256", None) if lfs is not None else None
+        rows.append((sibling.rfilename, getattr(sibling, "size", None), sha))
+    return rows
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

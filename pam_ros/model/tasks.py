@@ -1,0 +1,179 @@
+"""PAM's task prompts, its chat template, prompt tokenisation and parsing of the answers.
+
+The prompt strings are the official ones, character for character, from the PAM notebooks
+(Perceive-Anything/PAM: notebooks/image_infer_example.ipynb, video_infer_example.ipynb and
+video_stream_infer_example.ipynb). The names in the notebooks (`recognize_en`, `brief_cap_ch`, ...) are
+accepted as aliases of ours.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pam_ros.model.errors import TaskError
+
+IMAGE_PLACEHOLDER = "<image>"
+IMAGE_TOKEN_INDEX = -200
+HISTORY_FIELD = "{history}"
+
+TASK_PROMPTS: dict[str, str] = {
+    "recognize": "<image>\nClassify this subject and provide its label.",
+    "recognize_zh": "<image>\n对该目标对象进行分类并提供标签",
+    "explain": "<image>\nClassify this subject and provide the label and its definition.",
+    "explain_zh": "<image>\n对该目标对象进行分类并提供标签和名词功能解释",
+    "caption": "<image>\nProvide a concise caption for this subject.",
+    "caption_zh": "<image>\n对该目标对象提供一个概括的描述",
+    "detailed_caption": "<image>\nProvide a comprehensive and detailed description for this subject.",
+    "detailed_caption_zh": "<image>\n对该目标对象提供一个全面且详细的描述",
+    "video_caption": "<image>\nProvide a caption for this subject in this video.\nPrevious caption: None",
+    "video_caption_zh": "<image>\n对该视频中的目标对象提供一个描述。\n历史描述：无",
+    # streaming: the previous window's caption goes in place of {history}
+    "video_stream_caption": "<image>\nProvide a caption for this subject in this video.\nPrevious caption: {history}",
+    "video_stream_caption_zh": "<image>\n对该视频中的目标对象提供一个描述。\n历史描述：{history}",
+}
+OFFICIAL_ALIASES: dict[str, str] = {
+    "recognize_en": "recognize", "recognize_ch": "recognize_zh",
+    "explain_en": "explain", "explain_ch": "explain_zh",
+    "brief_cap_en": "caption", "brief_cap_ch": "caption_zh",
+    "detail_cap_en": "detailed_caption", "detail_cap_ch": "detailed_caption_zh",
+    "video_cap_en": "video_caption", "video_cap_ch": "video_caption_zh",
+}
+VIDEO_TASKS = frozenset(n for n in TASK_PROMPTS if n.startswith("video_"))
+IMAGE_TASKS = frozenset(n for n in TASK_PROMPTS if n not in VIDEO_TASKS)
+# the official streaming notebook fills {history} with "None" for the first window, in both languages
+NO_HISTORY = "None"
+
+# conv_templates["qwen_2"] (CHATML): system turn, user turn, open assistant turn
+SYSTEM_PROMPT = "You are a helpful assistant."
+_CHAT_TEMPLATE = (
+    "<|im_start|>system\n{system}<|im_end|>\n"
+    "<|im_start|>user\n{user}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+
+
+def task_names() -> list[str]:
+    return list(TASK_PROMPTS)
+
+
+def canonical_task(name: str) -> str:
+    """Our task name for `name` (an official notebook key is accepted too); TaskError if unknown."""
+    if name in TASK_PROMPTS:
+        return name
+    if name in OFFICIAL_ALIASES:
+        return OFFICIAL_ALIASES[name]
+    raise TaskError(f"unknown task {name!r}; known tasks: {', '.join(TASK_PROMPTS)}")
+
+
+def is_video_task(name: str) -> bool:
+    return canonical_task(name) in VIDEO_TASKS
+
+
+def task_prompt(name: str, *, history: str | None = None) -> str:
+    """The user turn of a task, `<image>` included. `history` only for video_stream_caption(_zh)."""
+    task = canonical_task(name)
+    prompt = TASK_PROMPTS[task]
+    if HISTORY_FIELD in prompt:
+        return prompt.replace(HISTORY_FIELD, NO_HISTORY if history is None else history)
+    if history is not None:
+        raise TaskError(f"task {task!r} takes no history; use video_stream_caption")
+    return prompt
+
+
+def free_prompt(text: str) -> str:
+    """A user's own question about the region, as a user turn with the `<image>` placeholder first
+    (the position every official task prompt uses)."""
+    if not isinstance(text, str) or not text.strip():
+        raise TaskError("the free prompt is empty")
+    if text.count(IMAGE_PLACEHOLDER) > 1:
+        raise TaskError("a free prompt may hold at most one <image> placeholder")
+    if IMAGE_PLACEHOLDER in text:
+        return text
+    return f"{IMAGE_PLACEHOLDER}\n{text.strip()}"
+
+
+def chat_prompt(user_turn: str, system: str = SYSTEM_PROMPT) -> str:
+    """PAM's qwen_2 conversation with one user turn and an empty assistant turn."""
+    return _CHAT_TEMPLATE.format(system=system, user=user_turn)
+
+
+def tokenize_prompt(prompt_text: str, tokenizer) -> list[int]:
+    """PAM's tokenizer_image_token: each chunk around `<image>` tokenised on its own, joined by -200.
+
+    A BOS token (if the tokenizer adds one) is kept once at the start; Qwen2 adds none.
+    """
+    chunks = [tokenizer(chunk).input_ids for chunk in prompt_text.split(IMAGE_PLACEHOLDER)]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids: list[int] = []
+    offset = 0
+    if chunks and chunks[0] and bos is not None and chunks[0][0] == bos:
+        offset = 1
+        ids.append(bos)
+    for i, chunk in enumerate(chunks):
+        if i > 0:
+            ids.append(IMAGE_TOKEN_INDEX)
+        ids.extend(chunk[offset:])
+    return ids
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    task: str  # task name, or "prompt" for a free prompt
+    user_turn: str
+    text: str  # the full chat prompt
+    input_ids: tuple[int, ...]  # with IMAGE_TOKEN_INDEX at the region position
+
+
+def prepare_prompt(tokenizer, task: str | None = None, *, prompt: str | None = None,
+                   history: str | None = None) -> PreparedPrompt:
+    """Task name (or free prompt text) -> chat prompt and input ids."""
+    if (task is None) == (prompt is None):
+        raise TaskError("give exactly one of a task name or a free prompt")
+    if prompt is not None:
+        name, user = "prompt", free_prompt(prompt)
+    else:
+        name = canonical_task(task)
+        user = task_prompt(name, history=history)
+    text = chat_prompt(user)
+    return PreparedPrompt(name, user, text, tuple(tokenize_prompt(text, tokenizer)))
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """`explain` output split into category (the label) and definition; raw text kept as generated."""
+
+    category: str
+    definition: str
+    raw: str
+
+
+_LABELLED = re.compile(
+    r"^\s*(?:label|category|class)\s*[:：]\s*(?P<cat>.+?)\s*(?:[\n;,.。；，]\s*)?"
+    r"(?:(?:definition|function|explanation)\s*[:：]\s*)(?P<def>.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+_SEPARATORS = re.compile(r"\s*(?:\n|[:：]|\.(?:\s|$)|。|；|;|\s[-–—]\s)\s*")
+
+
+def parse_explanation(text: str) -> Explanation:
+    """Split an `explain` answer into category + definition.
+
+    PAM answers with the label first, then its definition (e.g. "Chair. A chair is a seat ..." or
+    "chair: a seat ..."). Explicit "Label: ... Definition: ..." markers are honoured; otherwise the
+    label is everything before the first sentence/colon/line break. Without any separator the whole
+    text is the category and the definition is empty.
+    """
+    raw = text
+    body = text.strip()
+    m = _LABELLED.match(body)
+    if m:
+        return Explanation(_clean_label(m.group("cat")), m.group("def").strip(), raw)
+    m = _SEPARATORS.search(body)
+    if not m:
+        return Explanation(_clean_label(body), "", raw)
+    return Explanation(_clean_label(body[: m.start()]), body[m.end():].strip(), raw)
+
+
+def _clean_label(label: str) -> str:
+    label = re.sub(r"^(?:label|category|class)\s*[:：]\s*", "", label.strip(), flags=re.IGNORECASE)
+    return label.strip(" \t\"'`*.,;:。，；：")

@@ -1,0 +1,129 @@
+"""`pam-ros describe` on the tiny fixture: the --json contract end to end, and clear errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pam_ros.cli import main
+from pam_ros.masks import rle_to_mask
+
+from pam_tiny_fixture import FIXTURE_DIR, PAM_DIR, SAM2_CHECKPOINT, SAM2_CONFIG, golden, image_cases
+
+REPO = Path(__file__).resolve().parents[1]
+C0 = image_cases()[0]
+IMG0 = str(FIXTURE_DIR / C0["image"])
+MODEL_ARGS = ["--pam", str(PAM_DIR), "--sam2-config", str(SAM2_CONFIG), "--sam2-checkpoint", str(SAM2_CHECKPOINT)]
+
+
+def run_cli(*args, env_extra=None):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "pam_ros.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def c0_json():
+    box = [str(v) for v in C0["visual_prompt"]]
+    proc = run_cli("describe", IMG0, "--box", *box, "--task", "recognize", "--task", "explain",
+                   *MODEL_ARGS, "--max-new-tokens", "12", "--greedy", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_json_contract_on_fixture_case(c0_json):
+    result = json.loads(c0_json.stdout)  # stdout is exactly one JSON object
+    assert set(result) == {"image", "size", "object_score_logit", "score", "roi", "mask_rle", "tasks",
+                           "category", "definition"}
+    assert result["image"] == IMG0 and result["size"] == [640, 480]
+    assert result["object_score_logit"] == pytest.approx(C0["sam2_object_score_logit"], abs=1e-4)
+    assert result["score"] == pytest.approx(1 / (1 + np.exp(-C0["sam2_object_score_logit"])), abs=1e-4)
+    recognize = result["tasks"]["recognize"]
+    assert recognize["token_ids"] == golden()["c0_box_recognize.generated_ids"].tolist()
+    assert recognize["text"] == C0["generated_text"]
+    assert recognize["prompt"] == C0["task_prompt"]
+    assert set(result["tasks"]) == {"recognize", "explain"}
+    assert result["category"] is not None and result["definition"] is not None
+    # the mask at the image's own resolution is the official one (a few pixels at logit ~0 may flip)
+    mask = rle_to_mask(result["mask_rle"])
+    official = golden()["c0_box_recognize.sam2.video_res_mask_logits"][0, 0].numpy() > 0
+    assert result["mask_rle"]["size"] == [480, 640]
+    assert np.count_nonzero(mask != official) <= 5
+    ys, xs = np.nonzero(mask)
+    assert result["roi"] == [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    assert "Traceback" not in c0_json.stderr and "INFO" in c0_json.stderr  # logs on stderr
+
+
+def test_missing_image_fails_cleanly_in_a_process():
+    proc = run_cli("describe", "no/such/image.png", "--box", "1", "2", "3", "4", *MODEL_ARGS)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert "image not found: no/such/image.png" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def odd_images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    Image.new("L", (64, 48), 128).save(folder / "gray.png")
+    Image.new("RGBA", (64, 48), (1, 2, 3, 4)).save(folder / "rgba.png")
+    Image.fromarray(np.zeros((48, 64), dtype=np.uint16)).save(folder / "deep.png")
+    (folder / "garbage.png").write_bytes(b"not an image at all")
+    return folder
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--box", "100", "100", "100", "200"], "zero area"),
+    (["--box", "700", "500", "900", "600"], "entirely outside"),
+    (["--box", "nan", "1", "50", "60"], "NaN"),
+    (["--point", "nan", "10"], "NaN"),
+    (["--point", "10", "10", "2"], "LABEL must be 0"),
+    (["--point", "10", "10", "yes"], "LABEL must be 0"),
+    (["--point", "10"], "X Y [LABEL]"),
+    (["--point", "700", "10"], "outside"),
+    ([], "no visual prompt"),
+    (["--box", "1", "2", "30", "40", "--task", "dance"], "unknown task 'dance'"),
+    (["--box", "1", "2", "30", "40", "--task", "video_caption"], "needs a video"),
+    (["--box", "1", "2", "30", "40", "--top-p", "0.5"], "--top-p needs --temperature"),
+])
+def test_bad_prompts_give_clear_errors(capsys, extra, message):
+    code = main(["describe", IMG0, *extra, *MODEL_ARGS])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.startswith("pam-ros describe: error:")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("gray.png", "is a L image"), ("rgba.png", "is a RGBA image"), ("deep.png", "image"),
+    ("garbage.png", "not a readable image"),
+])
+def test_images_that_are_not_8bit_rgb_are_refused(capsys, odd_images, name, message):
+    code = main(["describe", str(odd_images / name), "--box", "1", "2", "30", "40", *MODEL_ARGS])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err
+    assert "8-bit RGB" in err or "not a readable image" in err
+
+
+def test_partly_outside_box_is_clipped(capsys):
+    from pam_ros.cli_describe import add_parser, build_prompt
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["describe", IMG0, "--box", "-20", "-10", "700", "300"])
+    prompt = build_prompt(args, (640, 480))
+    assert prompt.box.tolist() == [0.0, 0.0, 640.0, 300.0]
+
+
+def test_model_errors_are_one_line(capsys, tmp_path):
+    code = main(["describe", IMG0, "--box", "1", "2", "30", "40", "--pam", str(tmp_path),
+                 "--sam2-config", str(SAM2_CONFIG), "--sam2-checkpoint", str(SAM2_CHECKPOINT)])
+    err = capsys.readouterr().err
+    assert code != 0 and "not found" in err and len(err.strip().splitlines()) <= 2
+    code = main(["describe", IMG0, "--box", "1", "2", "30", "40"])
+    assert code == 2 and "no model" in capsys.readouterr().err

@@ -1,0 +1,259 @@
+"""StreamingTracker: parity with PAM's offline video propagation, add/remove, bounded state, bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from pam_ros.engine.tracker import (
+    FeatureHistory,
+    FrameFeatures,
+    StreamingTracker,
+    TrackerError,
+    UnknownObjectError,
+)
+from pam_ros.engine.types import TrackingState
+from pam_ros.model.errors import ImageError, PromptError
+from pam_ros.model.sam2_backbone import Sam2Backbone, VisualPrompt
+
+FIXTURE = Path(__file__).parent / "fixtures" / "pam_tiny"
+SAM2_YAML = FIXTURE / "sam2" / "sam2.1_hiera_tiny_pam.yaml"
+SAM2_PT = FIXTURE / "sam2" / "sam2.1_hiera_tiny_pam.pt"
+VIDEO = json.loads((FIXTURE / "fixture.json").read_text())["video_cases"][0]
+TOL = 1e-4
+
+
+def video_frames() -> list[np.ndarray]:
+    return [np.array(Image.open(FIXTURE / path).convert("RGB")) for path in VIDEO["frames"]]
+
+
+def box(*xyxy: float) -> VisualPrompt:
+    return VisualPrompt(box=np.array(xyxy, dtype=np.float32))
+
+
+def point(x: float, y: float) -> VisualPrompt:
+    return VisualPrompt(points=np.array([[x, y]], dtype=np.float32), labels=np.array([1]))
+
+
+@pytest.fixture(scope="module")
+def full_backbone() -> Sam2Backbone:
+    return Sam2Backbone.from_config(SAM2_YAML, SAM2_PT)
+
+
+@pytest.fixture(scope="module")
+def small_backbone() -> Sam2Backbone:
+    """The fixture's weights at a 256-pixel model input: 16x faster, same code paths."""
+    return Sam2Backbone.from_config(SAM2_YAML, SAM2_PT, overrides={"image_size": 256})
+
+
+# ---- parity with the official offline propagation ------------------------------------------
+@pytest.fixture(scope="module")
+def video_run(full_backbone):
+    tracker = StreamingTracker(full_backbone, keep_feature_frames=16)
+    object_id = tracker.add_object(box(*VIDEO["visual_prompt"]))
+    results = [tracker.step(frame, stamp_ns=1000 * i) for i, frame in enumerate(video_frames())]
+    return tracker, object_id, results
+
+
+def test_video_tracking_matches_pam_offline_propagation(video_run):
+    golden = load_file(str(FIXTURE / "golden.safetensors"))
+    key = VIDEO["case"] + ".sam2."
+    _, object_id, results = video_run
+    tracks = [result.by_id()[object_id] for result in results]
+    scores = torch.tensor([[t.object_score_logit] for t in tracks])
+    assert (scores - golden[key + "object_score_logits_per_frame"]).abs().max() <= TOL
+    for stored, frame in enumerate(VIDEO["low_res_stored_frame_ids"]):
+        expected = golden[key + "low_res_mask_logits_stored_frames"][stored]
+        assert (tracks[frame].low_res_logits.cpu() - expected).abs().max() <= TOL, frame
+    mid_tokens = torch.stack([t.features.mid_mask_tokens for t in tracks])
+    assert (mid_tokens.cpu() - golden[key + "mid_mask_tokens_out_per_frame"]).abs().max() <= TOL
+    assert [t.state for t in tracks] == [TrackingState.PROMPTED] + [TrackingState.TRACKED] * 15
+
+
+def test_video_binary_masks_match_up_to_near_zero_pixels(video_run, full_backbone):
+    golden = load_file(str(FIXTURE / "golden.safetensors"))
+    packed = golden[VIDEO["case"] + ".sam2.video_res_binary_masks_packbits"].numpy()
+    expected = np.unpackbits(packed, axis=1)[:, : 240 * 320].reshape(16, 240, 320).astype(bool)
+    _, object_id, results = video_run
+    for index, result in enumerate(results):
+        track = result.by_id()[object_id]
+        assert track.mask.shape == (240, 320) and track.mask.dtype == bool
+        differs = track.mask != expected[index]
+        assert differs.sum() <= 5, index
+        if differs.any():
+            logits = full_backbone.upsample_to_image(track.low_res_logits[None], (240, 320))[0, 0]
+            assert logits[torch.from_numpy(differs)].abs().max() < 1e-3
+        assert track.mask_area == int(track.mask.sum())
+
+
+def test_kept_features_are_the_frames_pam_video_mode_reads(video_run):
+    tracker, object_id, results = video_run
+    kept = tracker.features(object_id)
+    assert [f.frame_index for f in kept] == list(range(16))
+    assert [f.stamp_ns for f in kept] == [1000 * i for i in range(16)]
+    assert kept[0].mid_mask_tokens.shape == (2, 256)
+    assert kept[0].mid_image_embed.shape == (256, 64, 64)
+    assert kept[-1] is results[-1].by_id()[object_id].features
+
+
+# ---- objects come and go --------------------------------------------------------------------
+def test_add_and_remove_mid_stream_leave_other_objects_untouched(small_backbone):
+    frames = video_frames()[:10]
+    alone = StreamingTracker(small_backbone)
+    first = alone.add_object(box(20, 40, 100, 120), "disk")
+    solo = [alone.step(frame).by_id()[first] for frame in frames]
+
+    busy = StreamingTracker(small_backbone)
+    busy.add_object(box(20, 40, 100, 120), "disk")
+    busy.add_object(point(250, 200), "corner")  # same frame: batched with "disk"
+    busy.add_object(box(150, 20, 300, 100), "late", frame=3)  # queued for frame 3
+    seen = []
+    for index, frame in enumerate(frames):
+        if index == 7:
+            busy.remove_object("late")
+        result = busy.step(frame)
+        seen.append(sorted(result.by_id()))
+        disk = result.by_id()["disk"]
+        assert (disk.low_res_logits - solo[index].low_res_logits).abs().max() <= TOL, index
+        assert abs(disk.object_score_logit - solo[index].object_score_logit) <= TOL
+        assert (disk.mask != solo[index].mask).sum() <= 5
+        if index == 3:
+            assert result.by_id()["late"].prompted
+            assert result.by_id()["late"].state in (TrackingState.PROMPTED, TrackingState.LOST)
+    assert seen[0] == ["corner", "disk"]
+    assert seen[3] == ["corner", "disk", "late"]
+    assert seen[7] == ["corner", "disk"]
+    assert busy.object_ids == ["disk", "corner"]
+
+
+def test_refine_with_and_without_memory(small_backbone):
+    frames = video_frames()[:6]
+    tracker = StreamingTracker(small_backbone, max_conditioning_frames=2)
+    object_id = tracker.add_object(box(20, 40, 100, 120))
+    for frame in frames[:3]:
+        tracker.step(frame)
+    tracker.refine_object(object_id, point(90, 90))
+    refined = tracker.step(frames[3]).by_id()[object_id]
+    assert refined.prompted and tracker.state_size()["conditioning_frames"] == 2
+    tracker.refine_object(object_id, box(60, 60, 140, 140), keep_memory=False)
+    restarted = tracker.step(frames[4]).by_id()[object_id]
+    # a restart decodes the box alone, like a fresh object on that frame
+    fresh = StreamingTracker(small_backbone)
+    fresh_id = fresh.add_object(box(60, 60, 140, 140))
+    expected = fresh.step(frames[4]).by_id()[fresh_id]
+    assert (restarted.low_res_logits - expected.low_res_logits).abs().max() <= TOL
+    assert tracker.state_size()["conditioning_frames"] == 1
+    assert [f.frame_index for f in tracker.features(object_id)] == [4]
+
+
+# ---- bounded memory ---------------------------------------------------------------------------
+def moving_square(index: int) -> np.ndarray:
+    frame = np.full((48, 64, 3), 40, dtype=np.uint8)
+    x = 5 + (index % 40)
+    frame[15:30, x : x + 15] = (220, 30, 30)
+    return frame
+
+
+def test_state_stops_growing_on_a_long_stream(small_backbone):
+    tracker = StreamingTracker(small_backbone, max_conditioning_frames=3, keep_feature_frames=8)
+    first = tracker.add_object(box(5, 15, 20, 30))
+    tracker.add_object(point(50, 40))
+    sizes = {}
+    for index in range(300):
+        if index in (50, 100, 150, 200):
+            tracker.refine_object(first, point(12 + (index % 40), 22))
+        tracker.step(moving_square(index))
+        if index in (40, 120, 299):
+            sizes[index] = tracker.state_size()
+    memory_keys = ("objects", "conditioning_frames", "tracked_frames", "spatial_memories", "memory_bytes")
+    assert {k: sizes[120][k] for k in memory_keys} == {k: sizes[299][k] for k in memory_keys}
+    assert sizes[40]["tracked_frames"] == sizes[299]["tracked_frames"]
+    assert sizes[299]["conditioning_frames"] == 3 + 1  # capped for the refined object, 1 for the other
+    frame_bytes = (2 * 256 + 256 * 16 * 16) * 4  # one frame's PAM features at this model size
+    for index in (120, 299):
+        assert sizes[index]["feature_frames"] <= 2 * 8
+        assert sizes[index]["feature_bytes"] <= 2 * 8 * frame_bytes
+    history = [f.frame_index for f in tracker.features(first)]
+    assert history[0] == 0 and history[-1] == 299 and len(history) <= 8
+
+
+def test_feature_history_spans_the_whole_track():
+    history = FeatureHistory(capacity=5)
+    for index in range(40):
+        history.add(FrameFeatures(index, index, torch.zeros(2, 256), torch.zeros(1), 1.0))
+    kept = [f.frame_index for f in history.frames()]
+    assert len(kept) <= 5 and kept[0] == 0 and kept[-1] == 39
+    gaps = np.diff(kept[:-1])
+    assert len(set(gaps.tolist())) == 1  # evenly spaced samples
+
+
+# ---- bad input --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((48, 64), dtype=np.uint8),
+        np.zeros((48, 64, 3), dtype=np.float64),
+        np.zeros((0, 0, 3), dtype=np.uint8),
+        None,
+    ],
+    ids=["gray", "float", "empty", "none"],
+)
+def test_bad_frames_raise_and_tracking_continues(small_backbone, image):
+    tracker = StreamingTracker(small_backbone)
+    object_id = tracker.add_object(box(5, 15, 20, 30))
+    tracker.step(moving_square(0))
+    with pytest.raises(ImageError):
+        tracker.step(image)
+    assert tracker.next_frame_index == 1
+    result = tracker.step(moving_square(1))
+    assert result.frame_index == 1 and result.by_id()[object_id].state != TrackingState.UNKNOWN
+
+
+def test_bad_prompts_and_ids_raise_clear_errors(small_backbone):
+    tracker = StreamingTracker(small_backbone, max_objects=2)
+    with pytest.raises(PromptError, match="NaN"):
+        tracker.add_object(point(float("nan"), 3))
+    object_id = tracker.add_object(box(5, 15, 20, 30), "a")
+    tracker.step(moving_square(0))
+    with pytest.raises(PromptError, match="outside"):
+        tracker.add_object(point(100, 10))  # the stream is 64x48
+    with pytest.raises(PromptError, match="entirely outside"):
+        tracker.refine_object(object_id, box(70, 50, 90, 60))
+    with pytest.raises(TrackerError, match="already tracked"):
+        tracker.add_object(point(10, 10), "a")
+    with pytest.raises(TrackerError, match="already processed"):
+        tracker.add_object(point(10, 10), frame=0)
+    for call in (tracker.remove_object, tracker.features, lambda i: tracker.refine_object(i, point(5, 5))):
+        with pytest.raises(UnknownObjectError, match="unknown object id 'ghost'"):
+            call("ghost")
+    tracker.add_object(point(30, 30), "b")
+    with pytest.raises(TrackerError, match="more than 2"):
+        tracker.add_object(point(40, 30))
+    result = tracker.step(moving_square(1))
+    assert sorted(result.by_id()) == ["a", "b"]
+
+
+def test_prompt_outside_the_frame_it_meets_is_rejected_not_fatal(small_backbone):
+    tracker = StreamingTracker(small_backbone)
+    tracker.add_object(box(5, 15, 20, 30), "fits")
+    tracker.add_object(point(500, 400), "too-far")  # frame size not known yet
+    result = tracker.step(moving_square(0))
+    assert [track.object_id for track in result.objects] == ["fits"]
+    assert result.rejected_prompts[0][0] == "too-far" and "outside" in result.rejected_prompts[0][1]
+    assert tracker.object_ids == ["fits"]
+    assert tracker.step(moving_square(1)).by_id()["fits"].state == TrackingState.TRACKED
+
+
+def test_reset_frees_everything(small_backbone):
+    tracker = StreamingTracker(small_backbone)
+    tracker.add_object(box(5, 15, 20, 30))
+    tracker.step(moving_square(0))
+    tracker.reset()
+    assert tracker.object_ids == [] and tracker.next_frame_index == 0
+    assert tracker.state_size()["memory_bytes"] == 0 == tracker.state_size()["feature_bytes"]
+    assert tracker.step(moving_square(1)).objects == []
