@@ -65,12 +65,44 @@ def test_settings_need_a_model_or_both_checkpoints(node):
     assert settings.new_object_task_tuple == ("explain", "caption")
     node.set_parameters([Parameter("sam2_checkpoint", value="/weights/sam2.pt")])
     try:
-        with pytest.raises(SettingsError, match="need both sam2_checkpoint and pam_checkpoint"):
+        with pytest.raises(SettingsError, match="need sam2_config, sam2_checkpoint and pam_checkpoint"):
             read_settings(node)
-        node.set_parameters([Parameter("pam_checkpoint", value="/weights/PAM-1.5B")])
+        node.set_parameters([Parameter("pam_checkpoint", value="/weights/PAM-1.5B"),
+                             Parameter("sam2_config", value="configs/sam2.1/sam2.1_hiera_l.yaml")])
         assert read_settings(node).uses_explicit_paths
     finally:
-        node.set_parameters([Parameter("sam2_checkpoint", value=""), Parameter("pam_checkpoint", value="")])
+        node.set_parameters([Parameter(name, value="") for name in ("sam2_config", "sam2_checkpoint", "pam_checkpoint")])
+
+
+def test_engine_parameters_mirror_the_pipeline_config(node):
+    """Every PipelineConfig field is a node parameter with the engine's default (semantics_mode is
+    always "async" in the node: semantics never block tracking)."""
+    import dataclasses
+
+    from pam_ros.engine.pipeline import PipelineConfig
+
+    engine_defaults = {f.name: f.default for f in dataclasses.fields(PipelineConfig)}
+    del engine_defaults["semantics_mode"]
+    for name, default in engine_defaults.items():
+        assert node.has_parameter(name), f"PipelineConfig.{name} has no node parameter"
+        value = node.get_parameter(name).value
+        assert (tuple(value) if isinstance(value, list) else value) == default, name
+    config = read_settings(node).pipeline_config()
+    config.validate()
+    assert config.semantics_mode == "async"
+
+
+def test_model_is_validated_without_loading_it(node):
+    from pam_ros.engine.errors import ConfigError
+
+    node.set_parameters([Parameter("model", value="tiny")])
+    try:
+        read_settings(node).model_spec().validate()
+        node.set_parameters([Parameter("model", value="PAM-7B-nonexistent")])
+        with pytest.raises(ConfigError):
+            read_settings(node).model_spec().validate()
+    finally:
+        node.set_parameters([Parameter("model", value="PAM-1.5B")])
 
 
 def test_resolved_device_and_dtype(node):

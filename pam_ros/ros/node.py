@@ -160,6 +160,7 @@ class PamNode(LifecycleNode):
             settings = read_settings(self)
             spec = settings.model_spec()
             spec.validate()
+            settings.pipeline_config().validate()
         except ImportError as error:
             self.get_logger().error(f"configure failed: the engine is not installed ({error})")
             return TransitionCallbackReturn.FAILURE
@@ -626,7 +627,8 @@ class PamNode(LifecycleNode):
             except Exception as error:  # diagnostics must never take the node down
                 values["engine_error"] = str(error)
         device = str(self._model_spec.device) if self._model_spec is not None else ""
-        if pipeline is not None and device.startswith("cuda") and "gpu_memory_bytes" not in values.get("engine", {}):
+        engine_keys = values.get("engine", {})
+        if pipeline is not None and device.startswith("cuda") and not any("gpu_memory" in k for k in engine_keys):
             import torch
 
             values["gpu_memory_bytes"] = {"allocated": torch.cuda.memory_allocated(device),

@@ -33,10 +33,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     # --- model selection (ModelSpec) ---
     ParameterSpec("model", DEFAULT_MODEL,
                   'Downloaded model name ("PAM-1.5B", "PAM-3B"; get one with `pam-ros download NAME`) or "tiny" '
-                  "(built-in random-weight test model). Ignored when sam2_checkpoint / pam_checkpoint are set."),
-    ParameterSpec("sam2_config", "", "SAM 2.1 config: packaged name or YAML path (with explicit checkpoints)."),
-    ParameterSpec("sam2_checkpoint", "", "SAM 2.1 checkpoint (.pt) path; set together with pam_checkpoint."),
-    ParameterSpec("pam_checkpoint", "", "PAM checkpoint folder (Hugging Face layout); set together with sam2_checkpoint."),
+                  "(built-in random-weight test model). Ignored when the explicit paths below are set."),
+    ParameterSpec("sam2_config", "", "SAM 2.1 config: packaged name or YAML path; set with the two checkpoints."),
+    ParameterSpec("sam2_checkpoint", "", "SAM 2.1 checkpoint (.pt) path; set with sam2_config and pam_checkpoint."),
+    ParameterSpec("pam_checkpoint", "", "PAM checkpoint folder (Hugging Face layout); set with the SAM 2.1 paths."),
     ParameterSpec("device", "auto", 'Torch device: "auto" (cuda when available, else cpu), "cpu", "cuda" or "cuda:N".'),
     ParameterSpec("dtype", "auto", 'Compute dtype: "auto" (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16.',
                   DTYPE_CHOICES),
@@ -47,7 +47,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("refresh_period_s", 0.0, "Re-run each object's tasks every this many seconds; 0 = never."),
     ParameterSpec("max_objects", 16, "Most objects tracked at once; further ADD prompts are refused."),
     ParameterSpec("max_conditioning_frames", 4, "Prompted frames kept per object in the memory bank."),
-    ParameterSpec("num_memory_frames", 6, "Recent frames kept in the memory bank (SAM 2's num_maskmem - 1)."),
+    ParameterSpec("keep_feature_frames", 16,
+                  "Frames of features kept per object for semantics (video tasks read 16; must be >= 16)."),
+    ParameterSpec("stream_window_frames", 32,
+                  "video_stream_caption: frames per captioned window of a track (>= 16)."),
     ParameterSpec("max_new_tokens", 48, "Default upper bound on generated tokens per task."),
     ParameterSpec("greedy", True, "Greedy decoding (deterministic); false = sample with temperature / top_p."),
     ParameterSpec("temperature", 0.7, "Sampling temperature (greedy = false)."),
@@ -89,12 +92,14 @@ def check_parameter_value(name: str, value: Any) -> None:
         return
     if spec.choices and value not in spec.choices:
         raise SettingsError(f"parameter {name}={value!r} is not one of {', '.join(spec.choices)}")
-    positive = {"max_objects", "max_conditioning_frames", "num_memory_frames", "max_new_tokens",
+    positive = {"max_objects", "max_conditioning_frames", "max_new_tokens",
                 "diagnostics_period_s", "request_timeout_s", "no_image_warn_s", "temperature"}
     if name in positive and not value > 0:
         raise SettingsError(f"parameter {name}={value!r} must be > 0")
     if name in ("refresh_period_s", "prompt_hold_s") and not value >= 0:
         raise SettingsError(f"parameter {name}={value!r} must be >= 0")
+    if name in ("keep_feature_frames", "stream_window_frames") and not value >= 16:
+        raise SettingsError(f"parameter {name}={value!r} must be >= 16 (PAM's video mode reads 16 frames)")
     if name == "top_p" and not 0 < value <= 1:
         raise SettingsError(f"parameter top_p={value!r} must be in (0, 1]")
     if name == "device" and not (value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())):
@@ -150,7 +155,8 @@ class NodeSettings:
             refresh_period_s=float(self.refresh_period_s),
             max_objects=int(self.max_objects),
             max_conditioning_frames=int(self.max_conditioning_frames),
-            num_memory_frames=int(self.num_memory_frames),
+            keep_feature_frames=int(self.keep_feature_frames),
+            stream_window_frames=int(self.stream_window_frames),
             max_new_tokens=int(self.max_new_tokens),
             greedy=bool(self.greedy),
             temperature=float(self.temperature),
@@ -165,9 +171,10 @@ def read_settings(node) -> NodeSettings:
     values = {name: node.get_parameter(name).value for name in PARAMETER_NAMES}
     for name, value in values.items():
         check_parameter_value(name, value)
-    explicit = [name for name in ("sam2_config", "sam2_checkpoint", "pam_checkpoint") if values[name]]
-    if explicit and not (values["sam2_checkpoint"] and values["pam_checkpoint"]):
-        raise SettingsError(f"explicit model paths need both sam2_checkpoint and pam_checkpoint (got only "
+    paths = ("sam2_config", "sam2_checkpoint", "pam_checkpoint")
+    explicit = [name for name in paths if values[name]]
+    if explicit and len(explicit) < len(paths):
+        raise SettingsError(f"explicit model paths need sam2_config, sam2_checkpoint and pam_checkpoint (got only "
                             f"{', '.join(explicit)}); or set model to a downloaded model name instead")
     if not explicit and not values["model"]:
         raise SettingsError('set parameter model (e.g. "PAM-1.5B" or "tiny") or sam2_checkpoint + pam_checkpoint')
