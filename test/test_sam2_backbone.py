@@ -208,3 +208,18 @@ def test_box_partly_outside_is_clipped():
 def test_bad_images_raise_image_error(backbone, image, message):
     with pytest.raises(ImageError, match=message):
         backbone.encode_image(image)
+
+
+def test_bfloat16_autocast_gives_the_float32_segmentation():
+    """dtype=bfloat16 runs the same model under autocast (weights stay float32)."""
+    small = {"image_size": 256}
+    fp32 = Sam2Backbone.from_config(SAM2_YAML, SAM2_PT, overrides=small)
+    bf16 = Sam2Backbone.from_config(SAM2_YAML, SAM2_PT, overrides=small, dtype=torch.bfloat16)
+    case = IMAGE_CASES["c0_box_recognize"]
+    image, prompt = image_of(case), prompt_of(case)
+    reference = fp32.decode(fp32.encode_image(image), [prompt])
+    reduced = bf16.decode(bf16.encode_image(image), [prompt])
+    assert reduced.mid_mask_tokens.dtype == torch.float32 and reduced.mid_image_embed.dtype == torch.float32
+    assert abs(reduced.object_score_logits.item() - reference.object_score_logits.item()) < 0.1
+    agreement = ((reduced.mask_logits > 0) == (reference.mask_logits > 0)).float().mean().item()
+    assert agreement > 0.95

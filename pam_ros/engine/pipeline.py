@@ -45,6 +45,9 @@ class ModelSpec:
     pam_checkpoint: str = ""  # PAM Hugging Face folder
     device: str = "cpu"
     dtype: str = "float32"
+    # SAM 2 input size; 0 = the config's (1024, what PAM was trained with). Smaller is faster
+    # (e.g. 512 on small GPUs, 256 in CPU tests) but no longer the official PAM computation.
+    image_size: int = 0
 
     def resolve(self) -> tuple[str, str, str]:
         """(sam2_config, sam2_checkpoint, pam_dir) of this spec; ConfigError when unusable. Offline."""
@@ -80,6 +83,8 @@ class ModelSpec:
         return self.sam2_config, self.sam2_checkpoint, self.pam_checkpoint
 
     def validate(self) -> None:
+        if self.image_size and (self.image_size < 64 or self.image_size % 64):
+            raise ConfigError(f"image_size must be 0 (the config's) or a multiple of 64, got {self.image_size}")
         self.resolve()
 
 
@@ -201,9 +206,11 @@ class PerceptionPipeline:
 
         if config is not None:
             config.validate()
+        spec.validate()
         sam2_config, sam2_checkpoint, pam_dir = spec.resolve()
-        model = PamModel.from_pretrained(pam_dir, sam2_config, sam2_checkpoint,
-                                         device=spec.device, dtype=spec.dtype)
+        overrides = {"image_size": spec.image_size} if spec.image_size else None
+        model = PamModel.from_pretrained(pam_dir, sam2_config, sam2_checkpoint, device=spec.device,
+                                         dtype=spec.dtype, sam2_overrides=overrides)
         return cls(model, config)
 
     # ----------------------------------------------------------------- prompts

@@ -463,7 +463,7 @@ class StreamingTracker:
             self._maskmem_pos_enc = [p[0:1].clone() for p in out["maskmem_pos_enc"]]
         for index, obj in enumerate(members):
             memory = _FrameMemory(
-                maskmem_features=out["maskmem_features"][index : index + 1].to(self.memory_dtype).clone(),
+                maskmem_features=out["maskmem_features"][index : index + 1].to(self.memory_dtype, copy=True),
                 obj_ptr=out["obj_ptr"][index : index + 1].clone(),
                 object_score_logits=out["object_score_logits"][index : index + 1].clone(),
             )

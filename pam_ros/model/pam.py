@@ -131,8 +131,12 @@ class PamModel:
     def from_pretrained(cls, pam_dir: str | Path, sam2_config: str | Path,
                         sam2_checkpoint: str | Path | None = None, *, device: str | torch.device = "cpu",
                         dtype: str | torch.dtype = torch.float32,
-                        attn_implementation: str | None = None) -> "PamModel":
+                        attn_implementation: str | None = None,
+                        sam2_overrides: dict | None = None) -> "PamModel":
         """Load a PAM folder and SAM 2.1 (config name or YAML + official .pt), strictly offline.
+
+        sam2_overrides: SAM 2 config values to change (e.g. {"image_size": 512}: faster on small
+        devices, but no longer the official PAM computation, which uses 1024).
 
         SAM 2 weights come from `sam2_checkpoint` as in the official code. Without one, the SAM 2 copy
         inside a full PAM save (`model.vision_tower.sam2_model_predictor.*`) is used if present; with
@@ -145,11 +149,12 @@ class PamModel:
         if sam2_checkpoint is not None:
             if sam2_copy is not None:
                 log.info("using SAM 2 weights from %s; ignoring the copy inside %s", sam2_checkpoint, pam_dir)
-            backbone = Sam2Backbone.from_config(sam2_config, sam2_checkpoint, device=device, dtype=dtype)
+            backbone = Sam2Backbone.from_config(sam2_config, sam2_checkpoint, device=device, dtype=dtype,
+                                                overrides=sam2_overrides)
         elif sam2_copy is not None:
             log.info("using the SAM 2 copy stored in %s", pam_dir)
             backbone = Sam2Backbone.from_config(sam2_config, None, device=device, dtype=dtype,
-                                                state_dict=sam2_copy)
+                                                state_dict=sam2_copy, overrides=sam2_overrides)
         else:
             raise CheckpointError(
                 f"no SAM 2 weights: {pam_dir} holds no SAM 2 copy, so give the SAM 2.1 checkpoint (.pt)"

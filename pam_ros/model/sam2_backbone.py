@@ -272,13 +272,14 @@ class DecoderTap:
         batch = torch.arange(mask_tokens.shape[0], device=mask_tokens.device)
         selected = mask_tokens[batch, selected_index]
         mid_mask_tokens = torch.stack([selected, mask_tokens[:, 0]], dim=1)
+        # Under autocast these come out in mixed precisions; hand them on uniformly as float32.
         return DecoderReadout(
-            mask_tokens=mask_tokens,
-            image_embed=image_embed,
-            iou=iou,
+            mask_tokens=mask_tokens.float(),
+            image_embed=image_embed.float(),
+            iou=iou.float(),
             token0_logits=token0_logits,
             stability=stability,
-            mid_mask_tokens=mid_mask_tokens,
+            mid_mask_tokens=mid_mask_tokens.float(),
         )
 
 

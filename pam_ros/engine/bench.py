@@ -1,0 +1,326 @@
+"""`pam-ros bench track`: per-frame time and memory of the streaming tracker vs SAM 2's video predictor.
+
+For 1, 4 and 16 objects (configurable) the same frames are tracked twice in this process:
+by `StreamingTracker` and by the upstream `sam2` `SAM2VideoPredictor` code path
+(`init_state` + `add_new_points_or_box` + `propagate_in_video`) on the same model object and
+weights. Then the streaming tracker alone runs a long stream and reports its state after 100 and
+10,000 frames (configurable), which shows that memory stays bounded.
+
+Memory: on CUDA the peak allocated memory of each run; everywhere the bytes of tensors each
+tracker keeps as state (for the upstream predictor: everything reachable from its inference
+state, the preloaded frames included, since loading the whole clip is part of its design).
+
+Numbers are printed, never asserted. The frames are synthetic (moving squares) and small; the model
+input size can be reduced with --image-size for quick CPU runs (PAM itself uses 1024).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pam_ros.engine.tracker import StreamingTracker
+from pam_ros.model.sam2_backbone import Sam2Backbone, VisualPrompt
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TrackBenchRow:
+    """One tracker on one clip."""
+
+    tracker: str  # "streaming" or "sam2-video-predictor"
+    objects: int
+    frames: int
+    seconds_per_frame: float
+    state_bytes: int
+    peak_bytes: int | None  # CUDA peak allocated during the run; None on CPU
+
+
+@dataclass
+class LongRunPoint:
+    frames: int
+    seconds_per_frame: float
+    state: dict[str, int]
+    peak_bytes: int | None
+
+
+# ---- inputs -------------------------------------------------------------------------------------
+def synthetic_frame(index: int, width: int, height: int, num_squares: int = 4) -> np.ndarray:
+    """A gray frame with a few coloured squares moving across it."""
+    frame = np.full((height, width, 3), 60, dtype=np.uint8)
+    side = max(4, min(width, height) // 5)
+    for k in range(num_squares):
+        x = (index * (k + 1) + k * width // num_squares) % max(1, width - side)
+        y = (k * height // num_squares + side // 2) % max(1, height - side)
+        frame[y : y + side, x : x + side] = ((60 * k + 180) % 256, (90 * k + 40) % 256, (150 * k + 90) % 256)
+    return frame
+
+
+def object_prompts(num_objects: int, width: int, height: int) -> list[VisualPrompt]:
+    """One box per object on a grid covering the frame."""
+    columns = int(np.ceil(np.sqrt(num_objects)))
+    rows = int(np.ceil(num_objects / columns))
+    cell_w, cell_h = width / columns, height / rows
+    prompts = []
+    for k in range(num_objects):
+        col, row = k % columns, k // columns
+        x0, y0 = col * cell_w, row * cell_h
+        prompts.append(
+            VisualPrompt(box=np.array([x0 + 0.1 * cell_w, y0 + 0.1 * cell_h, x0 + 0.9 * cell_w, y0 + 0.9 * cell_h]))
+        )
+    return prompts
+
+
+# ---- measuring -----------------------------------------------------------------------------------
+def tensor_bytes(obj: object) -> int:
+    """Bytes of the distinct tensor storages reachable from nested dicts/lists/tuples."""
+    seen: set[int] = set()
+    total = 0
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            storage = item.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return total
+
+
+def _cuda_peak_start(device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.memory_allocated(device)
+
+
+def _cuda_peak_end(device: torch.device, baseline: int | None) -> int | None:
+    if baseline is None:
+        return None
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - baseline
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_streaming(backbone: Sam2Backbone, frames: Sequence[np.ndarray], prompts: Sequence[VisualPrompt]) -> TrackBenchRow:
+    device = backbone.device
+    tracker = StreamingTracker(backbone, max_objects=max(1, len(prompts)))
+    for prompt in prompts:
+        tracker.add_object(prompt)
+    baseline = _cuda_peak_start(device)
+    started = time.perf_counter()
+    for index, frame in enumerate(frames):
+        tracker.step(frame, stamp_ns=index)
+    _sync(device)
+    seconds = time.perf_counter() - started
+    size = tracker.state_size()
+    return TrackBenchRow(
+        tracker="streaming",
+        objects=len(prompts),
+        frames=len(frames),
+        seconds_per_frame=seconds / max(1, len(frames)),
+        state_bytes=size["memory_bytes"] + size["feature_bytes"],
+        peak_bytes=_cuda_peak_end(device, baseline),
+    )
+
+
+def run_upstream(
+    backbone: Sam2Backbone, frame_dir: Path, num_frames: int, prompts: Sequence[VisualPrompt]
+) -> TrackBenchRow:
+    """The official SAM2VideoPredictor flow on a folder of JPEG frames (its only frame source)."""
+    predictor = backbone.sam  # built as sam2.sam2_video_predictor.SAM2VideoPredictor
+    device = backbone.device
+    baseline = _cuda_peak_start(device)
+    started = time.perf_counter()
+    with torch.inference_mode(), backbone.autocast():
+        state = predictor.init_state(str(frame_dir))
+        for obj_id, prompt in enumerate(prompts):
+            predictor.add_new_points_or_box(
+                state,
+                frame_idx=0,
+                obj_id=obj_id,
+                points=prompt.points,
+                labels=prompt.labels,
+                box=prompt.box,
+            )
+        for _ in predictor.propagate_in_video(state):
+            pass
+    _sync(device)
+    seconds = time.perf_counter() - started
+    state_bytes = tensor_bytes(state)
+    del state
+    return TrackBenchRow(
+        tracker="sam2-video-predictor",
+        objects=len(prompts),
+        frames=num_frames,
+        seconds_per_frame=seconds / max(1, num_frames),
+        state_bytes=state_bytes,
+        peak_bytes=_cuda_peak_end(device, baseline),
+    )
+
+
+def run_track_bench(
+    backbone: Sam2Backbone,
+    *,
+    num_frames: int = 20,
+    num_objects: Iterable[int] = (1, 4, 16),
+    width: int = 64,
+    height: int = 48,
+    long_frames: Sequence[int] = (100, 10_000),
+    compare_upstream: bool = True,
+    printer: Callable[[str], None] = print,
+) -> tuple[list[TrackBenchRow], list[LongRunPoint]]:
+    """Print (and return) per-frame time and memory for each object count, and the long-run state."""
+    printer(
+        f"# bench track: {num_frames} frames {width}x{height}, model input {backbone.image_size}, "
+        f"device {backbone.device}, dtype {str(backbone.dtype).replace('torch.', '')}"
+    )
+    rows: list[TrackBenchRow] = []
+    with tempfile.TemporaryDirectory(prefix="pam-ros-bench-") as tmp:
+        frame_dir = Path(tmp)
+        frames = []
+        for index in range(num_frames):
+            path = frame_dir / f"{index:05d}.jpg"
+            Image.fromarray(synthetic_frame(index, width, height)).save(path, quality=95)
+            # both trackers see the same (decoded JPEG) pixels
+            frames.append(np.array(Image.open(path).convert("RGB")))
+        printer(f"{'objects':>7} {'tracker':>22} {'ms/frame':>10} {'state MiB':>10} {'peak MiB':>9} {'time x':>7} {'state x':>8}")
+        for count in num_objects:
+            prompts = object_prompts(count, width, height)
+            streaming = run_streaming(backbone, frames, prompts)
+            rows.append(streaming)
+            printer(_format_row(streaming))
+            if compare_upstream:
+                gc.collect()
+                upstream = run_upstream(backbone, frame_dir, num_frames, prompts)
+                rows.append(upstream)
+                printer(_format_row(upstream, reference=streaming))
+            gc.collect()
+    points = run_long_stream(backbone, long_frames, width=width, height=height, printer=printer)
+    return rows, points
+
+
+def run_long_stream(
+    backbone: Sam2Backbone,
+    checkpoints: Sequence[int],
+    *,
+    width: int = 64,
+    height: int = 48,
+    num_objects: int = 1,
+    printer: Callable[[str], None] = print,
+) -> list[LongRunPoint]:
+    """Track one stream and report the tracker's state after each checkpoint frame count."""
+    if not checkpoints:
+        return []
+    device = backbone.device
+    tracker = StreamingTracker(backbone, max_objects=max(1, num_objects))
+    for prompt in object_prompts(num_objects, width, height):
+        tracker.add_object(prompt)
+    wanted = sorted(set(int(c) for c in checkpoints if c > 0))
+    points: list[LongRunPoint] = []
+    baseline = _cuda_peak_start(device)
+    started = time.perf_counter()
+    printer(f"# streaming tracker, {num_objects} object(s), long stream")
+    for index in range(wanted[-1]):
+        tracker.step(synthetic_frame(index, width, height), stamp_ns=index)
+        if index + 1 in wanted:
+            _sync(device)
+            point = LongRunPoint(
+                frames=index + 1,
+                seconds_per_frame=(time.perf_counter() - started) / (index + 1),
+                state=tracker.state_size(),
+                peak_bytes=_cuda_peak_end(device, baseline),
+            )
+            points.append(point)
+            state = point.state
+            peak = "" if point.peak_bytes is None else f", CUDA peak {point.peak_bytes / 2**20:.1f} MiB"
+            printer(
+                f"after {point.frames:>6} frames: memory {state['memory_bytes'] / 2**20:.2f} MiB "
+                f"({state['conditioning_frames']} cond + {state['tracked_frames']} tracked frames), "
+                f"features {state['feature_bytes'] / 2**20:.2f} MiB ({state['feature_frames']} frames), "
+                f"{1000 * point.seconds_per_frame:.1f} ms/frame{peak}"
+            )
+    return points
+
+
+def _format_row(row: TrackBenchRow, reference: TrackBenchRow | None = None) -> str:
+    peak = "-" if row.peak_bytes is None else f"{row.peak_bytes / 2**20:.1f}"
+    ratios = ""
+    if reference is not None:
+        time_ratio = row.seconds_per_frame / reference.seconds_per_frame if reference.seconds_per_frame else float("nan")
+        state_ratio = row.state_bytes / reference.state_bytes if reference.state_bytes else float("nan")
+        ratios = f" {time_ratio:>7.2f} {state_ratio:>8.2f}"
+    return (
+        f"{row.objects:>7} {row.tracker:>22} {1000 * row.seconds_per_frame:>10.1f} "
+        f"{row.state_bytes / 2**20:>10.2f} {peak:>9}{ratios}"
+    )
+
+
+# ---- CLI glue (the lead wires it into pam_ros/cli.py) -------------------------------------------
+def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `bench` with its `track` subcommand to the `pam-ros` subparsers."""
+    bench = subparsers.add_parser("bench", help="benchmarks (printed numbers, not tests)")
+    kinds = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+    track = kinds.add_parser(
+        "track",
+        help="streaming tracker vs SAM 2 video predictor: time and memory per frame",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    track.add_argument("--config", default="sam2.1_hiera_t", help="SAM 2.1 config name or YAML path")
+    track.add_argument("--checkpoint", default=None, help="SAM 2 .pt (default: random weights, timing only)")
+    track.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    track.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    track.add_argument("--image-size", type=int, default=256,
+                       help="model input size (PAM uses 1024; smaller is faster on CPU)")
+    track.add_argument("--frames", type=int, default=20, help="frames per comparison run")
+    track.add_argument("--objects", default="1,4,16", help="comma-separated object counts")
+    track.add_argument("--width", type=int, default=64)
+    track.add_argument("--height", type=int, default=48)
+    track.add_argument("--long-frames", default="100,10000",
+                       help="frame counts after which the long stream's state is printed ('' to skip)")
+    track.add_argument("--no-upstream", action="store_true", help="skip the SAM2VideoPredictor runs")
+    track.set_defaults(run=run)
+    return bench
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point for `pam-ros bench track`."""
+    if getattr(args, "bench_command", "track") != "track":
+        raise SystemExit(f"unknown bench {args.bench_command!r}")
+    overrides = {"image_size": args.image_size} if args.image_size else None
+    backbone = Sam2Backbone.from_config(
+        args.config, args.checkpoint, device=args.device, dtype=DTYPES[args.dtype], overrides=overrides
+    )
+    run_track_bench(
+        backbone,
+        num_frames=args.frames,
+        num_objects=_int_list(args.objects),
+        width=args.width,
+        height=args.height,
+        long_frames=_int_list(args.long_frames),
+        compare_upstream=not args.no_upstream,
+    )
+    return 0
