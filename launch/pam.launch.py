@@ -23,6 +23,7 @@ PARAMETER_ARGUMENTS = {
     "pam_checkpoint": "PAM checkpoint folder (with sam2_checkpoint)",
     "device": "auto | cpu | cuda | cuda:N",
     "dtype": "auto | float32 | bfloat16 | float16",
+    "image_size": "SAM 2 input size (0 = the model's 1024)",
     "image_transport": "raw (Image on image_topic) | compressed (CompressedImage on image_topic/compressed)",
     "image_qos": "sensor_data (best effort) | reliable",
     "mask_encoding": "roi | full | none",
@@ -33,7 +34,7 @@ PARAMETER_ARGUMENTS = {
     "autostart": "true: configure + activate on start",
 }
 BOOLEAN_PARAMETERS = {"publish_overlay", "autostart"}
-INTEGER_PARAMETERS = {"max_objects", "max_new_tokens"}
+INTEGER_PARAMETERS = {"max_objects", "max_new_tokens", "image_size"}
 FLOAT_PARAMETERS = {"refresh_period_s"}
 
 

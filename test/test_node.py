@@ -35,6 +35,7 @@ VIDEO = Path(__file__).resolve().parent / "fixtures" / "pam_tiny" / "inputs" / "
 DISK_START = (60.0, 80.0)  # centre of the red disk in frame 0 (fixture.json video_cases)
 NO_IMAGE_WARN_S = 2.0
 MAX_NEW_TOKENS = 8
+IMAGE_SIZE = 256  # SAM 2 input size: fast on CPU; node and reference engine use the same
 
 
 def frame(index: int) -> np.ndarray:
@@ -47,7 +48,7 @@ def frame(index: int) -> np.ndarray:
 def node():
     process = start_node(
         _console_script("pam_ros_node"),
-        "model:=tiny", "device:=cpu", "dtype:=float32", "autostart:=false",
+        "model:=tiny", "device:=cpu", "dtype:=float32", f"image_size:={IMAGE_SIZE}", "autostart:=false",
         "image_qos:=bogus",  # test_configure_refuses_a_bad_parameter fixes it through set_parameters
         f"max_new_tokens:={MAX_NEW_TOKENS}", "new_object_tasks:=[caption]", f"no_image_warn_s:={NO_IMAGE_WARN_S}",
         "diagnostics_period_s:=0.3", "request_timeout_s:=20.0", "prompt_hold_s:=30.0")
@@ -66,7 +67,7 @@ def engine():
     """The same engine, in this process, for the masks the node must reproduce."""
     from pam_ros.engine.pipeline import ModelSpec, PerceptionPipeline, PipelineConfig
 
-    pipeline = PerceptionPipeline.load(ModelSpec(name="tiny", device="cpu", dtype="float32"),
+    pipeline = PerceptionPipeline.load(ModelSpec(name="tiny", device="cpu", dtype="float32", image_size=IMAGE_SIZE),
                                        PipelineConfig(new_object_tasks=(), semantics_mode="sync"))
     yield pipeline
     pipeline.close()

@@ -92,6 +92,25 @@ def test_engine_parameters_mirror_the_pipeline_config(node):
     assert config.semantics_mode == "async"
 
 
+def test_model_parameters_mirror_the_model_spec(node):
+    import dataclasses
+
+    from pam_ros.engine.pipeline import ModelSpec
+
+    spec_fields = {f.name for f in dataclasses.fields(ModelSpec)}
+    node_names = {"model" if name == "name" else name for name in spec_fields}
+    assert node_names <= set(PARAMETER_NAMES), sorted(node_names - set(PARAMETER_NAMES))
+    node.set_parameters([Parameter("image_size", value=256), Parameter("device", value="cpu"),
+                         Parameter("dtype", value="bfloat16")])
+    try:
+        spec = read_settings(node).model_spec()
+        assert (spec.name, spec.image_size, spec.device, spec.dtype) == ("PAM-1.5B", 256, "cpu", "bfloat16")
+        assert not node.set_parameters([Parameter("image_size", value=100)])[0].successful
+    finally:
+        node.set_parameters([Parameter("image_size", value=0), Parameter("device", value="auto"),
+                             Parameter("dtype", value="auto")])
+
+
 def test_model_is_validated_without_loading_it(node):
     from pam_ros.engine.errors import ConfigError
 

@@ -40,6 +40,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("device", "auto", 'Torch device: "auto" (cuda when available, else cpu), "cpu", "cuda" or "cuda:N".'),
     ParameterSpec("dtype", "auto", 'Compute dtype: "auto" (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16.',
                   DTYPE_CHOICES),
+    ParameterSpec("image_size", 0,
+                  "SAM 2 input size in pixels; 0 = the model's own (1024, as PAM was trained). Smaller is faster "
+                  "(e.g. 512 on small GPUs) but no longer the official PAM computation."),
     # --- engine (PipelineConfig) ---
     ParameterSpec("new_object_tasks", ["explain", "caption"],
                   "Semantic tasks run once when an object starts being tracked (recognize, explain, caption, "
@@ -100,6 +103,8 @@ def check_parameter_value(name: str, value: Any) -> None:
         raise SettingsError(f"parameter {name}={value!r} must be >= 0")
     if name in ("keep_feature_frames", "stream_window_frames") and not value >= 16:
         raise SettingsError(f"parameter {name}={value!r} must be >= 16 (PAM's video mode reads 16 frames)")
+    if name == "image_size" and (value < 0 or value % 16):
+        raise SettingsError(f"parameter image_size={value!r} must be 0 (the model's own) or a positive multiple of 16")
     if name == "top_p" and not 0 < value <= 1:
         raise SettingsError(f"parameter top_p={value!r} must be in (0, 1]")
     if name == "device" and not (value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())):
@@ -144,8 +149,10 @@ class NodeSettings:
         device = self.resolved_device()
         if self.uses_explicit_paths:
             return ModelSpec(sam2_config=self.sam2_config, sam2_checkpoint=self.sam2_checkpoint,
-                             pam_checkpoint=self.pam_checkpoint, device=device, dtype=self.resolved_dtype(device))
-        return ModelSpec(name=self.model, device=device, dtype=self.resolved_dtype(device))
+                             pam_checkpoint=self.pam_checkpoint, device=device, dtype=self.resolved_dtype(device),
+                             image_size=int(self.image_size))
+        return ModelSpec(name=self.model, device=device, dtype=self.resolved_dtype(device),
+                         image_size=int(self.image_size))
 
     def pipeline_config(self):
         from pam_ros.engine.pipeline import PipelineConfig
