@@ -21,13 +21,16 @@ from ros_helpers import interface_samples as samples
 from ros_helpers.message_compare import assert_messages_equal, message_differences, unset_fields
 from ros_helpers.ros_session import RosClientSession, start_helper_script, wait_until
 
+# Own namespace: other test modules of this session serve describe / manage_objects / caption too.
+NAMESPACE = "/interface_test"
 DISCOVERY_TIMEOUT_S = 30.0
 REPLY_TIMEOUT_S = 15.0
 
 
 @pytest.fixture(scope="module")
 def echo_server():
-    server = start_helper_script("interface_echo_server.py", name="interface echo server")
+    server = start_helper_script("interface_echo_server.py", "--ros-args", "-r", f"__ns:={NAMESPACE}",
+                                 name="interface echo server")
     try:
         server.wait_for_line("READY", timeout_s=DISCOVERY_TIMEOUT_S)
         yield server
@@ -37,7 +40,7 @@ def echo_server():
 
 @pytest.fixture(scope="module")
 def session(echo_server):
-    client = RosClientSession("pam_ros_interface_test")
+    client = RosClientSession("pam_ros_interface_test", namespace=NAMESPACE)
     yield client
     client.close()
 

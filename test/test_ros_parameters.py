@@ -22,8 +22,11 @@ def node():
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=isolate_ros_environment())
     # autostart off: nothing is loaded, the node only declares and validates parameters.
+    # Renamed and without lifecycle services: a node process started later by another test module
+    # must not be confused with this one by DDS discovery.
     pam_node = PamNode(context=context, parameter_overrides=[Parameter("autostart", value=False)],
-                       start_parameter_services=False, enable_rosout=False)
+                       cli_args=["--ros-args", "-r", "__node:=pam_ros_parameter_test", "-r", "__ns:=/parameter_test"],
+                       start_parameter_services=False, enable_rosout=False, enable_communication_interface=False)
     yield pam_node
     pam_node.destroy_node()
     rclpy.shutdown(context=context)

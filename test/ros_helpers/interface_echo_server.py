@@ -89,7 +89,7 @@ class InterfaceEchoServer(Node):
 
 
 def main() -> int:
-    rclpy.init()
+    rclpy.init(args=sys.argv)  # --ros-args -r __ns:=... from the test
     signal.signal(signal.SIGINT, lambda *_: rclpy.try_shutdown())
     node = InterfaceEchoServer()
     executor = MultiThreadedExecutor(num_threads=4)

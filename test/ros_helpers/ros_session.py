@@ -116,11 +116,11 @@ def start_helper_script(script: str, *args: str, name: str | None = None, **env:
 class RosClientSession:
     """An rclpy context + node in the test process, spun by a background MultiThreadedExecutor."""
 
-    def __init__(self, node_name: str):
+    def __init__(self, node_name: str, namespace: str = ""):
         domain_id = isolate_ros_environment()
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = Node(node_name, context=self.context)
+        self.node = Node(node_name, namespace=namespace, context=self.context)
         self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
         self.executor.add_node(self.node)
         self._spinner = threading.Thread(target=self._spin, name=f"{node_name}-spin", daemon=True)
