@@ -103,6 +103,7 @@ class PamNode(LifecycleNode):
         self._ids = IdAllocator()
         self._tracking_thread: threading.Thread | None = None
         self._latest_header = Header()
+        self._tracked_ids: frozenset[str] = frozenset()  # ids on the last processed frame (for new ids)
         self._latest_size: tuple[int, int] | None = None
 
         # Numbers for /diagnostics.
@@ -332,8 +333,7 @@ class PamNode(LifecycleNode):
     def _submit(self, request, source: str) -> PromptTicket:
         """Queue a prompt for the tracking thread (the only caller of pipeline.submit_prompt)."""
         if request.action == PromptAction.ADD and not request.object_id:
-            pipeline = self._pipeline
-            known = set(pipeline.object_ids()) if pipeline is not None else set()
+            known = self._tracked_ids
             request = dataclasses.replace(request, object_id=self._ids.next_id(
                 lambda candidate: candidate in known or self._pending.has_id(candidate) or self._in_inbox(candidate)))
         ticket = PromptTicket(request=request, source=source)
@@ -394,6 +394,7 @@ class PamNode(LifecycleNode):
         self._processed_rate.tick(tracked)
         self._latest_header = msg.header
         self._latest_size = (int(result.width), int(result.height))
+        self._tracked_ids = frozenset(obj.object_id for obj in result.objects)
         self._report_outcomes(result.prompt_outcomes)
 
         settings = self._settings
