@@ -6,6 +6,7 @@ The masks it publishes are compared with an in-process PerceptionPipeline fed th
 """
 from __future__ import annotations
 
+import io
 import math
 import time
 from pathlib import Path
@@ -385,6 +386,32 @@ def test_deactivate_stops_work_and_activate_resumes(node):
     header = node.publish_frame(frame(2))
     msg = node.wait_objects_for(header)
     assert msg.frame_index == 0 and msg.objects == [], "a fresh activation starts with no objects"
+
+
+def test_reconfigure_for_compressed_input(node):
+    from sensor_msgs.msg import CompressedImage
+
+    assert node.transition(Transition.TRANSITION_DEACTIVATE, timeout_s=60) is True
+    assert all(r.successful for r in node.set_parameters(image_transport="compressed"))
+    assert node.transition(Transition.TRANSITION_CLEANUP) is True
+    assert node.transition(Transition.TRANSITION_CONFIGURE) is True
+    assert node.transition(Transition.TRANSITION_ACTIVATE, timeout_s=180) is True
+    compressed_pub = node.node.create_publisher(CompressedImage, "image/compressed", QoSProfile(depth=10))
+    try:
+        wait_until(lambda: compressed_pub.get_subscription_count() > 0, 30.0, "the node on image/compressed",
+                   node.process.output)
+        compressed_pub.publish(CompressedImage(format="png", data=b"not a png"))
+        node.process.wait_for_line("image skipped: cannot decode compressed image", timeout_s=20)
+        buffer = io.BytesIO()
+        PilImage.fromarray(frame(4)).save(buffer, format="PNG")
+        header = Header(stamp=stamp(10_000), frame_id="compressed_camera")
+        compressed_pub.publish(CompressedImage(header=header, format="rgb8; png compressed rgb8",
+                                               data=buffer.getvalue()))
+        msg = node.wait_objects_for(header)
+        assert (msg.image_width, msg.image_height, msg.header.frame_id) == (320, 240, "compressed_camera")
+    finally:
+        node.node.destroy_publisher(compressed_pub)
+    _assert_alive(node)
 
 
 def test_cleanup_and_shutdown(node):

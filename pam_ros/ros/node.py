@@ -604,6 +604,8 @@ class PamNode(LifecycleNode):
         self.get_logger().warn(f"no image received for {float(settings.no_image_warn_s):g} s: {where}")
 
     def _publish_diagnostics(self) -> None:
+        if not self.context.ok():
+            return
         settings = self._settings
         pipeline = self._pipeline
         state = self._state_machine.current_state[1]
@@ -682,6 +684,11 @@ def main(argv: list[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # On SIGINT rclpy shuts the context down under the executor, which can then fail to build
+        # its wait set (RCLError "context is not valid"): that is a normal exit, anything else is not.
+        if node.context.ok():
+            raise
     finally:
         node.release()
         executor.shutdown(timeout_sec=5.0)
