@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from action_msgs.msg import GoalStatus
+from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point
 from lifecycle_msgs.msg import Transition
 from PIL import Image as PilImage
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.slow
 VIDEO = Path(__file__).resolve().parent / "fixtures" / "pam_tiny" / "inputs" / "video"
 DISK_START = (60.0, 80.0)  # centre of the red disk in frame 0 (fixture.json video_cases)
 NO_IMAGE_WARN_S = 2.0
+PROMPT_HOLD_S = 4.0
 MAX_NEW_TOKENS = 8
 IMAGE_SIZE = 256  # SAM 2 input size: fast on CPU; node and reference engine use the same
 
@@ -46,13 +48,15 @@ def frame(index: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def node():
+def node(tmp_path_factory):
     process = start_node(
         _console_script("pam_ros_node"),
         "model:=tiny", "device:=cpu", "dtype:=float32", f"image_size:={IMAGE_SIZE}", "autostart:=false",
         "image_qos:=bogus",  # test_configure_refuses_a_bad_parameter fixes it through set_parameters
         f"max_new_tokens:={MAX_NEW_TOKENS}", "new_object_tasks:=[caption]", f"no_image_warn_s:={NO_IMAGE_WARN_S}",
-        "diagnostics_period_s:=0.3", "request_timeout_s:=20.0", "prompt_hold_s:=30.0")
+        "diagnostics_period_s:=0.3", "request_timeout_s:=20.0", f"prompt_hold_s:={PROMPT_HOLD_S}",
+        # An empty model cache: no downloaded model is found, whatever this machine has downloaded.
+        HF_HOME=str(tmp_path_factory.mktemp("empty_hf_home")))
     client = NodeClient(process)
     try:
         client.wait_connected()
@@ -106,6 +110,17 @@ def test_configure_refuses_a_bad_parameter(node):
     # A bad value is refused when set at run time, too.
     assert not node.set_parameters(mask_encoding="rle")[0].successful
     assert all(r.successful for r in node.set_parameters(image_qos="reliable"))
+
+
+def test_configure_says_how_to_get_a_missing_model(node):
+    assert all(r.successful for r in node.set_parameters(model="PAM-1.5B"))
+    try:
+        assert node.transition(Transition.TRANSITION_CONFIGURE) is False
+        node.process.wait_for_line("configure failed: model PAM-1.5B is not downloaded; run: pam-ros download PAM-1.5B",
+                                   timeout_s=10)
+        assert node.state() == "unconfigured"
+    finally:
+        assert all(r.successful for r in node.set_parameters(model="tiny"))
 
 
 def test_configure_then_requests_while_inactive_are_refused(node):
@@ -299,6 +314,9 @@ def test_bad_topic_input_is_logged_and_tracking_goes_on(node):
     for msg, expected in bad_prompts:
         node.prompt_pub.publish(msg)
         node.process.wait_for_line(expected, timeout_s=20)
+    # Held for a frame that never comes, then refused with a log line.
+    node.prompt_pub.publish(point_prompt("late", 10.0, 10.0, stamp_msg=Time(sec=2_000_000_000)))
+    node.process.wait_for_line("ADD late refused (topic): no frame with stamp", timeout_s=PROMPT_HOLD_S + 10)
     # Refused by the engine on the next frame: out of the image, unknown id.
     node.prompt_pub.publish(point_prompt("far_away", 5000.0, 10.0))
     node.prompt_pub.publish(point_prompt("ghost", 10.0, 10.0, action=Prompt.REFINE))

@@ -27,12 +27,12 @@ NODE = "pam_ros_node"
 REPLY_TIMEOUT_S = 60.0  # CPU, two shared cores: model loads and generations can be slow
 
 
-def start_node(console_script: str, *parameters: str) -> HelperProcess:
+def start_node(console_script: str, *parameters: str, **env: str) -> HelperProcess:
     """pam_ros_node --ros-args -p a:=b ... in its own process (the test session's DDS domain)."""
     argv = [console_script, "--ros-args", "--log-level", "info"]
     for parameter in parameters:
         argv += ["-p", parameter]
-    return HelperProcess(argv, child_environment(), name=NODE)
+    return HelperProcess(argv, child_environment(**env), name=NODE)
 
 
 def stamp(index: int) -> Time:
