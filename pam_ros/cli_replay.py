@@ -1,0 +1,214 @@
+"""`pam-ros replay` and `pam-ros demo`: argument parsing and printing only.
+
+The work is done by pam_ros.replay (bag in, outputs out) driving the engine's PerceptionPipeline
+in semantics_mode="sync" (deterministic); the demo is a replay of the bag shipped in demo/.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+COMMANDS = ("replay", "demo")
+DEFAULT_TASKS = ("explain", "caption")
+DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
+DEMO_BAG = DEMO_DIR / "demo_bag"
+DEMO_PROMPTS = DEMO_DIR / "prompts.yaml"
+TINY_MODEL_NOTICE = """\
+NOTE: this ran the built-in tiny model (test/fixtures/pam_tiny). It has RANDOM weights: its masks
+follow the prompts only loosely and its words are meaningless. For real results fetch real weights
+and rerun the demo with them:
+
+    pam-ros download PAM-1.5B
+    pam-ros download sam2.1-hiera-large
+    pam-ros demo --model PAM-1.5B
+
+(PAM-3B works the same way: pam-ros download PAM-3B; pam-ros demo --model PAM-3B)"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `replay` and `demo` sub-commands."""
+    replay = subparsers.add_parser(
+        "replay", help="run a rosbag2 bag (MCAP or sqlite3) through the perception pipeline",
+        description="Replay every image of a rosbag2 bag through SAM 2.1 tracking + PAM semantics, in "
+                    "order and deterministically. Writes OUT/bag (MCAP: input images, /objects, /overlay), "
+                    "OUT/frames.jsonl (one line per input image) and OUT/summary.txt.")
+    replay.add_argument("bag", type=Path, help="bag directory (with metadata.yaml), or a .mcap / .db3 file")
+    replay.add_argument("--out", type=Path, required=True, help="output directory")
+    replay.add_argument("--image-topic", default=None,
+                        help="sensor_msgs/Image or CompressedImage topic (default: the only image topic)")
+    replay.add_argument("--prompts", type=Path, default=None,
+                        help="prompts YAML file (see README: 'prompts:' list with frame or stamp_ns, "
+                             "object_id, box, points + labels, tasks, action)")
+    replay.add_argument("--overwrite", action="store_true", help="replace earlier replay outputs in OUT")
+    replay.add_argument("--overlay-pngs", action="store_true", help="also save OUT/overlays/frame_NNNNN.png")
+    _add_engine_arguments(replay, default_model="")
+    replay.set_defaults(run=run)
+
+    demo = subparsers.add_parser(
+        "demo", help="replay the built-in demo bag (default: the built-in tiny random-weight model)",
+        description="Replay demo/demo_bag with demo/prompts.yaml and write the output bag, overlay PNGs, "
+                    "an animated GIF and a summary to OUT (default demo_out/).")
+    demo.add_argument("--out", type=Path, default=Path("demo_out"), help="output directory (default: demo_out)")
+    demo.add_argument("--bag", type=Path, default=DEMO_BAG, help=argparse.SUPPRESS)
+    demo.add_argument("--prompts", type=Path, default=DEMO_PROMPTS, help=argparse.SUPPRESS)
+    _add_engine_arguments(demo, default_model="tiny")
+    demo.set_defaults(run=run)
+
+
+def _add_engine_arguments(parser: argparse.ArgumentParser, default_model: str) -> None:
+    model = parser.add_argument_group("model (a downloaded model's name, or explicit paths)")
+    model.add_argument("--model", default=default_model,
+                       help="downloaded model name, e.g. PAM-1.5B, or 'tiny' (built-in random-weight test model)"
+                            + (f"; default {default_model}" if default_model else "; default tiny"))
+    model.add_argument("--sam2-config", default="", help="SAM 2.1 config name or YAML path")
+    model.add_argument("--sam2-checkpoint", default="", help="SAM 2.1 .pt checkpoint")
+    model.add_argument("--pam", default="", help="PAM checkpoint folder (Hugging Face layout)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    if default_model == "tiny":
+        parser.add_argument("--image-size", type=int, default=None, metavar="N",
+                            help="SAM 2 input size, a multiple of 64 (default: 256 for the built-in tiny "
+                                 "model, whose output is meaningless anyway, so the demo runs in seconds on "
+                                 "a CPU; 0, the config's 1024 as PAM was trained, for any other model)")
+    else:
+        parser.add_argument("--image-size", type=int, default=0, metavar="N",
+                            help="SAM 2 input size, a multiple of 64 (default 0: the config's, 1024 as PAM "
+                                 "was trained; smaller is faster but no longer the official computation)")
+    parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), metavar="TASK",
+                        help=f"semantic tasks run for each new object (default: {' '.join(DEFAULT_TASKS)})")
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="generated tokens per task (default 48)")
+    parser.add_argument("--mask-encoding", default="roi", choices=("roi", "full", "none"),
+                        help="masks in /objects: roi-sized (default), full-frame, or none")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `replay` or `demo`; returns the process exit code."""
+    if args.command == "demo":
+        return _run_demo(args)
+    return _run_replay(args)
+
+
+TINY_DEMO_IMAGE_SIZE = 256
+
+
+def _model_spec(args: argparse.Namespace):
+    from pam_ros.engine.pipeline import ModelSpec
+
+    explicit = any([args.sam2_config, args.sam2_checkpoint, args.pam])
+    if args.image_size is None:  # demo default: fast for the tiny model, official for real weights
+        args.image_size = TINY_DEMO_IMAGE_SIZE if (args.model or "tiny") == "tiny" and not explicit else 0
+    if explicit and args.model:
+        raise _UsageError("give either --model NAME or --sam2-config/--sam2-checkpoint/--pam, not both")
+    if explicit:
+        return ModelSpec(sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
+                         pam_checkpoint=args.pam, device=args.device, dtype=args.dtype,
+                         image_size=args.image_size)
+    return ModelSpec(name=args.model or "tiny", device=args.device, dtype=args.dtype, image_size=args.image_size)
+
+
+def _load_pipeline(args: argparse.Namespace):
+    from pam_ros.engine.pipeline import PerceptionPipeline, PipelineConfig
+
+    spec = _model_spec(args)
+    config = PipelineConfig(new_object_tasks=tuple(args.tasks), max_new_tokens=args.max_new_tokens,
+                            semantics_mode="sync")
+    size = f", SAM 2 input {spec.image_size} px" if spec.image_size else ""
+    print(f"loading model {spec.name or spec.pam_checkpoint} on {spec.device} ({spec.dtype}{size}) ...",
+          file=sys.stderr)
+    return spec, PerceptionPipeline.load(spec, config)
+
+
+def _check_inputs(args: argparse.Namespace, overwrite: bool) -> str:
+    """Check the bag, topic, prompts file and output directory before loading a model (which may
+    take a minute): the error text, or "" when all is well."""
+    from pam_ros.replay.bag import BagInput
+    from pam_ros.replay.errors import ReplayError
+    from pam_ros.replay.outputs import check_out_dir
+    from pam_ros.replay.prompts import load_prompt_file
+
+    try:
+        with BagInput(args.bag, getattr(args, "image_topic", None)):
+            pass
+        if args.prompts:
+            load_prompt_file(args.prompts)
+        check_out_dir(args.out, overwrite)
+    except ReplayError as err:
+        return str(err)
+    return ""
+
+
+def _run_replay(args: argparse.Namespace, *, overlay_pngs: bool | None = None, overwrite: bool | None = None):
+    overwrite = args.overwrite if overwrite is None else overwrite
+    problem = _check_inputs(args, overwrite)
+    if problem:
+        print(f"pam-ros {args.command}: error: {problem}", file=sys.stderr)
+        return 2
+
+    from pam_ros.model.errors import PamError
+    from pam_ros.replay.errors import BagReadError, ReplayError
+    from pam_ros.replay.runner import format_summary, run_replay
+
+    try:
+        spec, pipeline = _load_pipeline(args)
+    except _UsageError as err:
+        print(f"pam-ros {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except PamError as err:
+        print(f"pam-ros {args.command}: cannot load the model: {err}", file=sys.stderr)
+        return 2
+    model_name = spec.name or f"{spec.pam_checkpoint} + {spec.sam2_checkpoint}"
+    if spec.name == "tiny" and args.command == "replay":
+        print("note: using the built-in tiny model (random weights: its words are meaningless); for real "
+              "results: pam-ros download PAM-1.5B && pam-ros download sam2.1-hiera-large, then --model PAM-1.5B",
+              file=sys.stderr)
+    try:
+        report = run_replay(args.bag, args.out, pipeline, image_topic=getattr(args, "image_topic", None),
+                            prompt_file=args.prompts,
+                            overwrite=overwrite,
+                            overlay_pngs=args.overlay_pngs if overlay_pngs is None else overlay_pngs,
+                            mask_encoding=args.mask_encoding, progress=not args.no_progress,
+                            model_name=model_name)
+    except BagReadError as err:
+        report = getattr(err, "report", None)
+        if report is not None:
+            print(format_summary(report))
+        print(f"pam-ros {args.command}: error: {err}\nThe outputs in {args.out} hold the frames read before "
+              f"the damage (closed properly, readable).", file=sys.stderr)
+        return 1
+    except (ReplayError, PamError) as err:
+        print(f"pam-ros {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pam-ros {args.command}: interrupted; partial outputs are in {args.out}", file=sys.stderr)
+        return 130
+    finally:
+        pipeline.close()
+    print(format_summary(report))
+    return 0 if report.complete else 1
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from pam_ros.replay.demo import write_gif
+
+    if not args.bag.exists():
+        print(f"pam-ros demo: error: the demo bag {args.bag} is missing (the demo runs from a pam_ros "
+              f"checkout; regenerate it with: python scripts/make_demo_bag.py)", file=sys.stderr)
+        return 2
+    args.image_topic = None
+    code = _run_replay(args, overlay_pngs=True, overwrite=True)
+    if code != 0:
+        return code
+    gif = write_gif(args.out)
+    print(f"  animated overlay  {gif}")
+    if (args.model or "tiny") == "tiny" and not any([args.sam2_config, args.sam2_checkpoint, args.pam]):
+        print()
+        print(TINY_MODEL_NOTICE)
+        with open(args.out / "summary.txt", "a", encoding="utf-8") as summary:
+            summary.write("\n" + TINY_MODEL_NOTICE + "\n")
+    return 0
+
+
+class _UsageError(Exception):
+    pass

@@ -1,0 +1,250 @@
+"""The replay loop: every image of a bag, in order, through the perception pipeline.
+
+Deterministic by construction: one thread, bag order, prompts released by bag position (never by
+wall-clock time), and a pipeline in semantics_mode="sync" (the caller builds it). No frame is
+dropped: each image is processed or counted as skipped with its reason, and frames.jsonl gets a
+line for every one.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tqdm import tqdm
+
+from pam_ros.engine.types import PromptOutcome, TrackingState
+from pam_ros.imaging import ImageDecodeError
+from pam_ros.model.errors import ImageError, PamError
+from pam_ros.replay.bag import BagInput, BagRecord
+from pam_ros.replay.errors import BagReadError
+from pam_ros.replay.outputs import ReplayOutputs
+from pam_ros.replay.prompts import PromptSchedule, ScheduledPrompt, load_prompt_file
+from pam_ros.render import printable
+
+if TYPE_CHECKING:
+    from pam_ros.engine.pipeline import PerceptionPipeline
+
+
+@dataclass
+class ReplayReport:
+    """What a replay did. frames_read == frames_processed + sum(skipped.values()), always."""
+
+    bag: str
+    out_dir: str
+    image_topic: str = ""
+    image_type: str = ""
+    prompt_topics: list[str] = field(default_factory=list)
+    frames_read: int = 0
+    frames_processed: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # reason class -> count
+    skipped_frames: list[dict] = field(default_factory=list)  # {"frame", "reason"}
+    prompts_submitted: int = 0
+    prompts_accepted: int = 0
+    prompts_refused: list[dict] = field(default_factory=list)  # {"frame", "object_id", "error"}
+    prompts_never_applied: list[dict] = field(default_factory=list)  # {"source", "target"}
+    prompt_messages_unusable: list[dict] = field(default_factory=list)  # {"source", "error"}
+    objects: dict[str, dict] = field(default_factory=dict)  # id -> {"frames", "lost_frames", "category"}
+    seconds: float = 0.0
+    complete: bool = False
+    error: str = ""
+    warning: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+    topic_counts: dict[str, int] = field(default_factory=dict)
+    model: str = ""
+
+    @property
+    def frames_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames_processed / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["frames_skipped"] = self.frames_skipped
+        data["frames_per_second"] = round(self.frames_per_second, 3)
+        return data
+
+
+def run_replay(bag_path: str | Path, out_dir: str | Path, pipeline: "PerceptionPipeline", *,
+               image_topic: str | None = None, prompt_file: str | Path | None = None,
+               overwrite: bool = False, overlay_pngs: bool = False, mask_encoding: str = "roi",
+               progress: bool = True, model_name: str = "") -> ReplayReport:
+    """Replay one bag into out_dir and return the report (also written to OUT/summary.*).
+
+    Errors found before anything is written (bag unreadable, topic missing, bad prompts file,
+    outputs already there) raise BagOpenError / TopicNotFoundError / PromptFileError /
+    OutputExistsError. Damage found part-way raises BagReadError after every output has been
+    closed; its `.report` holds the partial report (complete=False).
+    """
+    file_prompts = load_prompt_file(prompt_file) if prompt_file else []
+    with BagInput(bag_path, image_topic) as bag:
+        outputs = ReplayOutputs(out_dir, overwrite=overwrite, overlay_pngs=overlay_pngs,
+                                mask_encoding=mask_encoding)
+        report = ReplayReport(bag=str(bag_path), out_dir=str(out_dir), image_topic=bag.image_topic,
+                              image_type=bag.image_type, prompt_topics=list(bag.prompt_topics),
+                              warning=bag.warning, model=model_name)
+        try:
+            outputs.open(bag)
+        except BaseException:
+            outputs.close()
+            raise
+        schedule = PromptSchedule(file_prompts)
+        started = time.perf_counter()
+        bar = tqdm(total=bag.image_count, unit="frame", desc="replay", disable=not progress,
+                   file=sys.stderr, dynamic_ncols=True, leave=True)
+        failure: BaseException | None = None
+        try:
+            _replay_records(bag, pipeline, schedule, outputs, report, bar)
+            report.complete = True
+        except BagReadError as err:
+            report.error = str(err)
+            failure = err
+        except KeyboardInterrupt as err:
+            report.error = "interrupted (Ctrl-C): the outputs hold the frames replayed so far"
+            failure = err
+        except BaseException as err:
+            report.error = f"replay stopped by an unexpected error: {type(err).__name__}: {err}"
+            failure = err
+        finally:
+            bar.close()
+            report.seconds = time.perf_counter() - started
+            report.prompts_never_applied = [
+                {"source": p.source, "target": p.describe_target()} for p in schedule.remaining()
+            ]
+            try:
+                outputs.close()
+            except Exception as err:  # noqa: BLE001
+                report.complete = False
+                report.error = "; ".join(filter(None, [report.error, str(err)]))
+            report.topic_counts = outputs.topic_counts
+            report.outputs = {
+                "bag": str(outputs.bag_path), "frames": str(outputs.frames_path),
+                "summary": str(outputs.out_dir / "summary.txt"),
+            }
+            if overlay_pngs:
+                report.outputs["overlays"] = str(outputs.overlay_dir)
+            outputs.write_summary(report.to_dict(), format_summary(report))
+    if failure is not None:
+        if isinstance(failure, BagReadError):
+            failure.report = report
+        raise failure
+    return report
+
+
+def _replay_records(bag: BagInput, pipeline, schedule: PromptSchedule, outputs: ReplayOutputs,
+                    report: ReplayReport, bar) -> None:
+    prompt_index = 0
+    for record in bag.records():
+        if record.kind == "prompt":
+            source = f"topic {record.topic} message {prompt_index}"
+            prompt_index += 1
+            outputs.copy_input(record)
+            try:
+                request = bag.decode_prompt(record)
+            except ValueError as err:
+                report.prompt_messages_unusable.append({"source": source, "error": str(err)})
+                continue
+            schedule.add(ScheduledPrompt(request=request, source=source, stamp_ns=request.stamp_ns))
+            continue
+        _replay_image(record, bag, pipeline, schedule, outputs, report)
+        bar.update(1)
+        bar.set_postfix(objects=len(report.objects), skipped=report.frames_skipped, refresh=False)
+
+
+def _replay_image(record: BagRecord, bag: BagInput, pipeline, schedule: PromptSchedule,
+                  outputs: ReplayOutputs, report: ReplayReport) -> None:
+    report.frames_read += 1
+    outputs.copy_input(record)
+    try:
+        image = bag.decode_image(record)
+    except ImageDecodeError as err:
+        # The stamp is unknown when the message itself is unreadable; its prompts wait for the next image.
+        _skip(record, 0, "undecodable", str(err), outputs, report)
+        return
+    submitted_outcomes: list[PromptOutcome] = []
+    for prompt in schedule.due(record.image_index, image.stamp_ns):
+        report.prompts_submitted += 1
+        try:
+            pipeline.submit_prompt(prompt.request)
+        except (PamError, ValueError) as err:
+            submitted_outcomes.append(PromptOutcome(object_id=prompt.request.object_id, accepted=False,
+                                                    error=f"{prompt.source}: {err}"))
+    try:
+        result = pipeline.process(image.rgb, image.stamp_ns)
+    except ImageError as err:
+        _skip(record, image.stamp_ns, "rejected by the engine", str(err), outputs, report, submitted_outcomes)
+        return
+    outcomes = submitted_outcomes + list(result.prompt_outcomes)
+    for outcome in outcomes:
+        if outcome.accepted:
+            report.prompts_accepted += 1
+        else:
+            report.prompts_refused.append({"frame": record.image_index, "object_id": outcome.object_id,
+                                           "error": outcome.error})
+    for obj in result.objects:
+        seen = report.objects.setdefault(obj.object_id, {"frames": 0, "lost_frames": 0, "category": ""})
+        seen["frames"] += 1
+        seen["lost_frames"] += int(obj.tracking_state == TrackingState.LOST)
+        seen["category"] = obj.semantics.category or seen["category"]
+    report.frames_processed += 1
+    outputs.write_processed(record, image, result, frames_received=report.frames_read, prompt_outcomes=outcomes)
+
+
+def _skip(record: BagRecord, stamp_ns: int, reason: str, detail: str, outputs: ReplayOutputs,
+          report: ReplayReport, outcomes: list[PromptOutcome] = ()) -> None:
+    report.skipped[reason] = report.skipped.get(reason, 0) + 1
+    report.skipped_frames.append({"frame": record.image_index, "reason": f"{reason}: {detail}"})
+    for outcome in outcomes:
+        report.prompts_refused.append({"frame": record.image_index, "object_id": outcome.object_id,
+                                       "error": outcome.error})
+    outputs.write_skipped(record, stamp_ns, f"{reason}: {detail}", outcomes)
+
+
+def format_summary(report: ReplayReport, max_listed: int = 10) -> str:
+    """The human-readable summary table (printed at the end and saved as summary.txt)."""
+    rows: list[tuple[str, str]] = [
+        ("bag", report.bag),
+        ("image topic", f"{report.image_topic} [{report.image_type}]"),
+    ]
+    if report.model:
+        rows.append(("model", report.model))
+    rows += [
+        ("frames read", str(report.frames_read)),
+        ("frames processed", str(report.frames_processed)),
+        ("frames skipped", str(report.frames_skipped) + (
+            " (" + ", ".join(f"{reason}: {n}" for reason, n in sorted(report.skipped.items())) + ")"
+            if report.skipped else "")),
+    ]
+    for item in report.skipped_frames[:max_listed]:
+        rows.append(("", f"frame {item['frame']}: {item['reason']}"))
+    if len(report.skipped_frames) > max_listed:
+        rows.append(("", f"... {len(report.skipped_frames) - max_listed} more in summary.json"))
+    rows.append(("prompts", f"{report.prompts_submitted} submitted, {report.prompts_accepted} accepted, "
+                            f"{len(report.prompts_refused)} refused, {len(report.prompts_never_applied)} never applied"
+                            + (f", {len(report.prompt_messages_unusable)} unusable messages"
+                               if report.prompt_messages_unusable else "")))
+    for item in report.prompts_refused[:max_listed]:
+        rows.append(("", f"refused at frame {item['frame']} ({item['object_id'] or 'new object'}): {item['error']}"))
+    for item in report.prompts_never_applied[:max_listed]:
+        rows.append(("", f"never applied: {item['source']} ({item['target']} is past the end of the bag)"))
+    for item in report.prompt_messages_unusable[:max_listed]:
+        rows.append(("", f"unusable: {item['source']}: {item['error']}"))
+    rows.append(("objects", str(len(report.objects))))
+    for object_id, seen in list(report.objects.items())[:max_listed]:
+        category = f", category \"{printable(seen['category'], 40)}\"" if seen["category"] else ""
+        rows.append(("", f"{object_id}: in {seen['frames']} frames, lost in {seen['lost_frames']}{category}"))
+    rows.append(("time", f"{report.seconds:.1f} s ({report.frames_per_second:.2f} frames/s)"))
+    for name, path in report.outputs.items():
+        rows.append((f"output {name}", path))
+    if report.topic_counts:
+        rows.append(("bag topics", ", ".join(f"{t}: {n}" for t, n in report.topic_counts.items())))
+    if report.warning:
+        rows.append(("warning", report.warning))
+    rows.append(("status", "complete" if report.complete else f"INCOMPLETE: {report.error}"))
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(["pam-ros replay summary"] + [f"  {label:<{width}}  {value}" for label, value in rows])
