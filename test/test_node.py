@@ -221,8 +221,8 @@ def test_describe_a_tracked_object_and_an_explicit_image(node):
 
 @pytest.mark.parametrize("mutate,expected", [
     (lambda r: setattr(r.prompt, "object_id", "ghost"), "ghost"),
-    (lambda r: setattr(r, "image", Image(width=4, height=2, encoding="16UC1", step=8, data=bytes(16))),
-     "unsupported image encoding '16UC1'"),
+    (lambda r: setattr(r, "image", Image(width=4, height=2, encoding="32FC1", step=8, data=bytes(16))),
+     "unsupported image encoding '32FC1'"),
     (lambda r: setattr(r, "image", Image(width=4, height=2, encoding="rgb8", step=12, data=bytes(10))), "truncated"),
     (lambda r: setattr(r, "prompt", point_prompt("", math.nan, 3.0)), "finite"),
     (lambda r: setattr(r, "prompt", Prompt()), "needs points, a box"),
@@ -297,9 +297,9 @@ def test_manage_objects_add_refine_remove(node):
 
 def test_bad_topic_input_is_logged_and_tracking_goes_on(node):
     bad_images = [
-        (Image(width=4, height=2, encoding="16UC1", step=8, data=bytes(16)), "unsupported image encoding '16UC1'"),
+        (Image(width=4, height=2, encoding="32FC1", step=8, data=bytes(16)), "unsupported image encoding '32FC1'"),
         (Image(width=0, height=0, encoding="rgb8", step=0, data=b""), "image has zero size"),
-        (Image(width=4, height=2, encoding="rgb8", step=12, data=bytes(10)), "image data truncated"),
+        (Image(width=4, height=2, encoding="rgb8", step=12, data=bytes(10)), "image data is truncated"),
     ]
     for msg, expected in bad_images:
         node.publish_raw(msg)
@@ -419,7 +419,7 @@ def test_reconfigure_for_compressed_input(node):
         wait_until(lambda: compressed_pub.get_subscription_count() > 0, 30.0, "the node on image/compressed",
                    node.process.output)
         compressed_pub.publish(CompressedImage(format="png", data=b"not a png"))
-        node.process.wait_for_line("image skipped: cannot decode compressed image", timeout_s=20)
+        node.process.wait_for_line("image skipped: cannot decode 'png' image data", timeout_s=20)
         buffer = io.BytesIO()
         PilImage.fromarray(frame(4)).save(buffer, format="PNG")
         header = Header(stamp=stamp(10_000), frame_id="compressed_camera")

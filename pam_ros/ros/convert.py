@@ -1,55 +1,47 @@
-"""Conversions between ROS messages and the engine's plain types (numpy images, PromptRequest, results).
+"""ROS 2 (rclpy) messages <-> the engine's plain types: numpy images, PromptRequest, results.
 
-No cv_bridge (not available from pip): raw images are read with numpy, compressed ones with PIL.
-Every malformed input raises a ValueError subclass with a message a user can act on; the node turns
-those into a log line and a refusal, never a crash.
+What the messages say is decided in the ROS-free modules shared with the bag replay, so the node
+and the replay cannot drift: pam_ros.imaging decodes image payloads, pam_ros.message_fields turns
+results into message field values and Prompt messages into PromptRequests. This module only moves
+values between those and rclpy message objects (no cv_bridge: it is not available from pip).
+Every malformed input raises a ValueError subclass with a message a user can act on.
 """
 from __future__ import annotations
 
-import io
-import math
-from typing import Iterable, Sequence
+import importlib
+from collections.abc import Mapping
+from typing import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point
-from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from pam_ros.action import Caption
-from pam_ros.engine.types import (
-    FrameResult,
-    GenerationResult,
-    ObjectResult,
-    PromptAction,
-    PromptRequest,
+from pam_ros.engine.types import FrameResult, GenerationResult, ObjectResult, PromptAction, PromptRequest
+from pam_ros.imaging import SUPPORTED_ENCODINGS, ImageDecodeError, decode_compressed, decode_image
+from pam_ros.message_fields import (
+    MASK_ENCODINGS,
+    PromptMessageError,
+    perceived_object_array_fields,
+    perceived_object_fields,
+    prompt_request_from_message,
+    stamp_ns_of,
 )
 from pam_ros.msg import PerceivedObject, PerceivedObjectArray, Prompt
 
-# Raw encodings accepted on the image topic: name -> (channels, order of R, G, B within a pixel).
-RAW_ENCODINGS: dict[str, tuple[int, tuple[int, int, int]]] = {
-    "rgb8": (3, (0, 1, 2)),
-    "bgr8": (3, (2, 1, 0)),
-    "rgba8": (4, (0, 1, 2)),
-    "bgra8": (4, (2, 1, 0)),
-    "mono8": (1, (0, 0, 0)),
-}
-# How PerceivedObject.mask is filled (node parameter mask_encoding); see msg/PerceivedObject.msg.
-MASK_ENCODINGS = ("roi", "full", "none")
+__all__ = ["MASK_ENCODINGS", "SUPPORTED_ENCODINGS", "ImageConversionError", "PromptConversionError"]
 
-
-class ImageConversionError(ValueError):
-    """An image message that cannot be turned into an RGB array (encoding, size, data)."""
-
-
-class PromptConversionError(ValueError):
-    """A Prompt message that is malformed (NaN, label count, label values, box, action, id)."""
+# The shared modules' errors, under the names the node uses (both are ValueErrors).
+ImageConversionError = ImageDecodeError
+PromptConversionError = PromptMessageError
 
 
 # --- time ---------------------------------------------------------------------------------------
 
 def stamp_to_ns(stamp: Time) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+    return stamp_ns_of(stamp.sec, stamp.nanosec)
 
 
 def ns_to_stamp(stamp_ns: int) -> Time:
@@ -60,51 +52,13 @@ def ns_to_stamp(stamp_ns: int) -> Time:
 # --- images -------------------------------------------------------------------------------------
 
 def image_msg_to_rgb(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8; any row padding) -> HxWx3 uint8 RGB (a copy)."""
-    encoding = msg.encoding.strip().lower()
-    if encoding not in RAW_ENCODINGS:
-        raise ImageConversionError(
-            f"unsupported image encoding {msg.encoding!r}; supported: {', '.join(RAW_ENCODINGS)} "
-            "(or sensor_msgs/CompressedImage jpeg/png on <image topic>/compressed)")
-    width, height, step = int(msg.width), int(msg.height), int(msg.step)
-    if width == 0 or height == 0:
-        raise ImageConversionError(f"image has zero size ({width}x{height})")
-    channels, rgb_order = RAW_ENCODINGS[encoding]
-    row_bytes = width * channels
-    if step < row_bytes:
-        raise ImageConversionError(
-            f"image step {step} is smaller than width x bytes per pixel = {width} x {channels} = {row_bytes}")
-    expected = step * height
-    data = np.frombuffer(msg.data, dtype=np.uint8)
-    if data.size < expected:
-        raise ImageConversionError(
-            f"image data truncated: {data.size} bytes for {width}x{height} {encoding} with step {step} "
-            f"(expected step x height = {expected})")
-    pixels = data[:expected].reshape(height, step)[:, :row_bytes].reshape(height, width, channels)
-    if channels == 1:
-        return np.ascontiguousarray(np.repeat(pixels, 3, axis=2))
-    return np.ascontiguousarray(pixels[:, :, list(rgb_order)])
+    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8, 16-bit, yuv422; any row padding) -> HxWx3 uint8 RGB."""
+    return decode_image(msg.encoding, msg.width, msg.height, msg.step, msg.data, is_bigendian=bool(msg.is_bigendian))
 
 
 def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg or png, as image_transport's compressed plugin sends) -> HxWx3 RGB."""
-    from PIL import Image as PilImage, UnidentifiedImageError
-
-    fmt = msg.format.strip().lower()
-    if "compresseddepth" in fmt:
-        raise ImageConversionError(f"compressed depth images are not supported (format {msg.format!r})")
-    if fmt and not any(name in fmt for name in ("jpeg", "jpg", "png")):
-        raise ImageConversionError(f"unsupported compressed image format {msg.format!r}; supported: jpeg, png")
-    if len(msg.data) == 0:
-        raise ImageConversionError("compressed image has no data")
-    try:
-        with PilImage.open(io.BytesIO(bytes(msg.data))) as decoded:
-            rgb = np.asarray(decoded.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise ImageConversionError(f"cannot decode compressed image (format {msg.format!r}): {error}") from error
-    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise ImageConversionError(f"compressed image has zero size ({rgb.shape[1]}x{rgb.shape[0]})")
-    return np.ascontiguousarray(rgb)
+    """sensor_msgs/CompressedImage (jpeg, png: image_transport's compressed plugin) -> HxWx3 uint8 RGB."""
+    return decode_compressed(msg.format, msg.data)
 
 
 def rgb_to_image_msg(image: np.ndarray, header: Header | None = None) -> Image:
@@ -132,53 +86,16 @@ def is_empty_image(msg: Image) -> bool:
 
 # --- prompts ------------------------------------------------------------------------------------
 
-def _finite(values: Iterable[float]) -> bool:
-    return all(math.isfinite(float(v)) for v in values)
-
-
 def prompt_msg_to_request(msg: Prompt, image_size: tuple[int, int] | None = None) -> PromptRequest:
-    """Validate a Prompt message and turn it into the engine's PromptRequest.
+    """Validate a Prompt message and turn it into the engine's PromptRequest (PromptConversionError if bad).
 
     image_size (width, height), when known, also rejects points and boxes outside the image; otherwise
     that check is the engine's (it knows the frame the prompt is applied to).
     """
-    try:
-        action = PromptAction(int(msg.action))
-    except ValueError:
-        raise PromptConversionError(
-            f"unknown prompt action {msg.action}; use ADD=0, REFINE=1, REMOVE=2 or RESET_ALL=3") from None
-    stamp_ns = stamp_to_ns(msg.header.stamp)
-    object_id = msg.object_id.strip()
-    if action == PromptAction.RESET_ALL:
-        return PromptRequest(action=action, stamp_ns=stamp_ns)
-    if action in (PromptAction.REFINE, PromptAction.REMOVE) and not object_id:
-        raise PromptConversionError(f"{action.name} needs the object_id of a tracked object")
-    if action == PromptAction.REMOVE:
-        return PromptRequest(action=action, object_id=object_id, stamp_ns=stamp_ns)
-
-    points = tuple((float(p.x), float(p.y)) for p in msg.points)
-    labels = tuple(int(label) for label in msg.point_labels)
-    if len(labels) != len(points):
-        raise PromptConversionError(f"{len(points)} points but {len(labels)} point_labels (one label per point)")
-    if not all(_finite(p) for p in points):
-        raise PromptConversionError(f"point coordinates must be finite numbers, got {list(points)}")
-    bad_labels = sorted({label for label in labels if label not in (0, 1)})
-    if bad_labels:
-        raise PromptConversionError(f"point labels must be 1 (object) or 0 (background), got {bad_labels}")
-    box = None
-    if msg.has_box:
-        box = tuple(float(v) for v in msg.box)
-        if not _finite(box):
-            raise PromptConversionError(f"box must be finite numbers, got {list(box)}")
-        if not (box[0] < box[2] and box[1] < box[3]):
-            raise PromptConversionError(f"box must be x1 < x2 and y1 < y2 (pixels), got {list(box)}")
-    if not points and box is None:
-        raise PromptConversionError(f"{action.name} needs points or a box (has_box=true)")
-    if image_size is not None:
-        _check_inside(points, box, image_size)
-    tasks = tuple(task.strip() for task in msg.tasks if task.strip())
-    return PromptRequest(action=action, object_id=object_id, points=points, labels=labels, box=box,
-                         tasks=tasks, stamp_ns=stamp_ns)
+    request = prompt_request_from_message(msg)
+    if image_size is not None and request.action in (PromptAction.ADD, PromptAction.REFINE):
+        _check_inside(request.points, request.box, image_size)
+    return request
 
 
 def describe_prompt_from_msg(msg: Prompt, has_image: bool,
@@ -225,58 +142,53 @@ def request_to_prompt_msg(request: PromptRequest, frame_id: str = "") -> Prompt:
 
 # --- results ------------------------------------------------------------------------------------
 
-def _mono8(mask: np.ndarray, header: Header) -> Image:
-    return rgb_to_image_msg(np.where(mask, np.uint8(255), np.uint8(0)), header)
+def fill_message(msg, fields: Mapping):
+    """Set an rclpy message from a message_fields dict (nested dicts = nested messages); returns msg."""
+    types = msg.get_fields_and_field_types()
+    for name, value in fields.items():
+        if name not in types:
+            raise KeyError(f"{type(msg).__name__} has no field {name!r}")
+        if isinstance(value, Mapping):
+            fill_message(getattr(msg, name), value)
+        elif isinstance(value, list) and value and isinstance(value[0], Mapping):
+            element_type = _message_class(types[name])
+            setattr(msg, name, [fill_message(element_type(), item) for item in value])
+        else:
+            setattr(msg, name, value)
+    return msg
+
+
+def _message_class(type_name: str):
+    """'sequence<pam_ros/PerceivedObject>' (or 'pkg/Name[3]') -> the rclpy message class."""
+    base = type_name.removeprefix("sequence<").split(",")[0].rstrip(">").split("[")[0]
+    package, name = base.split("/")
+    return getattr(importlib.import_module(f"{package}.msg"), name)
+
+
+def _header_fields(header: Header) -> dict:
+    return {"stamp": {"sec": int(header.stamp.sec), "nanosec": int(header.stamp.nanosec)},
+            "frame_id": header.frame_id}
 
 
 def object_result_to_msg(obj: ObjectResult, header: Header, mask_encoding: str = "roi") -> PerceivedObject:
     """One engine ObjectResult -> PerceivedObject; mask per mask_encoding ("roi", "full", "none")."""
-    if mask_encoding not in MASK_ENCODINGS:
-        raise ValueError(f"unknown mask_encoding {mask_encoding!r}; use one of {', '.join(MASK_ENCODINGS)}")
-    x, y, w, h = (int(v) for v in obj.roi)
-    msg = PerceivedObject(
-        object_id=obj.object_id,
-        score=float(obj.score),
-        object_score_logit=float(obj.object_score_logit),
-        tracking_state=int(obj.tracking_state),
-        frames_lost=int(obj.frames_lost),
-        roi=RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h, do_rectify=False),
-        mask_area=int(obj.mask_area),
-        centroid=Point(x=float(obj.centroid[0]), y=float(obj.centroid[1]), z=0.0),
-    )
-    msg.mask.header = header
-    has_pixels = obj.mask_area > 0 and w > 0 and h > 0
-    if has_pixels and mask_encoding == "roi":
-        msg.mask = _mono8(obj.mask[y:y + h, x:x + w], header)
-    elif has_pixels and mask_encoding == "full":
-        msg.mask = _mono8(obj.mask, header)
-        msg.mask_full_frame = True
-    semantics = obj.semantics
-    msg.semantics_state = int(semantics.state)
-    msg.semantics_stamp = ns_to_stamp(semantics.stamp_ns)
-    msg.semantics_error = semantics.error
-    msg.category = semantics.category
-    msg.definition = semantics.definition
-    msg.explanation = semantics.explanation
-    msg.caption = semantics.caption
-    msg.task_names = list(semantics.texts.keys())
-    msg.task_texts = list(semantics.texts.values())
-    return msg
+    return fill_message(PerceivedObject(), perceived_object_fields(obj, _header_fields(header), mask_encoding))
 
 
 def frame_result_to_msg(result: FrameResult, header: Header, mask_encoding: str = "roi",
                         frames_received: int = 0, frames_dropped: int = 0) -> PerceivedObjectArray:
-    """One processed frame -> PerceivedObjectArray (header = the source image's header)."""
-    return PerceivedObjectArray(
-        header=header,
-        frame_index=int(result.frame_index),
-        frames_received=int(frames_received),
-        frames_dropped=int(frames_dropped),
-        image_width=int(result.width),
-        image_height=int(result.height),
-        tracking_seconds=float(result.tracking_seconds),
-        objects=[object_result_to_msg(obj, header, mask_encoding) for obj in result.objects],
-    )
+    """One processed frame -> PerceivedObjectArray with the source image's header, unchanged.
+
+    (The engine may have been given a substitute stamp for an unstamped camera; messages keep the
+    camera's own header, masks included.)
+    """
+    fields = perceived_object_array_fields(result, header.frame_id, frames_received=frames_received,
+                                           frames_dropped=frames_dropped, mask_encoding=mask_encoding)
+    source = _header_fields(header)
+    fields["header"] = source
+    for obj in fields["objects"]:
+        obj["mask"]["header"] = source
+    return fill_message(PerceivedObjectArray(), fields)
 
 
 def mask_from_msg(obj: PerceivedObject, image_width: int, image_height: int) -> np.ndarray:

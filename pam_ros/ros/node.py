@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 import traceback
-from typing import Callable
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
