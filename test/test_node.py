@@ -250,11 +250,15 @@ def test_caption_action_streams_text_so_far(node):
     assert feedback[-1].text == result.text
 
 
-def test_caption_action_cancel_stops_generation(node):
+def test_long_caption_does_not_stall_masks_and_cancel_stops_it(node):
     feedback = []
     goal_handle = node.send_caption(Caption.Goal(object_id="disk", task="detailed_caption", max_new_tokens=1000),
                                     feedback)
     wait_until(lambda: len(feedback) >= 1, 60.0, "caption feedback", node.process.output)
+    result_future = goal_handle.get_result_async()
+    for index in range(2):  # masks keep coming while the caption is being generated
+        node.wait_objects_for(node.publish_frame(frame(index)), timeout_s=20.0)
+    assert not result_future.done(), "the caption finished before the frames were tracked (test too weak)"
     node.wait_future(goal_handle.cancel_goal_async(), 30.0, "the cancel response", node.process.output)
     outcome = node.caption_result(goal_handle)
     assert outcome.status == GoalStatus.STATUS_CANCELED, outcome.result.message
