@@ -36,6 +36,7 @@ from std_msgs.msg import Header
 
 from pam_ros.action import Caption
 from pam_ros.engine.types import PromptAction, PromptOutcome
+from pam_ros.model.errors import PamError
 from pam_ros.msg import PerceivedObjectArray, Prompt
 from pam_ros.ros import convert
 from pam_ros.ros.diagnostics import RateMeter, StageTimes, build_status
@@ -58,18 +59,6 @@ SLOT_POLL_S = 0.1  # how often the idle tracking thread expires held prompts
 BAD_INPUT_LOG_PERIOD_S = 5.0  # the same bad-input message is logged at most this often
 
 
-def _engine_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean "bad request / bad data" (answered, logged) rather than a node bug."""
-    errors: list[type[BaseException]] = [ValueError, KeyError]
-    try:
-        from pam_ros.model.errors import PamError
-
-        errors.append(PamError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
 def _error_text(error: BaseException) -> str:
     """str() of a KeyError is its repr; show its message plainly."""
     if isinstance(error, KeyError) and error.args:
@@ -84,7 +73,8 @@ class PamNode(LifecycleNode):
         super().__init__(NODE_NAME, **kwargs)
         declare_parameters(self)
         self.add_on_set_parameters_callback(self._check_parameter_changes)
-        self._bad_input_errors = _engine_errors()
+        # "Bad request / bad data" (answered and logged) as opposed to a bug in the node (traceback).
+        self._bad_input_errors = (PamError, ValueError, KeyError)
 
         self._settings: NodeSettings | None = None
         self._model_spec = None
@@ -245,14 +235,7 @@ class PamNode(LifecycleNode):
             if not self._pipeline_condition.wait_for(lambda: self._pipeline_users == 0, timeout=30.0):
                 self.get_logger().warn("requests still running after 30 s; closing the model anyway")
         if pipeline is not None:
-            pipeline.close()
-            self._free_accelerator_memory()
-
-    def _free_accelerator_memory(self) -> None:
-        if self._model_spec is not None and str(self._model_spec.device).startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
+            pipeline.close()  # stops the semantics worker, drops the model, empties the CUDA cache
 
     def _destroy_publishers(self) -> None:
         for name in ("_objects_pub", "_overlay_pub"):
