@@ -1,9 +1,17 @@
-"""`pam-ros describe`: segment one object in an image and say what it is (PAM tasks).
+"""`pam-ros describe`: segment one object in an image or a clip and say what it is (PAM tasks).
 
     pam-ros describe IMAGE [--box X1 Y1 X2 Y2] [--point X Y [LABEL]]... --task NAME [--task NAME]...
-        [--prompt TEXT] [--model NAME | --sam2-config CFG --sam2-checkpoint PT --pam DIR]
+        [--prompt TEXT] [--history TEXT] [--model NAME | --sam2-config CFG --sam2-checkpoint PT --pam DIR]
         [--device D] [--dtype T] [--max-new-tokens N] [--greedy | --temperature T --top-p P]
         [--json] [--save-overlay PNG]
+
+IMAGE may also be a clip: a directory of frames (sorted by file name), an animated GIF, or a video
+file when PyAV is installed. The prompt applies to the first frame and the object is tracked through
+every frame (pam_ros.engine.clip); video tasks (video_caption, video_stream_caption with --history,
+and their _zh variants; the default on a clip) run PAM's video mode on 16 frames of the track, image
+tasks describe the first frame, and --prompt asks about the whole track. The JSON adds
+"frames": [{"index", "score", "mask_rle"}] for every frame; the top-level mask and score are the
+first frame's.
 
 Bad input (missing file, non-RGB image, NaN, labels other than 0/1, zero-area box, no prompt, unknown
 task) ends with one clear line on stderr and exit status 2, before any model is loaded. A box partly
@@ -26,6 +34,7 @@ log = logging.getLogger("pam_ros.describe")
 EXIT_BAD_INPUT = 2
 EXIT_MODEL_ERROR = 1
 DEFAULT_TASKS = ("explain",)
+DEFAULT_CLIP_TASKS = ("video_caption",)
 
 
 class InputError(ValueError):
@@ -35,10 +44,12 @@ class InputError(ValueError):
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "describe",
-        help="segment an object in an image and describe it with PAM",
-        description="Segment one object (box and/or points) in an image and run PAM tasks on it.",
+        help="segment an object in an image (or track it through a clip) and describe it with PAM",
+        description="Segment one object (box and/or points) in an image, or track it from the first frame "
+                    "through a clip, and run PAM tasks on it.",
     )
-    p.add_argument("image", help="image file (8-bit RGB)")
+    p.add_argument("image", help="image file (8-bit RGB), or a clip: a directory of frames, an animated GIF, "
+                                 "or a video file (needs PyAV)")
     p.add_argument("--box", nargs=4, type=float, metavar=("X1", "Y1", "X2", "Y2"),
                    help="box in pixels of the image (clipped to the image if partly outside)")
     p.add_argument("--point", nargs="+", action="append", default=[], metavar="X Y [LABEL]",
@@ -46,8 +57,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "given to SAM 2 in command-line order")
     p.add_argument("--task", action="append", default=[], metavar="NAME",
                    help="task to run (repeatable): recognize, explain, caption, detailed_caption and "
-                        "their _zh variants (default: explain)")
-    p.add_argument("--prompt", help="free question about the object (runs as task 'prompt')")
+                        "their _zh variants (default: explain); on a clip also video_caption and "
+                        "video_stream_caption (+ _zh; default: video_caption)")
+    p.add_argument("--prompt", help="free question about the object (runs as task 'prompt'; on a clip it "
+                                    "asks about the whole track)")
+    p.add_argument("--history", metavar="TEXT",
+                   help="previous caption for video_stream_caption(_zh) (PAM's streaming template; "
+                        "default None)")
     model = p.add_argument_group("model (a downloaded name, or explicit files)")
     model.add_argument("--model", metavar="NAME", help="downloaded model, e.g. PAM-1.5B, PAM-3B (or 'tiny')")
     model.add_argument("--sam2-config", metavar="CFG", help="SAM 2.1 config name (sam2.1_hiera_l) or YAML")
@@ -128,8 +144,11 @@ def check_tasks(args) -> list[str]:
     for name in args.task or ([] if args.prompt else list(DEFAULT_TASKS)):
         task = canonical_task(name)
         if is_video_task(task):
-            raise InputError(f"task {name!r} needs a video; describe runs image tasks on one image")
+            raise InputError(f"task {name!r} needs a video: give a directory of frames or a video file "
+                             "instead of one image")
         tasks.append(task)
+    if args.history is not None:
+        raise InputError("--history is for video_stream_caption on a clip, not for one image")
     return tasks
 
 
@@ -171,8 +190,11 @@ def load_model(source: tuple[str, ...], device: str, dtype: str):
 
 def describe(args) -> dict:
     """Everything the command prints, as the --json object."""
+    from pam_ros.engine.clip import is_clip_path
     from pam_ros.masks import mask_bbox_xywh, mask_to_rle
 
+    if is_clip_path(args.image):
+        return describe_clip_command(args)
     image = load_rgb_image(args.image)
     height, width = image.shape[:2]
     prompt = build_prompt(args, (width, height))
@@ -190,15 +212,12 @@ def describe(args) -> dict:
     mask = (dec.mask_logits[0, 0] > 0).cpu().numpy()
     logit = float(dec.object_score_logits[0, 0])
 
-    results = {}
+    generations = []
     runs = [(t, None) for t in tasks] + ([("prompt", args.prompt)] if args.prompt is not None else [])
-    explanation = None
     for task, free in runs:
         log.info("running task %s", task)
-        out = model.describe(features, None if free is not None else task, prompt=free, **options)
-        results[task] = {"prompt": out.prompt, "text": out.text, "token_ids": out.token_ids}
-        if out.explanation is not None and explanation is None:
-            explanation = out.explanation
+        generations.append(model.describe(features, None if free is not None else task, prompt=free, **options))
+    results, explanation = task_results(generations)
     result = {
         "image": args.image,
         "size": [width, height],
@@ -213,6 +232,56 @@ def describe(args) -> dict:
     if args.save_overlay:
         save_overlay(image, mask, prompt, args.save_overlay)
     return result
+
+
+def describe_clip_command(args) -> dict:
+    """The --json object for a clip: the first frame's fields, the tasks, and every frame's mask."""
+    from pam_ros.engine.clip import check_clip_tasks, describe_clip, open_clip, track_clip
+
+    clip = open_clip(args.image)
+    width, height = clip.size_wh
+    prompt = build_prompt(args, (width, height))
+    tasks = check_clip_tasks(args.task or ([] if args.prompt else list(DEFAULT_CLIP_TASKS)), len(clip),
+                             history=args.history, free_prompt=args.prompt is not None)
+    options = generation_options(args)
+    source = model_source(args)
+    if args.prompt is not None and not args.prompt.strip():
+        raise InputError("--prompt is empty")
+
+    log.info("loading model (%s) on %s, %s", " ".join(source[1:]), args.device, args.dtype)
+    model = load_model(source, args.device, args.dtype)
+    log.info("tracking the object through %d frames of %s", len(clip), args.image)
+    tracked = track_clip(model.backbone, clip, prompt, num_frames=len(clip),
+                         on_frame=lambda f: log.debug("frame %d: score %.3f", f.index, f.score))
+    log.info("running %s", ", ".join(tasks + (["prompt"] if args.prompt is not None else [])))
+    generations = describe_clip(model, tracked, tasks, prompt=args.prompt, history=args.history, **options)
+    results, explanation = task_results(generations)
+    first = tracked.frames[0]
+    result = {
+        "image": args.image,
+        "size": [width, height],
+        "object_score_logit": first.object_score_logit,
+        "score": first.score,
+        "roi": list(first.roi),
+        "mask_rle": first.mask_rle,
+        "tasks": results,
+        "category": explanation.category if explanation else None,
+        "definition": explanation.definition if explanation else None,
+        "frames": [{"index": f.index, "score": f.score, "mask_rle": f.mask_rle} for f in tracked.frames],
+    }
+    if args.save_overlay:
+        save_overlay(clip.first_frame(), first.mask(), prompt, args.save_overlay)
+    return result
+
+
+def task_results(generations) -> tuple[dict, object]:
+    """The "tasks" object of the JSON and the first explain answer's parse (or None)."""
+    results, explanation = {}, None
+    for out in generations:
+        results[out.task] = {"prompt": out.prompt, "text": out.text, "token_ids": out.token_ids}
+        if out.explanation is not None and explanation is None:
+            explanation = out.explanation
+    return results, explanation
 
 
 def save_overlay(image: np.ndarray, mask: np.ndarray, prompt, path: str) -> None:
@@ -239,6 +308,9 @@ def save_overlay(image: np.ndarray, mask: np.ndarray, prompt, path: str) -> None
 def print_text(result: dict) -> None:
     print(f"{result['image']} {result['size'][0]}x{result['size'][1]}: object score "
           f"{result['score']:.3f}, roi {result['roi']}")
+    if "frames" in result:
+        present = sum(frame["score"] > 0.5 for frame in result["frames"])
+        print(f"tracked through {len(result['frames'])} frames, present in {present}")
     for task, out in result["tasks"].items():
         print(f"[{task}] {out['text']}")
     if result["category"] is not None:

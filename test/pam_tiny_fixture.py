@@ -42,3 +42,31 @@ def video_case() -> dict:
 
 def all_cases() -> list[dict]:
     return image_cases() + fixture_json()["video_cases"]
+
+
+def video_frames() -> list:
+    """The fixture clip's 16 frames as HxWx3 uint8 RGB arrays (320x240)."""
+    import numpy as np
+    from PIL import Image
+
+    return [np.array(Image.open(FIXTURE_DIR / path).convert("RGB")) for path in video_case()["frames"]]
+
+
+def case_image(case: dict):
+    """The RGB image of an image case as an HxWx3 uint8 array."""
+    import numpy as np
+    from PIL import Image
+
+    return np.array(Image.open(FIXTURE_DIR / case["image"]).convert("RGB"))
+
+
+def case_prompt(case: dict):
+    """The visual prompt of a fixture case (box, or points with labels) in pixels of its image."""
+    import numpy as np
+
+    from pam_ros.model.sam2_backbone import VisualPrompt
+
+    if case["prompt_type"] == "box":
+        return VisualPrompt(box=np.array(case["visual_prompt"], dtype=np.float32))
+    return VisualPrompt(points=np.array(case["visual_prompt"], dtype=np.float32),
+                        labels=np.array(case["vp_labels"], dtype=np.int64))

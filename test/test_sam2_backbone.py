@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from safetensors.torch import load_file
 
 from pam_ros.model.errors import CheckpointError, ImageError, PromptError
 from pam_ros.model.sam2_backbone import Sam2Backbone, VisualPrompt
+
+from pam_tiny_fixture import case_image as image_of, case_prompt as prompt_of, golden as fixture_golden
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pam_tiny"
 SAM2_YAML = FIXTURE / "sam2" / "sam2.1_hiera_tiny_pam.yaml"
@@ -22,35 +22,23 @@ FIXTURE_JSON = json.loads((FIXTURE / "fixture.json").read_text())
 IMAGE_CASES = {case["case"]: case for case in FIXTURE_JSON["image_cases"]}
 
 
-def prompt_of(case: dict) -> VisualPrompt:
-    if case["prompt_type"] == "box":
-        return VisualPrompt(box=np.array(case["visual_prompt"], dtype=np.float32))
-    return VisualPrompt(points=np.array(case["visual_prompt"], dtype=np.float32), labels=np.array(case["vp_labels"]))
-
-
-def image_of(case: dict) -> np.ndarray:
-    return np.array(Image.open(FIXTURE / case["image"]).convert("RGB"))
-
-
 @pytest.fixture(scope="module")
 def golden() -> dict[str, torch.Tensor]:
-    return load_file(str(FIXTURE / "golden.safetensors"))
+    return fixture_golden()
 
 
 @pytest.fixture(scope="module")
-def backbone() -> Sam2Backbone:
+def backbone(full_backbone) -> Sam2Backbone:
+    """The session's SAM 2 of the fixture (conftest), read-only here."""
     torch.set_grad_enabled(False)
-    return Sam2Backbone.from_config(SAM2_YAML, SAM2_PT)
+    return full_backbone
 
 
 @pytest.fixture(scope="module")
-def decoded(backbone):
-    """Each image case encoded and decoded once: {case: (encoding, output)}."""
-    results = {}
-    for name, case in IMAGE_CASES.items():
-        enc = backbone.encode_image(image_of(case))
-        results[name] = (enc, backbone.decode(enc, [prompt_of(case)]))
-    return results
+def decoded(backbone, decoded_image_cases):
+    """Each image case encoded and decoded once by `backbone` (conftest, shared with the PamModel
+    tests): {case: (encoding, output)}."""
+    return decoded_image_cases
 
 
 def max_diff(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -210,10 +198,10 @@ def test_bad_images_raise_image_error(backbone, image, message):
         backbone.encode_image(image)
 
 
-def test_bfloat16_autocast_gives_the_float32_segmentation():
+def test_bfloat16_autocast_gives_the_float32_segmentation(small_backbone):
     """dtype=bfloat16 runs the same model under autocast (weights stay float32)."""
     small = {"image_size": 256}
-    fp32 = Sam2Backbone.from_config(SAM2_YAML, SAM2_PT, overrides=small)
+    fp32 = small_backbone  # the session's float32 model at this input size (conftest)
     bf16 = Sam2Backbone.from_config(SAM2_YAML, SAM2_PT, overrides=small, dtype=torch.bfloat16)
     case = IMAGE_CASES["c0_box_recognize"]
     image, prompt = image_of(case), prompt_of(case)

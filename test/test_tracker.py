@@ -1,14 +1,9 @@
 """StreamingTracker: parity with PAM's offline video propagation, add/remove, bounded state, bad input."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from safetensors.torch import load_file
 
 from pam_ros.engine.tracker import (
     FeatureHistory,
@@ -21,15 +16,10 @@ from pam_ros.engine.types import TrackingState
 from pam_ros.model.errors import ImageError, PromptError
 from pam_ros.model.sam2_backbone import Sam2Backbone, VisualPrompt
 
-FIXTURE = Path(__file__).parent / "fixtures" / "pam_tiny"
-SAM2_YAML = FIXTURE / "sam2" / "sam2.1_hiera_tiny_pam.yaml"
-SAM2_PT = FIXTURE / "sam2" / "sam2.1_hiera_tiny_pam.pt"
-VIDEO = json.loads((FIXTURE / "fixture.json").read_text())["video_cases"][0]
+from pam_tiny_fixture import SAM2_CHECKPOINT, SAM2_CONFIG, golden as fixture_golden, video_case, video_frames
+
+VIDEO = video_case()
 TOL = 1e-4
-
-
-def video_frames() -> list[np.ndarray]:
-    return [np.array(Image.open(FIXTURE / path).convert("RGB")) for path in VIDEO["frames"]]
 
 
 def box(*xyxy: float) -> VisualPrompt:
@@ -40,28 +30,16 @@ def point(x: float, y: float) -> VisualPrompt:
     return VisualPrompt(points=np.array([[x, y]], dtype=np.float32), labels=np.array([1]))
 
 
-@pytest.fixture(scope="module")
-def full_backbone() -> Sam2Backbone:
-    return Sam2Backbone.from_config(SAM2_YAML, SAM2_PT)
-
-
-@pytest.fixture(scope="module")
-def small_backbone() -> Sam2Backbone:
-    """The fixture's weights at a 256-pixel model input: 16x faster, same code paths."""
-    return Sam2Backbone.from_config(SAM2_YAML, SAM2_PT, overrides={"image_size": 256})
-
-
 # ---- parity with the official offline propagation ------------------------------------------
+# `tracked_video` (conftest): the fixture clip tracked from its box on frame 0 at full resolution,
+# once per session (test_pam_model describes the same run).
 @pytest.fixture(scope="module")
-def video_run(full_backbone):
-    tracker = StreamingTracker(full_backbone, keep_feature_frames=16)
-    object_id = tracker.add_object(box(*VIDEO["visual_prompt"]))
-    results = [tracker.step(frame, stamp_ns=1000 * i) for i, frame in enumerate(video_frames())]
-    return tracker, object_id, results
+def video_run(tracked_video):
+    return tracked_video.tracker, tracked_video.object_id, tracked_video.results
 
 
 def test_video_tracking_matches_pam_offline_propagation(video_run):
-    golden = load_file(str(FIXTURE / "golden.safetensors"))
+    golden = fixture_golden()
     key = VIDEO["case"] + ".sam2."
     _, object_id, results = video_run
     tracks = [result.by_id()[object_id] for result in results]
@@ -76,7 +54,7 @@ def test_video_tracking_matches_pam_offline_propagation(video_run):
 
 
 def test_video_binary_masks_match_up_to_near_zero_pixels(video_run, full_backbone):
-    golden = load_file(str(FIXTURE / "golden.safetensors"))
+    golden = fixture_golden()
     packed = golden[VIDEO["case"] + ".sam2.video_res_binary_masks_packbits"].numpy()
     expected = np.unpackbits(packed, axis=1)[:, : 240 * 320].reshape(16, 240, 320).astype(bool)
     _, object_id, results = video_run
@@ -159,8 +137,15 @@ def moving_square(index: int) -> np.ndarray:
     return frame
 
 
-def test_state_stops_growing_on_a_long_stream(small_backbone):
-    tracker = StreamingTracker(small_backbone, max_conditioning_frames=3, keep_feature_frames=8)
+@pytest.fixture(scope="module")
+def long_stream_backbone():
+    """The fixture's weights at a 128-pixel model input: what is kept per frame does not depend on
+    the input size, and 200 frames run about 3x faster than at 256."""
+    return Sam2Backbone.from_config(SAM2_CONFIG, SAM2_CHECKPOINT, overrides={"image_size": 128})
+
+
+def test_state_stops_growing_on_a_long_stream(long_stream_backbone):
+    tracker = StreamingTracker(long_stream_backbone, max_conditioning_frames=3, keep_feature_frames=8)
     first = tracker.add_object(box(5, 15, 20, 30))
     tracker.add_object(point(50, 40))
     sizes = {}
@@ -174,7 +159,8 @@ def test_state_stops_growing_on_a_long_stream(small_backbone):
     assert {k: sizes[130][k] for k in memory_keys} == {k: sizes[199][k] for k in memory_keys}
     assert sizes[45]["tracked_frames"] == sizes[199]["tracked_frames"]
     assert sizes[199]["conditioning_frames"] == 3 + 1  # capped for the refined object, 1 for the other
-    frame_bytes = (2 * 256 + 256 * 16 * 16) * 4  # one frame's PAM features at this model size
+    grid = long_stream_backbone.image_size // 16  # the decoder's feature grid at this model size
+    frame_bytes = (2 * 256 + 256 * grid * grid) * 4  # one frame's PAM features (float32)
     for index in (130, 199):
         assert sizes[index]["feature_frames"] <= 2 * 8
         assert sizes[index]["feature_bytes"] <= 2 * 8 * frame_bytes

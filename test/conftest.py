@@ -1,0 +1,80 @@
+"""Session-wide fixtures: the tiny PAM fixture's models, and its 16-frame clip tracked once.
+
+Loading a model costs seconds and tracking the clip at SAM 2's full 1024 input about a minute on
+CI's two cores, so tests that only read these objects share one instance per session. A test that
+changes a model (a hook it does not remove, another dtype or input size) builds its own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from pam_tiny_fixture import (
+    PAM_DIR,
+    SAM2_CHECKPOINT,
+    SAM2_CONFIG,
+    case_image,
+    case_prompt,
+    image_cases,
+    video_case,
+    video_frames,
+)
+
+
+@dataclass(frozen=True)
+class TrackedVideo:
+    """The fixture clip tracked from its box on frame 0 (stamps 1000 * frame index)."""
+
+    tracker: object  # StreamingTracker, keep_feature_frames=16
+    object_id: str
+    results: list  # TrackingResult per frame
+
+
+@pytest.fixture(scope="session")
+def full_backbone():
+    """SAM 2 of the fixture at its own 1024 input (the official computation)."""
+    from pam_ros.model.sam2_backbone import Sam2Backbone
+
+    return Sam2Backbone.from_config(SAM2_CONFIG, SAM2_CHECKPOINT)
+
+
+@pytest.fixture(scope="session")
+def small_backbone():
+    """The fixture's weights at a 256-pixel model input: 16x faster, same code paths."""
+    from pam_ros.model.sam2_backbone import Sam2Backbone
+
+    return Sam2Backbone.from_config(SAM2_CONFIG, SAM2_CHECKPOINT, overrides={"image_size": 256})
+
+
+@pytest.fixture(scope="session")
+def decoded_image_cases(full_backbone) -> dict:
+    """Every image case of the fixture encoded and decoded once at full resolution:
+    {case name: (ImageEncoding, DecoderOutput)} (read by the backbone and the PamModel tests)."""
+    decoded = {}
+    for case in image_cases():
+        enc = full_backbone.encode_image(case_image(case))
+        decoded[case["case"]] = (enc, full_backbone.decode(enc, [case_prompt(case)]))
+    return decoded
+
+
+@pytest.fixture(scope="session")
+def tracked_video(full_backbone) -> TrackedVideo:
+    """The fixture clip through the StreamingTracker at full resolution, once per session."""
+    from pam_ros.engine.tracker import StreamingTracker
+    from pam_ros.model.sam2_backbone import VisualPrompt
+
+    tracker = StreamingTracker(full_backbone, keep_feature_frames=16)
+    object_id = tracker.add_object(VisualPrompt(box=np.array(video_case()["visual_prompt"], dtype=np.float32)))
+    results = [tracker.step(frame, stamp_ns=1000 * i) for i, frame in enumerate(video_frames())]
+    return TrackedVideo(tracker, object_id, results)
+
+
+@pytest.fixture(scope="session")
+def pam_model():
+    """The whole tiny PAM, float32 on CPU."""
+    from pam_ros.model.pam import PamModel
+
+    return PamModel.from_pretrained(PAM_DIR, SAM2_CONFIG, SAM2_CHECKPOINT, device="cpu", dtype=torch.float32)
