@@ -1,0 +1,95 @@
+"""Launch pam_ros_node (the Perceive Anything Model perception node).
+
+    ros2 launch pam_ros pam.launch.py image_topic:=/camera/color/image_raw model:=PAM-1.5B
+    ros2 launch pam_ros pam.launch.py sam2_checkpoint:=/w/sam2.1_hiera_large.pt pam_checkpoint:=/w/PAM-3B device:=cuda
+
+Parameters come from params_file (default: the installed config/pam_ros.yaml); every argument left
+empty keeps the file's value, every argument given overrides it. Without ros2 launch, run the same
+node with: pam_ros_node --ros-args --params-file config/pam_ros.yaml -r image:=/camera/image_raw
+"""
+import os
+
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import LifecycleNode
+
+# Launch argument -> node parameter; "" = keep the params file's value.
+PARAMETER_ARGUMENTS = {
+    "model": "Downloaded model name (PAM-1.5B, PAM-3B) or tiny",
+    "sam2_config": "SAM 2.1 config name or YAML path (with explicit checkpoints)",
+    "sam2_checkpoint": "SAM 2.1 checkpoint .pt (with pam_checkpoint)",
+    "pam_checkpoint": "PAM checkpoint folder (with sam2_checkpoint)",
+    "device": "auto | cpu | cuda | cuda:N",
+    "dtype": "auto | float32 | bfloat16 | float16",
+    "image_size": "SAM 2 input size (0 = the model's 1024)",
+    "image_transport": "raw (Image on image_topic) | compressed (CompressedImage on image_topic/compressed)",
+    "image_qos": "sensor_data (best effort) | reliable",
+    "mask_encoding": "roi | full | none",
+    "publish_overlay": "true | false",
+    "max_objects": "most objects tracked at once",
+    "max_new_tokens": "default token limit per task",
+    "refresh_period_s": "re-run semantics every N s (0 = never)",
+    "autostart": "true: configure + activate on start",
+}
+BOOLEAN_PARAMETERS = {"publish_overlay", "autostart"}
+INTEGER_PARAMETERS = {"max_objects", "max_new_tokens", "image_size"}
+FLOAT_PARAMETERS = {"refresh_period_s"}
+
+
+def _default_params_file() -> str:
+    try:
+        return os.path.join(get_package_share_directory("pam_ros"), "config", "pam_ros.yaml")
+    except PackageNotFoundError:  # running from a source checkout
+        return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "pam_ros.yaml")
+
+
+def _typed(name: str, text: str):
+    if name in BOOLEAN_PARAMETERS:
+        return text.strip().lower() in ("1", "true", "yes", "on")
+    if name in INTEGER_PARAMETERS:
+        return int(text)
+    if name in FLOAT_PARAMETERS:
+        return float(text)
+    return text
+
+
+def _node(context):
+    overrides = {}
+    for name in PARAMETER_ARGUMENTS:
+        value = LaunchConfiguration(name).perform(context)
+        if value != "":
+            overrides[name] = _typed(name, value)
+    image_topic = LaunchConfiguration("image_topic").perform(context)
+    remappings = [("image", image_topic), ("image/compressed", image_topic + "/compressed")]
+    prompts_topic = LaunchConfiguration("prompts_topic").perform(context)
+    if prompts_topic:
+        remappings.append(("prompts", prompts_topic))
+    return [LifecycleNode(
+        package="pam_ros",
+        executable="pam_ros_node",
+        name=LaunchConfiguration("node_name").perform(context),
+        namespace=LaunchConfiguration("namespace").perform(context),
+        parameters=[LaunchConfiguration("params_file").perform(context), overrides],
+        remappings=remappings,
+        arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level").perform(context)],
+        output="screen",
+        emulate_tty=True,
+    )]
+
+
+def generate_launch_description() -> LaunchDescription:
+    arguments = [
+        DeclareLaunchArgument("image_topic", default_value="image",
+                              description="Camera topic (sensor_msgs/Image); compressed input uses <image_topic>/compressed"),
+        DeclareLaunchArgument("prompts_topic", default_value="", description="Remap the prompts topic ('' = prompts)"),
+        DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node and its topics"),
+        DeclareLaunchArgument("node_name", default_value="pam_ros_node", description="Node name"),
+        DeclareLaunchArgument("params_file", default_value=_default_params_file(),
+                              description="Parameter YAML (see config/pam_ros.yaml)"),
+        DeclareLaunchArgument("log_level", default_value="info", description="debug | info | warn | error"),
+    ]
+    arguments += [DeclareLaunchArgument(name, default_value="", description=f"{text} ('' = params file value)")
+                  for name, text in PARAMETER_ARGUMENTS.items()]
+    return LaunchDescription(arguments + [OpaqueFunction(function=_node)])

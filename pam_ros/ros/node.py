@@ -1,0 +1,683 @@
+"""`pam_ros_node`: the Perceive Anything Model as a ROS 2 lifecycle node.
+
+Topics, services and the action use relative names so namespaces and remapping work:
+  subscribes  image (sensor_msgs/Image) or image/compressed (parameter image_transport), prompts (pam_ros/Prompt)
+  publishes   objects (pam_ros/PerceivedObjectArray), overlay (sensor_msgs/Image), /diagnostics
+  services    describe (pam_ros/Describe), manage_objects (pam_ros/ManageObjects)
+  action      caption (pam_ros/Caption)
+Lifecycle: configure reads and validates the parameters; activate loads the model and starts tracking;
+deactivate stops tracking and frees the model (GPU memory); cleanup / shutdown release everything.
+
+Threads: the image callback only drops the message into a latest-frame-wins slot; one tracking thread
+converts, tracks and publishes; describe, manage_objects and caption have their own callback groups
+(MultiThreadedExecutor), so a long caption never holds up masks. All model work goes through
+pam_ros.engine.pipeline.PerceptionPipeline.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import threading
+import time
+import traceback
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.utilities import remove_ros_args
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+
+from pam_ros.action import Caption
+from pam_ros.engine.types import PromptAction, PromptOutcome
+from pam_ros.model.errors import PamError
+from pam_ros.msg import PerceivedObjectArray, Prompt
+from pam_ros.ros import convert
+from pam_ros.ros.diagnostics import RateMeter, StageTimes, build_status
+from pam_ros.ros.frame_slot import LatestFrameSlot
+from pam_ros.ros.parameters import (
+    PARAMETERS,
+    NodeSettings,
+    SettingsError,
+    check_parameter_value,
+    declare_parameters,
+    read_settings,
+)
+from pam_ros.ros.prompt_tickets import IdAllocator, PendingPrompts, PromptTicket
+from pam_ros.srv import Describe, ManageObjects
+
+NODE_NAME = "pam_ros_node"
+DEFAULT_DESCRIBE_TASKS = ("explain", "caption")
+DEFAULT_CAPTION_TASK = "caption"
+SLOT_POLL_S = 0.1  # how often the idle tracking thread expires held prompts
+BAD_INPUT_LOG_PERIOD_S = 5.0  # the same bad-input message is logged at most this often
+
+
+def _error_text(error: BaseException) -> str:
+    """str() of a KeyError is its repr; show its message plainly."""
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])
+    return str(error)
+
+
+class PamNode(LifecycleNode):
+    """The PAM perception node (see the module docstring for its interface)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        declare_parameters(self)
+        self.add_on_set_parameters_callback(self._check_parameter_changes)
+        # "Bad request / bad data" (answered and logged) as opposed to a bug in the node (traceback).
+        self._bad_input_errors = (PamError, ValueError, KeyError)
+
+        self._settings: NodeSettings | None = None
+        self._model_spec = None
+        # The pipeline is shared by the tracking thread and the service / action threads; users are
+        # counted so deactivation can wait for them before freeing the model.
+        self._pipeline = None
+        self._pipeline_users = 0
+        self._pipeline_condition = threading.Condition()
+        self._stopping = threading.Event()  # set while deactivating: running captions stop
+
+        self._slot = LatestFrameSlot()
+        self._prompt_inbox: list[PromptTicket] = []
+        self._prompt_inbox_lock = threading.Lock()
+        self._pending = PendingPrompts()
+        self._ids = IdAllocator()
+        self._tracking_thread: threading.Thread | None = None
+        self._latest_header = Header()
+        self._tracked_ids: frozenset[str] = frozenset()  # ids on the last processed frame (for new ids)
+        self._latest_size: tuple[int, int] | None = None
+
+        # Numbers for /diagnostics.
+        self._input_rate = RateMeter()
+        self._processed_rate = RateMeter()
+        self._stage_times = StageTimes()
+        self._frames_processed = 0
+        self._bad_frames = 0
+        self._overlays_drawn = 0
+        self._activated_at = 0.0
+        self._last_image_at = 0.0
+        self._no_image_warned = False
+        self._bad_input_logged: dict[str, float] = {}
+        self._overlay_unavailable = ""
+
+        self._image_sub = None
+        self._prompt_sub = None
+        self._objects_pub = None
+        self._overlay_pub = None
+
+        self._image_group = MutuallyExclusiveCallbackGroup()
+        self._prompt_group = MutuallyExclusiveCallbackGroup()
+        self._describe_group = MutuallyExclusiveCallbackGroup()
+        self._manage_group = MutuallyExclusiveCallbackGroup()
+        self._caption_group = ReentrantCallbackGroup()
+        self._timer_group = MutuallyExclusiveCallbackGroup()
+
+        # Services, action and diagnostics exist in every lifecycle state, so a request while
+        # inactive gets a clear answer instead of silence.
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_service(Describe, "describe", self._on_describe, callback_group=self._describe_group)
+        self.create_service(ManageObjects, "manage_objects", self._on_manage_objects,
+                            callback_group=self._manage_group)
+        self._caption_server = ActionServer(
+            self, Caption, "caption", execute_callback=self._execute_caption,
+            goal_callback=lambda goal: GoalResponse.ACCEPT,
+            cancel_callback=lambda goal_handle: CancelResponse.ACCEPT,
+            callback_group=self._caption_group)
+        period = float(self.get_parameter("diagnostics_period_s").value)
+        self.create_timer(period if period > 0 else 1.0, self._publish_diagnostics, callback_group=self._timer_group)
+        self.create_timer(0.5, self._watch_image_input, callback_group=self._timer_group)
+        if self.get_parameter("autostart").value:
+            # In the default group, like the lifecycle services: transitions never overlap.
+            self._autostart_timer = self.create_timer(0.0, self._autostart)
+
+    # ------------------------------------------------------------------ lifecycle
+    def _autostart(self) -> None:
+        self._autostart_timer.cancel()
+        self.destroy_timer(self._autostart_timer)
+        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            settings = read_settings(self)
+            spec = settings.model_spec()
+            spec.validate()
+            settings.pipeline_config().validate()
+        except ImportError as error:
+            self.get_logger().error(f"configure failed: the engine is not installed ({error})")
+            return TransitionCallbackReturn.FAILURE
+        except ValueError as error:  # SettingsError, the engine's ConfigError
+            self.get_logger().error(f"configure failed: {error}")
+            return TransitionCallbackReturn.FAILURE
+        self._settings, self._model_spec = settings, spec
+        self._objects_pub = self.create_lifecycle_publisher(PerceivedObjectArray, "objects", 10)
+        self._overlay_pub = self.create_lifecycle_publisher(
+            Image, "overlay", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        self.get_logger().info(
+            f"configured: model {self._describe_model()}, input {self._image_topic_name()} "
+            f"({settings.image_qos} QoS), mask_encoding {settings.mask_encoding}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        settings = self._settings
+        self.get_logger().info(f"activating: loading {self._describe_model()} ...")
+        started = time.monotonic()
+        try:
+            from pam_ros.engine.pipeline import PerceptionPipeline
+
+            pipeline = PerceptionPipeline.load(self._model_spec, settings.pipeline_config())
+        except Exception as error:  # any load failure is reported, the node stays inactive
+            self.get_logger().error(f"activate failed: could not load the model: {error}{self._load_hint(error)}")
+            if not isinstance(error, self._bad_input_errors + (OSError, ImportError)):
+                self.get_logger().error(traceback.format_exc())
+            return TransitionCallbackReturn.FAILURE
+        self._reset_counters()
+        self._stopping.clear()
+        with self._pipeline_condition:
+            self._pipeline = pipeline
+        self._tracking_thread = threading.Thread(target=self._tracking_loop, args=(pipeline,),
+                                                 name="pam_ros_tracking", daemon=True)
+        self._tracking_thread.start()
+        self._subscribe_inputs()
+        self._activated_at = time.monotonic()
+        self.get_logger().info(f"active: model loaded in {time.monotonic() - started:.1f} s; "
+                               f"waiting for images on {self.resolve_topic_name(self._image_topic_name())}")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_work("the node was deactivated")
+        self.get_logger().info("inactive: tracking stopped and the model released")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._destroy_publishers()
+        self._settings = self._model_spec = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error("lifecycle error: releasing everything")
+        self.release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def release(self) -> None:
+        """Stop tracking, free the model and drop the publishers (shutdown, error, process exit)."""
+        self._stop_work("the node is shutting down")
+        self._destroy_publishers()
+
+    def _stop_work(self, reason: str) -> None:
+        self._unsubscribe_inputs()
+        self._stopping.set()
+        self._slot.close()
+        if self._tracking_thread is not None:
+            self._tracking_thread.join(timeout=30.0)
+            if self._tracking_thread.is_alive():
+                self.get_logger().error("the tracking thread did not stop within 30 s")
+            self._tracking_thread = None
+        self._pending.fail_all(f"not applied: {reason}")
+        with self._prompt_inbox_lock:
+            inbox, self._prompt_inbox = self._prompt_inbox, []
+        for ticket in inbox:
+            ticket.resolve(PromptOutcome(object_id="", accepted=False, error=f"not applied: {reason}"))
+        with self._pipeline_condition:
+            pipeline, self._pipeline = self._pipeline, None  # no new users from here on
+            if not self._pipeline_condition.wait_for(lambda: self._pipeline_users == 0, timeout=30.0):
+                self.get_logger().warn("requests still running after 30 s; closing the model anyway")
+        if pipeline is not None:
+            pipeline.close()  # stops the semantics worker, drops the model, empties the CUDA cache
+
+    def _destroy_publishers(self) -> None:
+        for name in ("_objects_pub", "_overlay_pub"):
+            publisher = getattr(self, name)
+            if publisher is not None:
+                setattr(self, name, None)
+                try:
+                    self.destroy_lifecycle_publisher(publisher)
+                except Exception:  # already gone with the context at process exit
+                    pass
+
+    def _describe_model(self) -> str:
+        spec = self._model_spec
+        if spec is None:
+            return "(not configured)"
+        which = spec.name or f"{spec.sam2_checkpoint} + {spec.pam_checkpoint}"
+        return f"{which} on {spec.device} ({spec.dtype})"
+
+    def _load_hint(self, error: Exception) -> str:
+        spec = self._model_spec
+        text = str(error)
+        if spec is not None and spec.name and spec.name != "tiny" and "pam-ros download" not in text:
+            return f" (download it with: pam-ros download {spec.name})"
+        return ""
+
+    def _check_parameter_changes(self, parameters) -> SetParametersResult:
+        for parameter in parameters:
+            try:
+                check_parameter_value(parameter.name, parameter.value)
+            except SettingsError as error:
+                return SetParametersResult(successful=False, reason=str(error))
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ inputs
+    def _image_topic_name(self) -> str:
+        settings = self._settings
+        return "image/compressed" if settings is not None and settings.image_transport == "compressed" else "image"
+
+    def _subscribe_inputs(self) -> None:
+        settings = self._settings
+        if settings.image_qos == "sensor_data":
+            qos = qos_profile_sensor_data
+        else:
+            qos = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+        msg_type = CompressedImage if settings.image_transport == "compressed" else Image
+        self._image_sub = self.create_subscription(msg_type, self._image_topic_name(), self._on_image, qos,
+                                                   callback_group=self._image_group)
+        self._prompt_sub = self.create_subscription(Prompt, "prompts", self._on_prompt, 10,
+                                                    callback_group=self._prompt_group)
+
+    def _unsubscribe_inputs(self) -> None:
+        for name in ("_image_sub", "_prompt_sub"):
+            subscription = getattr(self, name)
+            if subscription is not None:
+                self.destroy_subscription(subscription)
+                setattr(self, name, None)
+
+    def _on_image(self, msg) -> None:
+        now = time.monotonic()
+        self._input_rate.tick(now)
+        if self._no_image_warned and self._last_image_at == 0.0:
+            self.get_logger().info(f"images are arriving on {self.resolve_topic_name(self._image_topic_name())} now")
+        self._last_image_at = now
+        self._slot.put((msg, now))  # latest frame wins; a replaced frame is counted as dropped
+
+    def _on_prompt(self, msg: Prompt) -> None:
+        if self._pipeline is None:
+            self.get_logger().warn("prompt ignored: the node is not active")
+            return
+        try:
+            request = convert.prompt_msg_to_request(msg)
+        except ValueError as error:
+            self._log_bad_input(f"prompt refused: {error}")
+            return
+        self._submit(request, source="topic")
+
+    def _submit(self, request, source: str) -> PromptTicket:
+        """Queue a prompt for the tracking thread (the only caller of pipeline.submit_prompt)."""
+        if request.action == PromptAction.ADD and not request.object_id:
+            known = self._tracked_ids
+            request = dataclasses.replace(request, object_id=self._ids.next_id(
+                lambda candidate: candidate in known or self._pending.has_id(candidate) or self._in_inbox(candidate)))
+        ticket = PromptTicket(request=request, source=source)
+        with self._prompt_inbox_lock:
+            self._prompt_inbox.append(ticket)
+        return ticket
+
+    def _in_inbox(self, object_id: str) -> bool:
+        with self._prompt_inbox_lock:
+            return any(t.request.object_id == object_id for t in self._prompt_inbox)
+
+    # ------------------------------------------------------------------ tracking thread
+    def _tracking_loop(self, pipeline) -> None:
+        while not self._stopping.is_set():
+            frame = self._slot.take(SLOT_POLL_S)
+            if self._stopping.is_set():
+                break
+            try:
+                self._hand_over_prompts(pipeline)
+                self._report_outcomes(pipeline.expire_held_prompts())
+                if frame is not None:
+                    self._track_frame(pipeline, *frame)
+            except Exception:  # a bug must not kill tracking; it is logged with its traceback
+                if not self.context.ok():  # process shutting down: publishers are gone
+                    break
+                self.get_logger().error(f"tracking error (frame skipped):\n{traceback.format_exc()}")
+
+    def _hand_over_prompts(self, pipeline) -> None:
+        with self._prompt_inbox_lock:
+            tickets, self._prompt_inbox = self._prompt_inbox, []
+        for ticket in tickets:
+            self._pending.add(ticket)
+            pipeline.submit_prompt(ticket.request)
+
+    def _track_frame(self, pipeline, msg, received_at: float) -> None:
+        started = time.monotonic()
+        try:
+            if isinstance(msg, CompressedImage):
+                image = convert.compressed_msg_to_rgb(msg)
+            else:
+                image = convert.image_msg_to_rgb(msg)
+        except convert.ImageConversionError as error:
+            self._bad_frames += 1
+            self._log_bad_input(f"image skipped: {_error_text(error)}")
+            return
+        converted = time.monotonic()
+        stamp_ns = convert.stamp_to_ns(msg.header.stamp)
+        if stamp_ns == 0:  # unstamped camera: the engine still needs increasing stamps
+            stamp_ns = self.get_clock().now().nanoseconds
+        try:
+            result = pipeline.process(image, stamp_ns)
+        except self._bad_input_errors as error:
+            self._bad_frames += 1
+            self._log_bad_input(f"image skipped: {_error_text(error)}")
+            return
+        tracked = time.monotonic()
+        self._frames_processed += 1
+        self._processed_rate.tick(tracked)
+        self._latest_header = msg.header
+        self._latest_size = (int(result.width), int(result.height))
+        self._tracked_ids = frozenset(obj.object_id for obj in result.objects)
+        self._report_outcomes(result.prompt_outcomes)
+
+        settings = self._settings
+        objects_pub = self._objects_pub
+        if objects_pub is not None:
+            objects_pub.publish(convert.frame_result_to_msg(
+                result, msg.header, settings.mask_encoding, self._slot.received, self._slot.dropped))
+        published = time.monotonic()
+        overlay_pub = self._overlay_pub
+        if settings.publish_overlay and overlay_pub is not None and overlay_pub.get_subscription_count() > 0:
+            overlay = self._draw_overlay(image, result)
+            if overlay is not None:
+                overlay_pub.publish(convert.rgb_to_image_msg(overlay, msg.header))
+                self._overlays_drawn += 1
+            self._stage_times.record("overlay", time.monotonic() - published)
+        self._stage_times.record("wait_in_slot", started - received_at)
+        self._stage_times.record("convert", converted - started)
+        self._stage_times.record("track", tracked - converted)
+        self._stage_times.record("publish", published - tracked)
+        self._stage_times.record("receive_to_publish", published - received_at)
+
+    def _draw_overlay(self, image, result):
+        if self._overlay_unavailable:
+            return None
+        try:
+            from pam_ros.render import draw_overlay
+        except ImportError as error:
+            self._overlay_unavailable = str(error)
+            self.get_logger().warn(f"overlay disabled: pam_ros.render is not available ({error})")
+            return None
+        return draw_overlay(image, result)
+
+    def _report_outcomes(self, outcomes) -> None:
+        for outcome, ticket in self._pending.resolve(outcomes):
+            source = ticket.source if ticket is not None else "engine"
+            action = ticket.request.action.name if ticket is not None else "prompt"
+            if outcome.accepted:
+                self.get_logger().info(f"{action} {outcome.object_id} applied on frame {outcome.frame_index} ({source})")
+            else:
+                self.get_logger().warn(f"{action} {outcome.object_id or ''} refused ({source}): {outcome.error}")
+
+    def _log_bad_input(self, message: str) -> None:
+        """Warn about bad input; the same message at most every BAD_INPUT_LOG_PERIOD_S."""
+        now = time.monotonic()
+        if now - self._bad_input_logged.get(message, -1e9) >= BAD_INPUT_LOG_PERIOD_S:
+            self._bad_input_logged[message] = now
+            self.get_logger().warn(message)
+
+    # ------------------------------------------------------------------ pipeline access for requests
+    def _acquire_pipeline(self):
+        with self._pipeline_condition:
+            if self._pipeline is None or self._stopping.is_set():
+                return None
+            self._pipeline_users += 1
+            return self._pipeline
+
+    def _release_pipeline(self) -> None:
+        with self._pipeline_condition:
+            self._pipeline_users -= 1
+            self._pipeline_condition.notify_all()
+
+    def _inactive_message(self) -> str:
+        state = self._state_machine.current_state[1]
+        return (f"{NODE_NAME} is not active (lifecycle state: {state}); activate it first "
+                f"(ros2 lifecycle set {self.get_fully_qualified_name()} activate)")
+
+    # ------------------------------------------------------------------ services and action
+    def _on_describe(self, request: Describe.Request, response: Describe.Response) -> Describe.Response:
+        pipeline = self._acquire_pipeline()
+        if pipeline is None:
+            response.success, response.message = False, self._inactive_message()
+            return response
+        try:
+            has_image = not convert.is_empty_image(request.image)
+            image = convert.image_msg_to_rgb(request.image) if has_image else None
+            size = (image.shape[1], image.shape[0]) if image is not None else self._latest_size
+            prompt = convert.describe_prompt_from_msg(request.prompt, has_image, size)
+            tasks = [t.strip() for t in request.tasks if t.strip()] or list(DEFAULT_DESCRIBE_TASKS)
+            obj, generations = pipeline.describe(image, prompt, tasks, int(request.max_new_tokens))
+            header = request.image.header if has_image else self._latest_header
+            response.object = convert.object_result_to_msg(obj, header, self._settings.mask_encoding)
+            response.texts = [g.text for g in generations]
+            response.success = True
+            response.message = f"described {obj.object_id or 'the prompted object'}: {', '.join(tasks)}"
+        except self._bad_input_errors as error:
+            response.success, response.message = False, f"describe refused: {_error_text(error)}"
+            self._log_bad_input(response.message)
+        except Exception as error:
+            response.success, response.message = False, f"describe failed: {error}"
+            self.get_logger().error(f"describe failed:\n{traceback.format_exc()}")
+        finally:
+            self._release_pipeline()
+        return response
+
+    def _on_manage_objects(self, request: ManageObjects.Request,
+                           response: ManageObjects.Response) -> ManageObjects.Response:
+        if self._pipeline is None:
+            response.success, response.message = False, self._inactive_message()
+            response.object_ids = [""] * len(request.prompts)
+            response.errors = [response.message] * len(request.prompts)
+            return response
+        if not request.prompts:
+            response.success, response.message = False, "no prompts given"
+            return response
+        tickets: list[PromptTicket | None] = []
+        errors: list[str] = []
+        for index, msg in enumerate(request.prompts):
+            try:
+                tickets.append(self._submit(convert.prompt_msg_to_request(msg), source="manage_objects"))
+                errors.append("")
+            except ValueError as error:
+                tickets.append(None)
+                errors.append(str(error))
+        timeout_s = float(self._settings.request_timeout_s) + float(self._settings.prompt_hold_s)
+        deadline = time.monotonic() + timeout_s
+        for ticket in tickets:
+            if ticket is not None:
+                ticket.done.wait(max(0.0, deadline - time.monotonic()))
+        object_ids = []
+        for index, ticket in enumerate(tickets):
+            if ticket is None:
+                object_ids.append("")
+            elif not ticket.done.is_set():
+                object_ids.append("")
+                errors[index] = (f"not applied within {timeout_s:g} s: no image was processed (is anything "
+                                 f"publishing on {self.resolve_topic_name(self._image_topic_name())}?); "
+                                 "the prompt stays queued for the next frame")
+            elif ticket.outcome.accepted:
+                object_ids.append(ticket.outcome.object_id or ticket.request.object_id)
+            else:
+                object_ids.append("")
+                errors[index] = ticket.outcome.error or "refused"
+        refused = [f"prompt {i}: {e}" for i, e in enumerate(errors) if e]
+        response.object_ids, response.errors = object_ids, errors
+        response.success = not refused
+        response.message = (f"{len(tickets)} prompt(s) applied" if not refused else
+                            f"{len(refused)} of {len(tickets)} prompt(s) refused: " + "; ".join(refused))
+        if refused:
+            self._log_bad_input(f"manage_objects: {response.message}")
+        return response
+
+    def _execute_caption(self, goal_handle) -> Caption.Result:
+        goal = goal_handle.request
+        pipeline = self._acquire_pipeline()
+        if pipeline is None:
+            goal_handle.abort()
+            return Caption.Result(success=False, message=self._inactive_message())
+        task = goal.task.strip() or DEFAULT_CAPTION_TASK
+
+        def publish_text(text: str, num_tokens: int) -> None:
+            goal_handle.publish_feedback(Caption.Feedback(text=text, num_tokens=int(num_tokens)))
+
+        def should_stop() -> bool:
+            return goal_handle.is_cancel_requested or self._stopping.is_set()
+
+        try:
+            if goal.object_id.strip():
+                generation = pipeline.caption(goal.object_id.strip(), task, int(goal.max_new_tokens),
+                                              on_text=publish_text, should_stop=should_stop)
+            else:
+                # A prompt on the latest frame: one-shot describe, the whole text as one feedback.
+                prompt = convert.describe_prompt_from_msg(goal.prompt, has_image=False, image_size=self._latest_size)
+                _, generations = pipeline.describe(None, prompt, [task], int(goal.max_new_tokens))
+                generation = generations[0]
+                publish_text(generation.text, len(generation.token_ids))
+        except self._bad_input_errors as error:
+            self._log_bad_input(f"caption refused: {_error_text(error)}")
+            goal_handle.abort()
+            return Caption.Result(success=False, message=f"caption refused: {_error_text(error)}")
+        except Exception as error:
+            self.get_logger().error(f"caption failed:\n{traceback.format_exc()}")
+            goal_handle.abort()
+            return Caption.Result(success=False, message=f"caption failed: {error}")
+        finally:
+            self._release_pipeline()
+        if goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+            return convert.generation_to_caption_result(generation, "cancelled by the client")
+        if generation.stopped:  # the node was deactivated under it
+            goal_handle.abort()
+            return convert.generation_to_caption_result(generation, "stopped: the node was deactivated")
+        goal_handle.succeed()
+        return convert.generation_to_caption_result(generation)
+
+    # ------------------------------------------------------------------ monitoring
+    def _watch_image_input(self) -> None:
+        settings = self._settings
+        if self._pipeline is None or settings is None or self._no_image_warned or self._image_sub is None:
+            return
+        since = self._last_image_at or self._activated_at
+        if time.monotonic() - since < float(settings.no_image_warn_s):
+            return
+        self._no_image_warned = True
+        self._last_image_at = 0.0
+        topic = self._image_sub.topic_name
+        publishers = self.get_publishers_info_by_topic(topic)
+        ours = "best effort (sensor_data)" if settings.image_qos == "sensor_data" else "reliable"
+        if not publishers:
+            where = (f"nothing publishes on {topic}. Remap the input to your camera topic "
+                     f"(--ros-args -r image:=/camera/image_raw, or the launch argument image_topic)")
+        else:
+            kinds = sorted({p.qos_profile.reliability.name.lower() for p in publishers})
+            where = (f"{len(publishers)} publisher(s) on {topic} (reliability: {', '.join(kinds)}) but no message "
+                     f"arrived. This node subscribes {ours}; a reliable subscription never receives from a "
+                     f"best-effort camera (set image_qos:=sensor_data), and check the message type "
+                     f"({'CompressedImage' if settings.image_transport == 'compressed' else 'Image'})")
+        self.get_logger().warn(f"no image received for {float(settings.no_image_warn_s):g} s: {where}")
+
+    def _publish_diagnostics(self) -> None:
+        if not self.context.ok():
+            return
+        settings = self._settings
+        pipeline = self._pipeline
+        state = self._state_machine.current_state[1]
+        values: dict = {
+            "lifecycle_state": state,
+            "input_topic": self._image_sub.topic_name if self._image_sub is not None else "",
+            "input_rate_hz": self._input_rate.rate_hz(),
+            "processed_rate_hz": self._processed_rate.rate_hz(),
+            "frames_received": self._slot.received,
+            "frames_processed": self._frames_processed,
+            "frames_dropped": self._slot.dropped,
+            "frames_bad": self._bad_frames,
+            "overlays_drawn": self._overlays_drawn,
+            "queue_depth": self._slot.depth,
+            "prompts_pending": len(self._pending),
+        }
+        for stage, (last, mean) in self._stage_times.snapshot().items():
+            values[f"latency_ms.{stage}"] = {"last": last * 1e3, "mean": mean * 1e3}
+        if pipeline is not None:
+            try:
+                values["engine"] = pipeline.stats()
+            except Exception as error:  # diagnostics must never take the node down
+                values["engine_error"] = str(error)
+        device = str(self._model_spec.device) if self._model_spec is not None else ""
+        engine_keys = values.get("engine", {})
+        if pipeline is not None and device.startswith("cuda") and not any("gpu_memory" in k for k in engine_keys):
+            import torch
+
+            values["gpu_memory_bytes"] = {"allocated": torch.cuda.memory_allocated(device),
+                                          "reserved": torch.cuda.memory_reserved(device)}
+        if state != "active":
+            level, message = DiagnosticStatus.OK, f"{state}: not processing images"
+        elif self._no_image_warned and self._last_image_at == 0.0:
+            level, message = DiagnosticStatus.WARN, "no images received"
+        else:
+            level, message = DiagnosticStatus.OK, (f"tracking at {values['processed_rate_hz']:.1f} Hz, "
+                                                   f"{values['frames_dropped']} frames dropped")
+        status = build_status(f"{self.get_fully_qualified_name()}: perception", device or "unconfigured",
+                              level, message, values)
+        self._diagnostics_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
+                                                      status=[status]))
+
+    def _reset_counters(self) -> None:
+        self._slot.reset()
+        self._input_rate = RateMeter()
+        self._processed_rate = RateMeter()
+        self._stage_times.clear()
+        self._frames_processed = self._bad_frames = self._overlays_drawn = 0
+        self._last_image_at = 0.0
+        self._no_image_warned = False
+        self._bad_input_logged.clear()
+
+
+def _help_epilog() -> str:
+    lines = ["parameters (set with --ros-args -p NAME:=VALUE, or --params-file config/pam_ros.yaml):"]
+    for spec in PARAMETERS:
+        lines.append(f"  {spec.name} (default {spec.default!r}): {spec.description}")
+    lines.append("")
+    lines.append("example: pam_ros_node --ros-args -p model:=PAM-1.5B -r image:=/camera/color/image_raw")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog=NODE_NAME, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Perceive Anything Model ROS 2 lifecycle node: tracks prompted objects in `image` and "
+                    "publishes masks and semantics on `objects`. ROS arguments follow --ros-args.",
+        epilog=_help_epilog())
+    parser.parse_args(remove_ros_args(argv)[1:])
+    rclpy.init(args=argv)
+    node = PamNode()
+    executor = MultiThreadedExecutor(num_threads=8)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception:
+        # On SIGINT rclpy shuts the context down under the executor, which can then fail to build
+        # its wait set (RCLError "context is not valid"): that is a normal exit, anything else is not.
+        if node.context.ok():
+            raise
+    finally:
+        node.release()
+        executor.shutdown(timeout_sec=5.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

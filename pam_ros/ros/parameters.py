@@ -1,0 +1,188 @@
+"""The node's ROS parameters: one declaration table, validation, and the engine configs built from them.
+
+The table is the single place parameter names, defaults and descriptions live; config/pam_ros.yaml,
+the launch file and `pam_ros_node --help` are checked against it by the tests.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rcl_interfaces.msg import ParameterDescriptor
+
+IMAGE_QOS_CHOICES = ("sensor_data", "reliable")
+IMAGE_TRANSPORT_CHOICES = ("raw", "compressed")
+MASK_ENCODING_CHOICES = ("roi", "full", "none")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+DEFAULT_MODEL = "PAM-1.5B"
+
+
+class SettingsError(ValueError):
+    """A parameter value the node cannot run with (the message names the parameter and the fix)."""
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    default: Any
+    description: str
+    choices: tuple[str, ...] = ()
+
+
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    # --- model selection (ModelSpec) ---
+    ParameterSpec("model", DEFAULT_MODEL,
+                  'Downloaded model name ("PAM-1.5B", "PAM-3B"; get one with `pam-ros download NAME`) or "tiny" '
+                  "(built-in random-weight test model). Ignored when the explicit paths below are set."),
+    ParameterSpec("sam2_config", "", "SAM 2.1 config: packaged name or YAML path; set with the two checkpoints."),
+    ParameterSpec("sam2_checkpoint", "", "SAM 2.1 checkpoint (.pt) path; set with sam2_config and pam_checkpoint."),
+    ParameterSpec("pam_checkpoint", "", "PAM checkpoint folder (Hugging Face layout); set with the SAM 2.1 paths."),
+    ParameterSpec("device", "auto", 'Torch device: "auto" (cuda when available, else cpu), "cpu", "cuda" or "cuda:N".'),
+    ParameterSpec("dtype", "auto", 'Compute dtype: "auto" (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16.',
+                  DTYPE_CHOICES),
+    ParameterSpec("image_size", 0,
+                  "SAM 2 input size in pixels; 0 = the model's own (1024, as PAM was trained). Smaller is faster "
+                  "(e.g. 512 on small GPUs) but no longer the official PAM computation."),
+    # --- engine (PipelineConfig) ---
+    ParameterSpec("new_object_tasks", ["explain", "caption"],
+                  "Semantic tasks run once when an object starts being tracked (recognize, explain, caption, "
+                  'detailed_caption, *_zh ...); [""] = none. A prompt\'s own tasks override these.'),
+    ParameterSpec("refresh_period_s", 0.0, "Re-run each object's tasks every this many seconds; 0 = never."),
+    ParameterSpec("max_objects", 16, "Most objects tracked at once; further ADD prompts are refused."),
+    ParameterSpec("max_conditioning_frames", 4, "Prompted frames kept per object in the memory bank."),
+    ParameterSpec("keep_feature_frames", 16,
+                  "Frames of features kept per object for semantics (video tasks read 16; must be >= 16)."),
+    ParameterSpec("stream_window_frames", 32,
+                  "video_stream_caption: frames per captioned window of a track (>= 16)."),
+    ParameterSpec("max_new_tokens", 48, "Default upper bound on generated tokens per task."),
+    ParameterSpec("greedy", True, "Greedy decoding (deterministic); false = sample with temperature / top_p."),
+    ParameterSpec("temperature", 0.7, "Sampling temperature (greedy = false)."),
+    ParameterSpec("top_p", 0.8, "Nucleus sampling threshold (greedy = false)."),
+    ParameterSpec("prompt_hold_s", 2.0,
+                  "Longest time a prompt whose stamp names a frame not yet received is held; then it is refused."),
+    # --- node ---
+    ParameterSpec("autostart", True, "Configure and activate on start (false: wait for lifecycle transitions)."),
+    ParameterSpec("image_transport", "raw",
+                  'Input: "raw" = sensor_msgs/Image on `image`; "compressed" = sensor_msgs/CompressedImage '
+                  "(jpeg/png) on `image/compressed`.", IMAGE_TRANSPORT_CHOICES),
+    ParameterSpec("image_qos", "sensor_data",
+                  'Image subscription QoS: "sensor_data" (best effort, depth 5: receives from any camera) or '
+                  '"reliable" (depth 5: only from reliable publishers).', IMAGE_QOS_CHOICES),
+    ParameterSpec("mask_encoding", "roi",
+                  'PerceivedObject.mask: "roi" (cropped to the object\'s roi), "full" (image size) or "none".',
+                  MASK_ENCODING_CHOICES),
+    ParameterSpec("publish_overlay", True, "Publish `overlay` (coloured masks, ids, labels); drawn only while subscribed."),
+    ParameterSpec("no_image_warn_s", 5.0, "Warn once when no image arrives for this many seconds after activation."),
+    ParameterSpec("diagnostics_period_s", 1.0, "Period of /diagnostics messages (read at start)."),
+    ParameterSpec("request_timeout_s", 10.0,
+                  "How long manage_objects waits for its prompts to be applied to a processed frame."),
+)
+PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
+_SPECS = {spec.name: spec for spec in PARAMETERS}
+
+
+def declare_parameters(node) -> None:
+    for spec in PARAMETERS:
+        description = spec.description + (f" One of: {', '.join(spec.choices)}." if spec.choices else "")
+        node.declare_parameter(spec.name, spec.default, ParameterDescriptor(
+            description=description, additional_constraints=description))
+
+
+def check_parameter_value(name: str, value: Any) -> None:
+    """Raise SettingsError when a single parameter value is unusable (used on set and on configure)."""
+    spec = _SPECS.get(name)
+    if spec is None:
+        return
+    if spec.choices and value not in spec.choices:
+        raise SettingsError(f"parameter {name}={value!r} is not one of {', '.join(spec.choices)}")
+    positive = {"max_objects", "max_conditioning_frames", "max_new_tokens",
+                "diagnostics_period_s", "request_timeout_s", "no_image_warn_s", "temperature"}
+    if name in positive and not value > 0:
+        raise SettingsError(f"parameter {name}={value!r} must be > 0")
+    if name in ("refresh_period_s", "prompt_hold_s") and not value >= 0:
+        raise SettingsError(f"parameter {name}={value!r} must be >= 0")
+    if name in ("keep_feature_frames", "stream_window_frames") and not value >= 16:
+        raise SettingsError(f"parameter {name}={value!r} must be >= 16 (PAM's video mode reads 16 frames)")
+    if name == "image_size" and (value < 0 or value % 16):
+        raise SettingsError(f"parameter image_size={value!r} must be 0 (the model's own) or a positive multiple of 16")
+    if name == "top_p" and not 0 < value <= 1:
+        raise SettingsError(f"parameter top_p={value!r} must be in (0, 1]")
+    if name == "device" and not (value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())):
+        raise SettingsError(f'parameter device={value!r}: use "auto", "cpu", "cuda" or "cuda:N"')
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Every parameter value, read once at configure."""
+
+    values: dict
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def uses_explicit_paths(self) -> bool:
+        return bool(self.sam2_checkpoint or self.pam_checkpoint or self.sam2_config)
+
+    @property
+    def new_object_task_tuple(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.new_object_tasks if t.strip() and t.strip().lower() != "none")
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_dtype(self, device: str) -> str:
+        if self.dtype != "auto":
+            return self.dtype
+        return "bfloat16" if device.startswith("cuda") else "float32"
+
+    def model_spec(self):
+        from pam_ros.engine.pipeline import ModelSpec
+
+        device = self.resolved_device()
+        if self.uses_explicit_paths:
+            return ModelSpec(sam2_config=self.sam2_config, sam2_checkpoint=self.sam2_checkpoint,
+                             pam_checkpoint=self.pam_checkpoint, device=device, dtype=self.resolved_dtype(device),
+                             image_size=int(self.image_size))
+        return ModelSpec(name=self.model, device=device, dtype=self.resolved_dtype(device),
+                         image_size=int(self.image_size))
+
+    def pipeline_config(self):
+        from pam_ros.engine.pipeline import PipelineConfig
+
+        return PipelineConfig(
+            new_object_tasks=self.new_object_task_tuple,
+            refresh_period_s=float(self.refresh_period_s),
+            max_objects=int(self.max_objects),
+            max_conditioning_frames=int(self.max_conditioning_frames),
+            keep_feature_frames=int(self.keep_feature_frames),
+            stream_window_frames=int(self.stream_window_frames),
+            max_new_tokens=int(self.max_new_tokens),
+            greedy=bool(self.greedy),
+            temperature=float(self.temperature),
+            top_p=float(self.top_p),
+            semantics_mode="async",  # the node never lets semantics block tracking
+            prompt_hold_s=float(self.prompt_hold_s),
+        )
+
+
+def read_settings(node) -> NodeSettings:
+    """All parameters from the node, validated (SettingsError names the first bad one)."""
+    values = {name: node.get_parameter(name).value for name in PARAMETER_NAMES}
+    for name, value in values.items():
+        check_parameter_value(name, value)
+    paths = ("sam2_config", "sam2_checkpoint", "pam_checkpoint")
+    explicit = [name for name in paths if values[name]]
+    if explicit and len(explicit) < len(paths):
+        raise SettingsError(f"explicit model paths need sam2_config, sam2_checkpoint and pam_checkpoint (got only "
+                            f"{', '.join(explicit)}); or set model to a downloaded model name instead")
+    if not explicit and not values["model"]:
+        raise SettingsError('set parameter model (e.g. "PAM-1.5B" or "tiny") or sam2_checkpoint + pam_checkpoint')
+    return NodeSettings(values)

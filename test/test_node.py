@@ -1,0 +1,445 @@
+"""pam_ros_node end to end: the node in its own process (tiny random-weight model, CPU), driven over DDS.
+
+One node process serves the whole module; tests run in file order and walk it through its lifecycle:
+unconfigured -> (configure refused) -> inactive -> active -> ... -> inactive -> active -> finalized.
+The masks it publishes are compared with an in-process PerceptionPipeline fed the same frames.
+"""
+from __future__ import annotations
+
+import io
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from action_msgs.msg import GoalStatus
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Point
+from lifecycle_msgs.msg import Transition
+from PIL import Image as PilImage
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from pam_ros.action import Caption
+from pam_ros.engine.types import PromptAction, PromptRequest
+from pam_ros.msg import PerceivedObject, Prompt
+from pam_ros.ros import convert
+from pam_ros.srv import Describe, ManageObjects
+from ros_helpers.node_client import NodeClient, point_prompt, stamp, start_node
+from ros_helpers.ros_session import wait_until
+from test_entry_points import _console_script
+
+pytestmark = pytest.mark.slow
+
+VIDEO = Path(__file__).resolve().parent / "fixtures" / "pam_tiny" / "inputs" / "video"
+DISK_START = (60.0, 80.0)  # centre of the red disk in frame 0 (fixture.json video_cases)
+NO_IMAGE_WARN_S = 2.0
+PROMPT_HOLD_S = 4.0
+MAX_NEW_TOKENS = 8
+IMAGE_SIZE = 256  # SAM 2 input size: fast on CPU; node and reference engine use the same
+
+
+def frame(index: int) -> np.ndarray:
+    """The fixture's 16-frame clip (320x240, a red disk moving), looped."""
+    with PilImage.open(VIDEO / f"{index % 16:05d}.png") as image:
+        return np.asarray(image.convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    process = start_node(
+        _console_script("pam_ros_node"),
+        "model:=tiny", "device:=cpu", "dtype:=float32", f"image_size:={IMAGE_SIZE}", "autostart:=false",
+        "image_qos:=bogus",  # test_configure_refuses_a_bad_parameter fixes it through set_parameters
+        f"max_new_tokens:={MAX_NEW_TOKENS}", "new_object_tasks:=[caption]", f"no_image_warn_s:={NO_IMAGE_WARN_S}",
+        "diagnostics_period_s:=0.3", "request_timeout_s:=20.0", f"prompt_hold_s:={PROMPT_HOLD_S}",
+        # An empty model cache: no downloaded model is found, whatever this machine has downloaded.
+        HF_HOME=str(tmp_path_factory.mktemp("empty_hf_home")))
+    client = NodeClient(process)
+    try:
+        client.wait_connected()
+        yield client
+    finally:
+        client.close()
+        rc = process.stop(timeout_s=20.0)
+        assert rc == 0, f"the node did not exit cleanly on SIGINT (rc {rc})\n{process.output()}"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The same engine, in this process, for the masks the node must reproduce."""
+    from pam_ros.engine.pipeline import ModelSpec, PerceptionPipeline, PipelineConfig
+
+    pipeline = PerceptionPipeline.load(ModelSpec(name="tiny", device="cpu", dtype="float32", image_size=IMAGE_SIZE),
+                                       PipelineConfig(new_object_tasks=(), semantics_mode="sync"))
+    yield pipeline
+    pipeline.close()
+
+
+def _assert_alive(node) -> None:
+    assert node.process.alive(), node.process.output()
+
+
+# --- inactive --------------------------------------------------------------------------------------
+
+def _assert_refused_as_inactive(node, state: str) -> None:
+    describe = node.describe(Describe.Request(prompt=point_prompt("", *DISK_START)))
+    assert not describe.success and f"not active (lifecycle state: {state})" in describe.message
+    manage = node.manage(point_prompt("", *DISK_START))
+    assert not manage.success and f"lifecycle state: {state}" in manage.message
+    assert list(manage.object_ids) == [""]
+    feedback = []
+    outcome = node.caption_result(node.send_caption(Caption.Goal(object_id="disk", task="caption"), feedback))
+    assert outcome.status == GoalStatus.STATUS_ABORTED
+    assert not outcome.result.success and f"lifecycle state: {state}" in outcome.result.message
+
+
+def test_requests_while_unconfigured_are_refused_clearly(node):
+    assert node.state() == "unconfigured"
+    _assert_refused_as_inactive(node, "unconfigured")
+    _assert_alive(node)
+
+
+def test_configure_refuses_a_bad_parameter(node):
+    assert node.transition(Transition.TRANSITION_CONFIGURE) is False
+    assert node.state() == "unconfigured"
+    node.process.wait_for_line("configure failed: parameter image_qos='bogus' is not one of sensor_data, reliable",
+                               timeout_s=10)
+    # A bad value is refused when set at run time, too.
+    assert not node.set_parameters(mask_encoding="rle")[0].successful
+    assert all(r.successful for r in node.set_parameters(image_qos="reliable"))
+
+
+def test_configure_says_how_to_get_a_missing_model(node):
+    assert all(r.successful for r in node.set_parameters(model="PAM-1.5B"))
+    try:
+        assert node.transition(Transition.TRANSITION_CONFIGURE) is False
+        node.process.wait_for_line("configure failed: model PAM-1.5B is not downloaded; run: pam-ros download PAM-1.5B",
+                                   timeout_s=10)
+        assert node.state() == "unconfigured"
+    finally:
+        assert all(r.successful for r in node.set_parameters(model="tiny"))
+
+
+def test_configure_then_requests_while_inactive_are_refused(node):
+    assert node.transition(Transition.TRANSITION_CONFIGURE) is True
+    assert node.state() == "inactive"
+    _assert_refused_as_inactive(node, "inactive")
+
+
+def test_activate_loads_the_model(node):
+    assert node.transition(Transition.TRANSITION_ACTIVATE, timeout_s=180) is True
+    assert node.state() == "active"
+    node.process.wait_for_line("active: model loaded", timeout_s=10)
+    node.wait_subscribed()
+
+
+def test_warns_once_when_no_image_arrives(node):
+    node.process.wait_for_line("no image received for 2 s", timeout_s=NO_IMAGE_WARN_S + 10)
+    line = next(l for l in node.process.lines if "no image received" in l)
+    # A publisher exists (this test's) but sends nothing: the hint is about QoS / type, naming the topic.
+    assert "/image" in line and "image_qos" in line, line
+    time.sleep(NO_IMAGE_WARN_S + 1.0)
+    assert node.process.count_lines("no image received") == 1
+
+
+# --- tracking --------------------------------------------------------------------------------------
+
+FRAMES_COMPARED = 5
+
+
+def test_objects_match_the_engine_frame_by_frame(node, engine):
+    prompt = point_prompt("disk", *DISK_START, stamp_msg=stamp(0), tasks=("caption",))
+    node.prompt_pub.publish(prompt)  # stamped frame 0, before frame 0 exists: held until it arrives
+    time.sleep(1.0)
+    published = []
+    for index in range(FRAMES_COMPARED):  # lock-step: nothing is dropped
+        published.append(node.publish_frame(frame(index)))
+        node.wait_objects_for(published[-1])
+    node.process.wait_for_line("images are arriving", timeout_s=10)
+    node.process.wait_for_line("ADD disk applied on frame 0", timeout_s=10)
+
+    engine.submit_prompt(PromptRequest(action=PromptAction.ADD, object_id="disk", points=(DISK_START,),
+                                       labels=(1,), stamp_ns=convert.stamp_to_ns(stamp(0))))
+    for index, header in enumerate(published):
+        expected = engine.process(frame(index), convert.stamp_to_ns(header.stamp))
+        got = node.objects_for(header)
+        assert got.header.frame_id == "camera" and got.header.stamp == header.stamp
+        assert (got.image_width, got.image_height, got.frame_index) == (320, 240, index)
+        assert [o.object_id for o in got.objects] == [o.object_id for o in expected.objects] == ["disk"]
+        for mine, theirs in zip(got.objects, expected.objects):
+            np.testing.assert_array_equal(convert.mask_from_msg(mine, 320, 240), theirs.mask,
+                                          err_msg=f"mask of {mine.object_id} differs on frame {index}")
+            assert (mine.roi.x_offset, mine.roi.y_offset, mine.roi.width, mine.roi.height) == tuple(theirs.roi)
+            assert mine.mask_area == theirs.mask_area
+            assert mine.score == pytest.approx(theirs.score, abs=1e-5)
+            assert mine.tracking_state == int(theirs.tracking_state)
+        if index == 0:  # the held prompt was applied on exactly the frame it named
+            assert got.objects[0].tracking_state == PerceivedObject.TRACKING_PROMPTED
+
+
+def test_semantics_ride_on_later_objects(node):
+    index = FRAMES_COMPARED
+
+    def caption_ready() -> bool:
+        nonlocal index
+        header = node.publish_frame(frame(index))
+        index += 1
+        msg = node.wait_objects_for(header)
+        disk = [o for o in msg.objects if o.object_id == "disk"]
+        return bool(disk) and disk[0].semantics_state == PerceivedObject.SEMANTICS_READY
+
+    wait_until(caption_ready, 90.0, "the disk's caption to be READY on objects", node.process.output, period_s=0.1)
+    disk = [o for o in node.objects[-1].objects if o.object_id == "disk"][0]
+    assert "caption" in list(disk.task_names)
+    assert disk.semantics_stamp.sec >= 1_000  # the stamp of a frame it describes
+
+
+# --- services and action --------------------------------------------------------------------------
+
+def test_describe_a_prompt_on_the_latest_frame(node):
+    response = node.describe(Describe.Request(prompt=point_prompt("", 100.0, 100.0), tasks=["recognize", "caption"],
+                                              max_new_tokens=4))
+    assert response.success, response.message
+    assert len(response.texts) == 2
+    full = convert.mask_from_msg(response.object, 320, 240)
+    assert int(full.sum()) == response.object.mask_area
+
+
+def test_describe_a_tracked_object_and_an_explicit_image(node):
+    by_id = node.describe(Describe.Request(prompt=Prompt(object_id="disk"), tasks=["caption"], max_new_tokens=4))
+    assert by_id.success, by_id.message
+    assert by_id.object.object_id == "disk" and len(by_id.texts) == 1
+    image = convert.rgb_to_image_msg(frame(3), Header(stamp=stamp(999), frame_id="snapshot"))
+    prompt = Prompt(box=[40.0, 60.0, 110.0, 130.0], has_box=True)
+    explicit = node.describe(Describe.Request(image=image, prompt=prompt, tasks=["recognize"], max_new_tokens=4))
+    assert explicit.success, explicit.message
+    assert explicit.object.mask.header.frame_id in ("snapshot", "")  # empty mask carries no header
+
+
+@pytest.mark.parametrize("mutate,expected", [
+    (lambda r: setattr(r.prompt, "object_id", "ghost"), "ghost"),
+    (lambda r: setattr(r, "image", Image(width=4, height=2, encoding="32FC1", step=8, data=bytes(16))),
+     "unsupported image encoding '32FC1'"),
+    (lambda r: setattr(r, "image", Image(width=4, height=2, encoding="rgb8", step=12, data=bytes(10))), "truncated"),
+    (lambda r: setattr(r, "prompt", point_prompt("", math.nan, 3.0)), "finite"),
+    (lambda r: setattr(r, "prompt", Prompt()), "needs points, a box"),
+    (lambda r: (setattr(r.prompt, "object_id", "disk"),
+                setattr(r, "image", convert.rgb_to_image_msg(frame(0)))), "leave image empty"),
+])
+def test_describe_bad_requests_are_answered_clearly(node, mutate, expected):
+    request = Describe.Request(prompt=Prompt(object_id="disk"), tasks=["caption"], max_new_tokens=2)
+    mutate(request)
+    response = node.describe(request)
+    assert not response.success and expected in response.message, response.message
+    _assert_alive(node)
+
+
+def test_caption_action_streams_text_so_far(node):
+    feedback = []
+    goal = Caption.Goal(object_id="disk", task="caption", max_new_tokens=12)
+    outcome = node.caption_result(node.send_caption(goal, feedback))
+    assert outcome.status == GoalStatus.STATUS_SUCCEEDED, outcome.result.message
+    result = outcome.result
+    assert result.success and 0 < result.num_tokens <= 12 and result.seconds > 0
+    assert feedback, "no feedback while generating"
+    counts = [f.num_tokens for f in feedback]
+    assert counts == sorted(counts) and counts[-1] == result.num_tokens
+    assert feedback[-1].text == result.text
+
+
+def test_long_caption_does_not_stall_masks_and_cancel_stops_it(node):
+    feedback = []
+    goal_handle = node.send_caption(Caption.Goal(object_id="disk", task="detailed_caption", max_new_tokens=1000),
+                                    feedback)
+    wait_until(lambda: len(feedback) >= 1, 60.0, "caption feedback", node.process.output)
+    result_future = goal_handle.get_result_async()
+    for index in range(2):  # masks keep coming while the caption is being generated
+        node.wait_objects_for(node.publish_frame(frame(index)), timeout_s=20.0)
+    assert not result_future.done(), "the caption finished before the frames were tracked (test too weak)"
+    node.wait_future(goal_handle.cancel_goal_async(), 30.0, "the cancel response", node.process.output)
+    outcome = node.caption_result(goal_handle)
+    assert outcome.status == GoalStatus.STATUS_CANCELED, outcome.result.message
+    assert not outcome.result.success and outcome.result.num_tokens < 1000
+
+
+def test_caption_action_unknown_object_is_refused(node):
+    outcome = node.caption_result(node.send_caption(Caption.Goal(object_id="ghost", task="caption"), []))
+    assert outcome.status == GoalStatus.STATUS_ABORTED
+    assert "ghost" in outcome.result.message
+
+
+def _manage_with_frames(node, *prompts, first_index: int):
+    """Call manage_objects; its prompts are applied to the next frame, so keep frames coming."""
+    future = node.manage_client.call_async(ManageObjects.Request(prompts=list(prompts)))
+    index = first_index
+    deadline = time.monotonic() + 60.0
+    while not future.done():
+        assert time.monotonic() < deadline, "manage_objects did not answer\n" + node.process.output()
+        node.wait_objects_for(node.publish_frame(frame(index)))
+        index += 1
+    return future.result(), index
+
+
+def test_manage_objects_add_refine_remove(node):
+    index = 100
+    added, index = _manage_with_frames(node, point_prompt("", 200.0, 150.0), first_index=index)
+    assert added.success, added.message
+    new_id = added.object_ids[0]
+    assert new_id.startswith("obj_") and list(added.errors) == [""]
+    refused, index = _manage_with_frames(node, point_prompt("ghost", 10.0, 10.0, action=Prompt.REFINE),
+                                         point_prompt("", math.nan, 1.0), first_index=index)
+    assert not refused.success and list(refused.object_ids) == ["", ""]
+    assert "ghost" in refused.errors[0] and "finite" in refused.errors[1]
+    removed, index = _manage_with_frames(node, Prompt(action=Prompt.REMOVE, object_id=new_id), first_index=index)
+    assert removed.success and list(removed.object_ids) == [new_id], removed.message
+    header = node.publish_frame(frame(index))
+    assert new_id not in [o.object_id for o in node.wait_objects_for(header).objects]
+
+
+def test_bad_topic_input_is_logged_and_tracking_goes_on(node):
+    bad_images = [
+        (Image(width=4, height=2, encoding="32FC1", step=8, data=bytes(16)), "unsupported image encoding '32FC1'"),
+        (Image(width=0, height=0, encoding="rgb8", step=0, data=b""), "image has zero size"),
+        (Image(width=4, height=2, encoding="rgb8", step=12, data=bytes(10)), "image data is truncated"),
+    ]
+    for msg, expected in bad_images:
+        node.publish_raw(msg)
+        node.process.wait_for_line(f"image skipped: {expected}", timeout_s=20)
+    bad_prompts = [
+        (point_prompt("", math.nan, 2.0), "prompt refused: point coordinates must be finite"),
+        (Prompt(points=[Point(x=1.0, y=1.0), Point(x=2.0, y=2.0)], point_labels=[1]),
+         "prompt refused: 2 points but 1 point_labels"),
+        (Prompt(points=[Point(x=1.0, y=1.0)], point_labels=[2]), "prompt refused: point labels must be 1 (object) or 0"),
+        (Prompt(box=[50.0, 50.0, 10.0, 80.0], has_box=True), "prompt refused: box must be x1 < x2"),
+    ]
+    for msg, expected in bad_prompts:
+        node.prompt_pub.publish(msg)
+        node.process.wait_for_line(expected, timeout_s=20)
+    # Held for a frame that never comes, then refused with a log line.
+    node.prompt_pub.publish(point_prompt("late", 10.0, 10.0, stamp_msg=Time(sec=2_000_000_000)))
+    node.process.wait_for_line("ADD late refused (topic): no frame with stamp", timeout_s=PROMPT_HOLD_S + 10)
+    # Refused by the engine on the next frame: out of the image, unknown id.
+    node.prompt_pub.publish(point_prompt("far_away", 5000.0, 10.0))
+    node.prompt_pub.publish(point_prompt("ghost", 10.0, 10.0, action=Prompt.REFINE))
+    time.sleep(0.5)
+    header = node.publish_frame(frame(20))
+    msg = node.wait_objects_for(header)
+    node.process.wait_for_line("ADD far_away refused (topic)", timeout_s=20)
+    node.process.wait_for_line("REFINE ghost refused (topic)", timeout_s=20)
+    assert "disk" in [o.object_id for o in msg.objects]
+    _assert_alive(node)
+
+
+# --- overlay, diagnostics, overload ---------------------------------------------------------------
+
+def test_overlay_is_drawn_only_while_subscribed(node):
+    values = node.wait_diagnostics(lambda v: v.get("lifecycle_state") == "active", "active diagnostics")
+    assert values["overlays_drawn"] == "0", "overlay drawn with nobody subscribed"
+    overlays = []
+    subscription = node.node.create_subscription(Image, "overlay", lambda m: overlays.append(m), QoSProfile(depth=10))
+    try:
+        index = 300
+
+        def overlay_arrived() -> bool:
+            nonlocal index
+            node.wait_objects_for(node.publish_frame(frame(index)))
+            index += 1
+            return bool(overlays)
+
+        wait_until(overlay_arrived, 60.0, "an overlay image", node.process.output, period_s=0.1)
+        overlay = overlays[-1]
+        assert (overlay.width, overlay.height, overlay.encoding) == (320, 240, "rgb8")
+        assert overlay.header.frame_id == "camera" and overlay.header.stamp.sec >= 1_000
+    finally:
+        node.node.destroy_subscription(subscription)
+    time.sleep(1.0)  # the node sees the overlay subscriber leave
+    drawn = int(node.wait_diagnostics(lambda v: True, "diagnostics")["overlays_drawn"])
+    for extra in range(3):
+        node.wait_objects_for(node.publish_frame(frame(extra)))
+    time.sleep(0.8)
+    assert int(node.latest_diagnostics()["overlays_drawn"]) == drawn
+
+
+def test_diagnostics_report_rates_latency_and_drops(node):
+    values = node.wait_diagnostics(lambda v: "latency_ms.track.last" in v, "diagnostics with tracking latency")
+    for key in ("input_rate_hz", "processed_rate_hz", "frames_received", "frames_processed", "frames_dropped",
+                "queue_depth", "latency_ms.convert.mean", "latency_ms.receive_to_publish.last"):
+        assert key in values, f"{key} missing from diagnostics: {sorted(values)}"
+    assert values["lifecycle_state"] == "active"
+    assert int(values["frames_processed"]) > FRAMES_COMPARED
+    assert float(values["latency_ms.track.last"]) > 0
+    assert any(key.startswith("engine.") for key in values), sorted(values)
+
+
+def test_frames_are_dropped_not_queued_under_overload(node):
+    burst = 25
+    before = node.objects[-1]
+    headers = [node.publish_frame(frame(i)) for i in range(burst)]  # as fast as possible
+    last = node.wait_objects_for(headers[-1])  # the newest frame is always processed
+    processed = [h for h in headers if node.objects_for(h) is not None]
+    assert len(processed) < burst, "every frame was processed: nothing was dropped"
+    # Frames replaced in the node's slot are counted (DDS may also drop some from its own history).
+    assert last.frames_dropped > before.frames_dropped
+    assert last.frames_received - before.frames_received >= len(processed) + (last.frames_dropped - before.frames_dropped)
+    stamps = [node.objects_for(h).header.stamp.sec for h in processed]
+    assert stamps == sorted(stamps)
+    values = node.wait_diagnostics(lambda v: int(v["frames_dropped"]) >= last.frames_dropped, "drops in diagnostics")
+    assert int(values["queue_depth"]) <= 1
+
+
+# --- lifecycle -------------------------------------------------------------------------------------
+
+def test_deactivate_stops_work_and_activate_resumes(node):
+    assert node.transition(Transition.TRANSITION_DEACTIVATE, timeout_s=60) is True
+    assert node.state() == "inactive"
+    node.process.wait_for_line("inactive: tracking stopped and the model released", timeout_s=10)
+    header = node.publish_frame(frame(1))
+    time.sleep(1.5)
+    assert node.objects_for(header) is None, "a frame was processed while inactive"
+    describe = node.describe(Describe.Request(prompt=Prompt(object_id="disk")))
+    assert not describe.success and "lifecycle state: inactive" in describe.message
+    node.wait_diagnostics(lambda v: v.get("lifecycle_state") == "inactive", "inactive diagnostics")
+
+    assert node.transition(Transition.TRANSITION_ACTIVATE, timeout_s=180) is True
+    node.wait_subscribed()
+    header = node.publish_frame(frame(2))
+    msg = node.wait_objects_for(header)
+    assert msg.frame_index == 0 and msg.objects == [], "a fresh activation starts with no objects"
+
+
+def test_reconfigure_for_compressed_input(node):
+    from sensor_msgs.msg import CompressedImage
+
+    assert node.transition(Transition.TRANSITION_DEACTIVATE, timeout_s=60) is True
+    assert all(r.successful for r in node.set_parameters(image_transport="compressed"))
+    assert node.transition(Transition.TRANSITION_CLEANUP) is True
+    assert node.transition(Transition.TRANSITION_CONFIGURE) is True
+    assert node.transition(Transition.TRANSITION_ACTIVATE, timeout_s=180) is True
+    compressed_pub = node.node.create_publisher(CompressedImage, "image/compressed", QoSProfile(depth=10))
+    try:
+        wait_until(lambda: compressed_pub.get_subscription_count() > 0, 30.0, "the node on image/compressed",
+                   node.process.output)
+        compressed_pub.publish(CompressedImage(format="png", data=b"not a png"))
+        node.process.wait_for_line("image skipped: cannot decode 'png' image data", timeout_s=20)
+        buffer = io.BytesIO()
+        PilImage.fromarray(frame(4)).save(buffer, format="PNG")
+        header = Header(stamp=stamp(10_000), frame_id="compressed_camera")
+        compressed_pub.publish(CompressedImage(header=header, format="rgb8; png compressed rgb8",
+                                               data=buffer.getvalue()))
+        msg = node.wait_objects_for(header)
+        assert (msg.image_width, msg.image_height, msg.header.frame_id) == (320, 240, "compressed_camera")
+    finally:
+        node.node.destroy_publisher(compressed_pub)
+    _assert_alive(node)
+
+
+def test_cleanup_and_shutdown(node):
+    assert node.transition(Transition.TRANSITION_DEACTIVATE, timeout_s=60) is True
+    assert node.transition(Transition.TRANSITION_CLEANUP) is True
+    assert node.state() == "unconfigured"
+    assert node.transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN) is True
+    assert node.state() == "finalized"
+    _assert_alive(node)
