@@ -8,26 +8,37 @@ must be a working package: generated interfaces and our modules side by side, th
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)
+PACKAGE_FILES = ("CMakeLists.txt", "package.xml", "msg", "srv", "action", "pam_ros", "scripts", "launch",
+                 "config", "models", "cmake")
 
 
 @pytest.fixture(scope="module")
 def prefix(tmp_path_factory):
     if not (VENV / "share" / "rosidl_default_generators").is_dir():
         pytest.skip("the ROS 2 build tools are not in this environment (run make setup)")
+    # A colcon workspace: the package sources under src/ (not beside this venv: CMake refuses to export
+    # include paths, such as numpy's in the venv, that lie in the source tree of the package).
+    src = tmp_path_factory.mktemp("ws") / "src" / "pam_ros"
+    src.mkdir(parents=True)
+    for name in PACKAGE_FILES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / name, src / name)
     build = tmp_path_factory.mktemp("build")
     install = tmp_path_factory.mktemp("install")
     env = {**os.environ, "AMENT_PREFIX_PATH": str(VENV)}
     configure = [
-        "cmake", "-S", str(ROOT), "-B", str(build),
+        "cmake", "-S", str(src), "-B", str(build),
         f"-DCMAKE_PROJECT_INCLUDE={ROOT / 'cmake' / 'ros_wheels_fix.cmake'}",
         f"-DCMAKE_PREFIX_PATH={VENV}", f"-DCMAKE_INSTALL_PREFIX={install}",
         f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF",
@@ -56,14 +67,18 @@ def test_install_layout(prefix):
 def test_installed_package_imports_outside_the_checkout(prefix, tmp_path):
     pyver = f"python{sys.version_info.major}.{sys.version_info.minor}"
     site = prefix / "lib" / pyver / "site-packages"
-    # As `source install/setup.bash` would: the prefix first, no checkout on the path.
-    env = {**os.environ, "PYTHONPATH": str(site), "LD_LIBRARY_PATH": f"{prefix / 'lib'}:{VENV / 'lib'}",
-           "PYTHONNOUSERSITE": "1"}
-    code = ("import pam_ros, pam_ros.ros.node as n; from pam_ros.msg import PerceivedObjectArray; "
-            "from pam_ros.action import Caption; print(pam_ros.__file__); print(n.__file__)")
-    out = subprocess.run([sys.executable, "-S", "-c",
-                          f"import sys; sys.path[:0] = [{str(site)!r}, {sysconfig.get_paths()['purelib']!r}]; "
-                          + code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    # As `source install/setup.bash` would: the prefix first, and neither the checkout nor the
+    # interfaces that `make setup` built on the path.
+    dev_paths = [str(ROOT), str(VENV / "lib" / "pam_ros_interfaces")]
+    # (the wheels' bootstrap hook already put the rclpy libraries on LD_LIBRARY_PATH of this process)
+    env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(
+        [str(prefix / "lib"), os.environ.get("LD_LIBRARY_PATH", ""), str(VENV / "lib")])}
+    code = (f"import sys; sys.path[:] = [{str(site)!r}] + [p for p in sys.path if p not in {dev_paths!r}]; "
+            "import pam_ros, pam_ros.ros.node as n; from pam_ros.msg import PerceivedObjectArray; "
+            "from pam_ros.action import Caption; import pam_ros.msg as m; "
+            "print(pam_ros.__file__); print(n.__file__); print(m.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.split()
-    assert all(line.startswith(str(site)) for line in lines), lines
+    assert len(lines) == 3 and all(line.startswith(str(site)) for line in lines), lines
