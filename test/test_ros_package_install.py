@@ -72,13 +72,20 @@ def test_installed_package_imports_outside_the_checkout(prefix, tmp_path):
     dev_paths = [str(ROOT), str(VENV / "lib" / "pam_ros_interfaces")]
     # (the wheels' bootstrap hook already put the rclpy libraries on LD_LIBRARY_PATH of this process)
     env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(
-        [str(prefix / "lib"), os.environ.get("LD_LIBRARY_PATH", ""), str(VENV / "lib")])}
+        [str(prefix / "lib"), os.environ.get("LD_LIBRARY_PATH", ""), str(VENV / "lib")]),
+        "AMENT_PREFIX_PATH": os.pathsep.join([str(prefix), str(VENV)])}
+    env.pop("PAM_ROS_MODELS_DIR", None)
     code = (f"import sys; sys.path[:] = [{str(site)!r}] + [p for p in sys.path if p not in {dev_paths!r}]; "
             "import pam_ros, pam_ros.ros.node as n; from pam_ros.msg import PerceivedObjectArray; "
             "from pam_ros.action import Caption; import pam_ros.msg as m; "
-            "print(pam_ros.__file__); print(n.__file__); print(m.__file__)")
+            "from pam_ros.model.registry import models_dir, known_models; "
+            "print(pam_ros.__file__); print(n.__file__); print(m.__file__); print(models_dir()); "
+            "print(','.join(known_models()))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.split()
-    assert len(lines) == 3 and all(line.startswith(str(site)) for line in lines), lines
+    assert len(lines) == 5 and all(line.startswith(str(site)) for line in lines[:3]), lines
+    # `pam-ros download NAME` / `--model NAME` find the installed manifests
+    assert lines[3] == str(prefix / "share" / "pam_ros" / "models")
+    assert "PAM-1.5B" in lines[4].split(",")

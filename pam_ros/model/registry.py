@@ -21,8 +21,21 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def models_dir() -> Path:
-    """Where manifests live: $PAM_ROS_MODELS_DIR, else models/ at the repository root."""
-    return Path(os.environ.get("PAM_ROS_MODELS_DIR", REPO_ROOT / "models"))
+    """Where manifests live: $PAM_ROS_MODELS_DIR, else models/ of the checkout, else the installed
+    package's share/pam_ros/models (a colcon install, where the sources are not in a checkout)."""
+    if os.environ.get("PAM_ROS_MODELS_DIR"):
+        return Path(os.environ["PAM_ROS_MODELS_DIR"])
+    checkout = REPO_ROOT / "models"
+    if checkout.is_dir():
+        return checkout
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+    except ImportError:
+        return checkout
+    try:
+        return Path(get_package_share_directory("pam_ros")) / "models"
+    except PackageNotFoundError:
+        return checkout
 
 
 @dataclass(frozen=True)
