@@ -142,6 +142,22 @@ def test_bad_frames_are_refused_and_the_stream_continues(model, image, message):
     pipe.close()
 
 
+def test_adds_without_an_id_are_named_on_submission(model):
+    """Both front ends name objects through this: the node learns the id before the frame comes."""
+    pipe = make(model, semantics_mode="sync", new_object_tasks=())
+    first = pipe.submit_prompt(box_prompt())
+    assert first.object_id == "obj_1" and first.box == box_prompt().box
+    pipe.submit_prompt(box_prompt(object_id="obj_2"))  # a user's own id is never given out again
+    assert pipe.submit_prompt(PromptRequest(points=((70.0, 60.0),), labels=(1,))).object_id == "obj_3"
+    res = pipe.process(scene(0), 1)
+    assert [o.object_id for o in res.prompt_outcomes] == ["obj_1", "obj_2", "obj_3"]
+    assert [o.object_id for o in res.objects] == ["obj_1", "obj_2", "obj_3"]
+    pipe.submit_prompt(PromptRequest(action=PromptAction.REMOVE, object_id="obj_3"))
+    pipe.process(scene(1), 2)
+    assert pipe.submit_prompt(box_prompt()).object_id == "obj_4", "numbers are not reused"
+    pipe.close()
+
+
 def test_prompts_wait_for_their_frame_and_expire(model):
     pipe = make(model, semantics_mode="sync", new_object_tasks=(), prompt_hold_s=0.5)
     pipe.submit_prompt(box_prompt(object_id="late", stamp_ns=3_000))

@@ -6,10 +6,11 @@ carry each object's latest semantics. Front ends only translate its inputs and o
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,6 +34,8 @@ from pam_ros.model.errors import ImageError, PamError, PromptError
 from pam_ros.model.tasks import canonical_task, is_video_task
 
 log = logging.getLogger(__name__)
+
+AUTO_ID_PREFIX = "obj_"  # ADD prompts without an object_id get obj_1, obj_2, ... (submit_prompt)
 
 
 @dataclass
@@ -187,6 +190,7 @@ class PerceptionPipeline:
                                        is_tracked=self._is_tracked)
         self._held: list[_HeldPrompt] = []
         self._held_lock = threading.Lock()
+        self._auto_ids = itertools.count(1)  # numbers for ADDs without an id (never reused)
         self._sam_lock = threading.RLock()
         self._llm_lock = threading.Lock()
         self._state_lock = threading.Lock()  # guards the small dicts below
@@ -214,11 +218,28 @@ class PerceptionPipeline:
         return cls(model, config)
 
     # ----------------------------------------------------------------- prompts
-    def submit_prompt(self, prompt: PromptRequest) -> None:
-        """Queue a prompt for the first processed frame with stamp >= prompt.stamp_ns (0: the next)."""
+    def submit_prompt(self, prompt: PromptRequest) -> PromptRequest:
+        """Queue a prompt for the first processed frame with stamp >= prompt.stamp_ns (0: the next).
+
+        Returns the request as queued: an ADD without an object_id is named here, on submission
+        (obj_1, obj_2, ... skipping ids tracked or queued), so a caller knows the id before the
+        prompt is applied, and every front end (node, bag replay) names the same objects alike.
+        """
         self._ensure_open()
+        with self._state_lock:
+            tracked = set(self._last_objects)
         with self._held_lock:
+            if prompt.action == PromptAction.ADD and not prompt.object_id:
+                taken = tracked | {held.prompt.object_id for held in self._held}
+                prompt = replace(prompt, object_id=self._new_object_id(taken))
             self._held.append(_HeldPrompt(prompt, time.monotonic()))
+        return prompt
+
+    def _new_object_id(self, taken: set[str]) -> str:
+        while True:
+            candidate = f"{AUTO_ID_PREFIX}{next(self._auto_ids)}"
+            if candidate not in taken:
+                return candidate
 
     def expire_held_prompts(self, now_s: float | None = None) -> list[PromptOutcome]:
         """Refuse prompts for a future stamp that waited longer than prompt_hold_s."""

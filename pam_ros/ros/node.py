@@ -16,7 +16,6 @@ pam_ros.engine.pipeline.PerceptionPipeline.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import threading
 import time
@@ -35,7 +34,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from pam_ros.action import Caption
-from pam_ros.engine.types import PromptAction, PromptOutcome
+from pam_ros.engine.types import PromptOutcome
 from pam_ros.model.errors import PamError
 from pam_ros.msg import PerceivedObjectArray, Prompt
 from pam_ros.ros import convert
@@ -49,7 +48,7 @@ from pam_ros.ros.parameters import (
     declare_parameters,
     read_settings,
 )
-from pam_ros.ros.prompt_tickets import IdAllocator, PendingPrompts, PromptTicket
+from pam_ros.ros.prompt_tickets import PendingPrompts, PromptTicket
 from pam_ros.srv import Describe, ManageObjects
 
 NODE_NAME = "pam_ros_node"
@@ -89,10 +88,8 @@ class PamNode(LifecycleNode):
         self._prompt_inbox: list[PromptTicket] = []
         self._prompt_inbox_lock = threading.Lock()
         self._pending = PendingPrompts()
-        self._ids = IdAllocator()
         self._tracking_thread: threading.Thread | None = None
         self._latest_header = Header()
-        self._tracked_ids: frozenset[str] = frozenset()  # ids on the last processed frame (for new ids)
         self._latest_size: tuple[int, int] | None = None
 
         # Numbers for /diagnostics.
@@ -314,18 +311,10 @@ class PamNode(LifecycleNode):
 
     def _submit(self, request, source: str) -> PromptTicket:
         """Queue a prompt for the tracking thread (the only caller of pipeline.submit_prompt)."""
-        if request.action == PromptAction.ADD and not request.object_id:
-            known = self._tracked_ids
-            request = dataclasses.replace(request, object_id=self._ids.next_id(
-                lambda candidate: candidate in known or self._pending.has_id(candidate) or self._in_inbox(candidate)))
         ticket = PromptTicket(request=request, source=source)
         with self._prompt_inbox_lock:
             self._prompt_inbox.append(ticket)
         return ticket
-
-    def _in_inbox(self, object_id: str) -> bool:
-        with self._prompt_inbox_lock:
-            return any(t.request.object_id == object_id for t in self._prompt_inbox)
 
     # ------------------------------------------------------------------ tracking thread
     def _tracking_loop(self, pipeline) -> None:
@@ -348,7 +337,9 @@ class PamNode(LifecycleNode):
             tickets, self._prompt_inbox = self._prompt_inbox, []
         for ticket in tickets:
             self._pending.add(ticket)
-            pipeline.submit_prompt(ticket.request)
+            # The engine names an ADD without an id (as it does for the bag replay); the ticket keeps
+            # the request as queued, so the outcome, which carries that id, finds it.
+            ticket.request = pipeline.submit_prompt(ticket.request)
 
     def _track_frame(self, pipeline, msg, received_at: float) -> None:
         started = time.monotonic()
@@ -376,7 +367,6 @@ class PamNode(LifecycleNode):
         self._processed_rate.tick(tracked)
         self._latest_header = msg.header
         self._latest_size = (int(result.width), int(result.height))
-        self._tracked_ids = frozenset(obj.object_id for obj in result.objects)
         self._report_outcomes(result.prompt_outcomes)
 
         settings = self._settings

@@ -1,15 +1,15 @@
 """Follow prompts from the ROS side (topic / manage_objects) to the engine's outcome for each.
 
 The engine reports outcomes per processed frame (FrameResult.prompt_outcomes, expire_held_prompts),
-carrying the object id but no reference to the request. The node therefore gives every ADD without
-an id one of its own before submitting (IdAllocator), so each outcome matches its prompt by id.
+carrying the object id but no reference to the request. Every request it queues has an id (it names
+an ADD without one in PerceptionPipeline.submit_prompt), and the ticket keeps the request as queued,
+so each outcome matches its prompt by id.
 """
 from __future__ import annotations
 
-import itertools
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Iterable
 
 from pam_ros.engine.types import PromptAction, PromptOutcome, PromptRequest
 
@@ -28,22 +28,6 @@ class PromptTicket:
         self.done.set()
 
 
-class IdAllocator:
-    """obj_1, obj_2, ... skipping ids already in use."""
-
-    def __init__(self, prefix: str = "obj_") -> None:
-        self._prefix = prefix
-        self._counter = itertools.count(1)
-        self._lock = threading.Lock()
-
-    def next_id(self, in_use: Callable[[str], bool]) -> str:
-        with self._lock:
-            while True:
-                candidate = f"{self._prefix}{next(self._counter)}"
-                if not in_use(candidate):
-                    return candidate
-
-
 class PendingPrompts:
     """Tickets submitted to the engine and not yet resolved, in submission order (thread-safe)."""
 
@@ -54,10 +38,6 @@ class PendingPrompts:
     def add(self, ticket: PromptTicket) -> None:
         with self._lock:
             self._tickets.append(ticket)
-
-    def has_id(self, object_id: str) -> bool:
-        with self._lock:
-            return any(t.request.object_id == object_id for t in self._tickets)
 
     def resolve(self, outcomes: Iterable[PromptOutcome]) -> list[tuple[PromptOutcome, PromptTicket | None]]:
         """Match each outcome to the oldest pending ticket with its object id (RESET_ALL: the oldest reset)."""
