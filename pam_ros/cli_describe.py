@@ -199,13 +199,7 @@ def describe(args) -> dict:
     height, width = image.shape[:2]
     prompt = build_prompt(args, (width, height))
     tasks = check_tasks(args)
-    options = generation_options(args)
-    source = model_source(args)
-    if args.prompt is not None and not args.prompt.strip():
-        raise InputError("--prompt is empty")
-
-    log.info("loading model (%s) on %s, %s", " ".join(source[1:]), args.device, args.dtype)
-    model = load_model(source, args.device, args.dtype)
+    options, model = checked_options_and_model(args)
     enc = model.encode_image(image)
     dec = model.segment(enc, [prompt])
     features = model.region_features(dec, 0)
@@ -234,6 +228,16 @@ def describe(args) -> dict:
     return result
 
 
+def checked_options_and_model(args):
+    """The last input checks (decoding options, model selection, --prompt), then the model load."""
+    options = generation_options(args)
+    source = model_source(args)
+    if args.prompt is not None and not args.prompt.strip():
+        raise InputError("--prompt is empty")
+    log.info("loading model (%s) on %s, %s", " ".join(source[1:]), args.device, args.dtype)
+    return options, load_model(source, args.device, args.dtype)
+
+
 def describe_clip_command(args) -> dict:
     """The --json object for a clip: the first frame's fields, the tasks, and every frame's mask."""
     from pam_ros.engine.clip import check_clip_tasks, describe_clip, open_clip, track_clip
@@ -243,13 +247,7 @@ def describe_clip_command(args) -> dict:
     prompt = build_prompt(args, (width, height))
     tasks = check_clip_tasks(args.task or ([] if args.prompt else list(DEFAULT_CLIP_TASKS)), len(clip),
                              history=args.history, free_prompt=args.prompt is not None)
-    options = generation_options(args)
-    source = model_source(args)
-    if args.prompt is not None and not args.prompt.strip():
-        raise InputError("--prompt is empty")
-
-    log.info("loading model (%s) on %s, %s", " ".join(source[1:]), args.device, args.dtype)
-    model = load_model(source, args.device, args.dtype)
+    options, model = checked_options_and_model(args)
     log.info("tracking the object through %d frames of %s", len(clip), args.image)
     tracked = track_clip(model.backbone, clip, prompt, num_frames=len(clip),
                          on_frame=lambda f: log.debug("frame %d: score %.3f", f.index, f.score))

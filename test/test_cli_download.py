@@ -1,7 +1,6 @@
 """`pam-ros download` and `--model NAME`: manifests, offline behaviour, clear one-sentence failures."""
 from __future__ import annotations
 
-import json
 
 import pytest
 

@@ -36,7 +36,7 @@ from pam_ros.message_fields import header_fields
 from pam_ros.msg import PerceivedObject, Prompt
 from pam_ros.replay.bag_writer import BagWriter
 from pam_ros.ros.convert import fill_message
-from ros_helpers.node_client import NodeClient, start_node
+from ros_helpers.node_client import NodeClient, node_client, start_node
 from test_entry_points import _console_script
 
 pytestmark = pytest.mark.slow
@@ -173,13 +173,8 @@ def node_process(tmp_path_factory):
         "prompt_hold_s:=120.0",  # prompts sent ahead wait for their frame, however slow this machine is
         "diagnostics_period_s:=0.2", "publish_overlay:=false",
         HF_HOME=str(tmp_path_factory.mktemp("empty_hf_home")))
-    client = NodeClient(process)
-    try:
+    with node_client(process) as client:
         yield client
-    finally:
-        client.close()
-        rc = process.stop(timeout_s=20.0)
-        assert rc == 0, f"the node did not exit cleanly on SIGINT (rc {rc})\n{process.output()}"
 
 
 @pytest.fixture(scope="module")

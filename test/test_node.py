@@ -27,7 +27,7 @@ from pam_ros.engine.types import PromptAction, PromptRequest
 from pam_ros.msg import PerceivedObject, Prompt
 from pam_ros.ros import convert
 from pam_ros.srv import Describe, ManageObjects
-from ros_helpers.node_client import NodeClient, point_prompt, stamp, start_node
+from ros_helpers.node_client import node_client, point_prompt, stamp, start_node
 from ros_helpers.ros_session import wait_until
 from test_entry_points import _console_script
 
@@ -57,14 +57,8 @@ def node(tmp_path_factory):
         "diagnostics_period_s:=0.3", "request_timeout_s:=20.0", f"prompt_hold_s:={PROMPT_HOLD_S}",
         # An empty model cache: no downloaded model is found, whatever this machine has downloaded.
         HF_HOME=str(tmp_path_factory.mktemp("empty_hf_home")))
-    client = NodeClient(process)
-    try:
-        client.wait_connected()
+    with node_client(process, wait_connected=True) as client:
         yield client
-    finally:
-        client.close()
-        rc = process.stop(timeout_s=20.0)
-        assert rc == 0, f"the node did not exit cleanly on SIGINT (rc {rc})\n{process.output()}"
 
 
 @pytest.fixture(scope="module")

@@ -578,7 +578,6 @@ class PamNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         if not self.context.ok():
             return
-        settings = self._settings
         pipeline = self._pipeline
         state = self._state_machine.current_state[1]
         values: dict = {

@@ -1,8 +1,8 @@
 """Drive a pam_ros_node process from a test: lifecycle, topics, services, action, diagnostics."""
 from __future__ import annotations
 
+import contextlib
 import threading
-import time
 from collections import deque
 
 import numpy as np
@@ -33,6 +33,20 @@ def start_node(console_script: str, *parameters: str, **env: str) -> HelperProce
     for parameter in parameters:
         argv += ["-p", parameter]
     return HelperProcess(argv, child_environment(**env), name=NODE)
+
+
+@contextlib.contextmanager
+def node_client(process: HelperProcess, *, wait_connected: bool = False):
+    """A NodeClient on a started node; on exit the node must stop cleanly on SIGINT."""
+    client = NodeClient(process)
+    try:
+        if wait_connected:
+            client.wait_connected()
+        yield client
+    finally:
+        client.close()
+        rc = process.stop(timeout_s=20.0)
+        assert rc == 0, f"the node did not exit cleanly on SIGINT (rc {rc})\n{process.output()}"
 
 
 def stamp(index: int) -> Time:
