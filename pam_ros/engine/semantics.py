@@ -21,9 +21,8 @@ from pam_ros.model.tasks import parse_explanation
 
 log = logging.getLogger(__name__)
 
-# (snapshot, task, max_new_tokens, on_text, should_stop) -> GenerationResult
+# (snapshot, task, max_new_tokens, object_id=...) -> GenerationResult
 RunTask = Callable[..., GenerationResult]
-TextCallback = Callable[[str, int], None]
 
 
 @dataclass
@@ -36,9 +35,6 @@ class SemanticsJob:
     stamp_ns: int
     frame_index: int
     max_new_tokens: int
-    on_text: TextCallback | None = None
-    should_stop: Callable[[], bool] | None = None
-    history: str | None = None  # previous caption, for streaming video captions
     future: Future = field(default_factory=Future)
 
 
@@ -208,9 +204,7 @@ class SemanticsWorker:
         results: list[GenerationResult] = []
         try:
             for task in job.tasks:
-                res = self._run_task(job.snapshot, task, job.max_new_tokens, on_text=job.on_text,
-                                     should_stop=job.should_stop, history=job.history,
-                                     object_id=job.object_id)
+                res = self._run_task(job.snapshot, task, job.max_new_tokens, object_id=job.object_id)
                 res.stamp_ns, res.frame_index = job.stamp_ns, job.frame_index
                 results.append(res)
         except Exception as exc:  # noqa: BLE001 - any model failure is reported, the worker goes on
