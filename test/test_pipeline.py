@@ -269,3 +269,20 @@ def test_streaming_video_caption_uses_the_previous_caption_as_history(model):
     assert follow_up.token_ids == expected.token_ids
     assert pipe.semantics("o").texts["video_stream_caption"] == follow_up.text  # the narrative moves on
     pipe.close()
+
+
+def test_stream_windows_fire_every_window_with_16_frames():
+    """The default 32-frame window: one caption job per 32 frames, each on 16+ frames of that window."""
+    from pam_ros.engine.pipeline import _StreamWindow
+
+    window = _StreamWindow(("video_caption", "video_stream_caption"), 32)
+    fired = []
+    for index in range(100):
+        due = window.add(index)
+        if due is not None:
+            fired.append((index, due[0], due[1]))
+    assert [i for i, _, _ in fired] == [31, 63, 95]
+    assert fired[0][1] == ("video_caption", "video_stream_caption")  # the plain video caption runs once
+    assert all(tasks == ("video_stream_caption",) for _, tasks, _ in fired[1:])
+    for index, _, frames in fired:
+        assert len(frames) >= 16 and frames[0] == index - 31 and frames[-1] == index

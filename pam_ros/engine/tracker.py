@@ -12,7 +12,8 @@ memory attention `_prepare_memory_conditioned_features`, the mask decoder and
   spatial features are dropped as soon as only the pointer is still read;
 * per object, PAM's decoder features (`mid_mask_tokens` [2,256], `mid_image_embed` [256,64,64])
   for the frames semantics may ask about: the first frame of the track, an evenly thinned history
-  and the latest frame, at most `keep_feature_frames` frames (see `FeatureHistory`).
+  and the latest frame: at least `keep_feature_frames` frames once the track is that long, fewer
+  than twice that (see `FeatureHistory`).
 
 Parity with the offline PAM/SAM 2 video propagation (fixture quirks 1 and 8): prompted frames are
 decoded without memory (or with it, for a refinement that keeps memory) and their memory is
@@ -114,8 +115,10 @@ class FeatureHistory:
     """Bounded, evenly spread history of an object's `FrameFeatures`.
 
     Keeps the first frame, every `stride`-th frame after it and the latest frame. When more than
-    `capacity` frames would be kept, every second sampled frame is dropped and the stride doubles,
-    so the kept frames always span the whole track (what PAM's video mode samples from).
+    `2 * capacity - 1` frames would be kept, every second sampled frame is dropped and the stride
+    doubles, so the kept frames always span the whole track (what PAM's video mode samples from).
+    Thinning at twice the capacity guarantees that a track of at least `capacity` frames always
+    keeps at least `capacity` of them: PAM's video mode needs 16, whatever the track's length.
     """
 
     def __init__(self, capacity: int):
@@ -132,7 +135,7 @@ class FeatureHistory:
             self._sampled.append(self._latest)
         self._latest = (self._seen, features)
         self._seen += 1
-        while len(self._sampled) + 1 > self.capacity:
+        while len(self._sampled) + 1 > 2 * self.capacity - 1:
             self._stride *= 2
             self._sampled = [entry for entry in self._sampled if entry[0] % self._stride == 0]
 

@@ -51,7 +51,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("max_objects", 16, "Most objects tracked at once; further ADD prompts are refused."),
     ParameterSpec("max_conditioning_frames", 4, "Prompted frames kept per object in the memory bank."),
     ParameterSpec("keep_feature_frames", 16,
-                  "Frames of features kept per object for semantics (video tasks read 16; must be >= 16)."),
+                  "Frames of features kept per object for semantics, at least (video tasks read 16; must be >= 16; up to twice this are held)."),
     ParameterSpec("stream_window_frames", 32,
                   "video_stream_caption: frames per captioned window of a track (>= 16)."),
     ParameterSpec("max_new_tokens", 48, "Default upper bound on generated tokens per task."),
