@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pam_ros.engine.errors import ConfigError, EngineClosedError, UnknownObjectError
-from pam_ros.engine.tracker import FeatureHistory, StreamingTracker
+from pam_ros.engine.tracker import FeatureHistory, FrameFeatures, StreamingTracker
 from pam_ros.engine.semantics import SemanticsJob, SemanticsStore, SemanticsWorker, fill_named_fields
 from pam_ros.engine.types import (
     FrameResult,
@@ -30,6 +30,7 @@ from pam_ros.engine.types import (
     SemanticsState,
     TrackingState,
 )
+from pam_ros.masks import mask_bbox_xywh
 from pam_ros.model.errors import ImageError, PamError, PromptError
 from pam_ros.model.tasks import canonical_task, is_video_task
 
@@ -456,8 +457,6 @@ class PerceptionPipeline:
         image None = the latest processed frame. A prompt with only an object_id describes that
         tracked object from its kept features (no image encoding at all).
         """
-        from pam_ros.model.pam import PamModel
-
         self._ensure_open()
         for task in tasks:
             canonical_task(task)
@@ -486,17 +485,15 @@ class PerceptionPipeline:
                 if self.model is None:
                     raise EngineClosedError("the pipeline was closed")
                 dec = self.model.segment(self.model.encode_image(image), [visual])
-            region = PamModel.region_features(dec, 0, max(frame_index, 0))
-            frames = [_OneShotFeatures(region.mid_mask_tokens, region.mid_image_embed, frame_index, stamp)]
             mask = (dec.mask_logits[0, 0] > 0).cpu().numpy()
             logit = float(dec.object_score_logits[0, 0])
-            ys, xs = np.nonzero(mask)
-            roi = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)) \
-                if xs.size else (0, 0, 0, 0)
-            present = logit > 0 and xs.size > 0
+            # shaped like the tracker's per-frame features, so _run_task reads both alike
+            frames = [FrameFeatures(frame_index, stamp, dec.mid_mask_tokens[0], dec.mid_image_embed[0], logit)]
+            area = int(mask.sum())
+            present = logit > 0 and area > 0
             obj = ObjectResult(prompt.object_id, float(1 / (1 + np.exp(-logit))), logit,
-                               TrackingState.PROMPTED if present else TrackingState.LOST, 0, mask, roi,
-                               int(xs.size), _centroid(mask))
+                               TrackingState.PROMPTED if present else TrackingState.LOST, 0, mask,
+                               mask_bbox_xywh(mask), area, _centroid(mask))
         results = []
         for task in tasks:
             res = self._run_task(frames, task, max_new_tokens)
@@ -597,13 +594,3 @@ class _StreamWindow:
     @property
     def done(self) -> bool:
         return not self.tasks
-
-
-@dataclass(frozen=True)
-class _OneShotFeatures:
-    """Features of a one-shot describe, shaped like the tracker's FrameFeatures."""
-
-    mid_mask_tokens: object
-    mid_image_embed: object
-    frame_index: int
-    stamp_ns: int
