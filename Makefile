@@ -6,16 +6,19 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo interfaces clean bench
+.PHONY: setup test lint demo interfaces clean bench
 
 setup:
 	@bash scripts/setup.sh
 
 interfaces: setup
 
-# The whole test suite (CPU, tiny random-weight fixture model).
-test: setup
+# The linter, then the whole test suite (CPU, tiny random-weight fixture model).
+test: setup lint
 	$(PY) -m pytest test $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check pam_ros test scripts launch setup.py
 
 # The main job on the built-in default: replay the demo bag through the whole pipeline.
 demo: setup

@@ -10,7 +10,6 @@ setup(
     version="0.1.0",
     description="Perceive Anything Model (SAM 2.1 + PAM semantics) for ROS 2 robots",
     packages=find_packages(include=["pam_ros", "pam_ros.*"]),
-    package_data={"pam_ros": ["model/configs/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.3",
@@ -24,9 +23,8 @@ setup(
         "sam2>=1.1.0",
         "rosbags>=0.10",
         "mcap",
-        "mcap-ros2-support",
     ],
-    tests_require=["pytest"],
+    extras_require={"test": ["pytest", "pytest-timeout", "mcap-ros2-support", "ruff==0.14.0"]},
     entry_points={
         "console_scripts": [
             "pam-ros = pam_ros.cli:main",

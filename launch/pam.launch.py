@@ -10,10 +10,11 @@ node with: pam_ros_node --ros-args --params-file config/pam_ros.yaml -r image:=/
 import os
 
 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
+
+from launch import LaunchDescription
 
 # Launch argument -> node parameter; "" = keep the params file's value.
 PARAMETER_ARGUMENTS = {

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pam_ros.errors import InputError
+
 log = logging.getLogger("pam_ros.describe")
 
 EXIT_BAD_INPUT = 2
@@ -36,9 +38,6 @@ EXIT_MODEL_ERROR = 1
 DEFAULT_TASKS = ("explain",)
 DEFAULT_CLIP_TASKS = ("video_caption",)
 
-
-class InputError(ValueError):
-    """A command-line input that cannot be used (reported as one line, exit status 2)."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -317,7 +316,7 @@ def print_text(result: dict) -> None:
 
 
 def run(args) -> int:
-    from pam_ros.model.errors import CheckpointError, PamError
+    from pam_ros.errors import CheckpointError, PamError
 
     if not logging.getLogger().handlers:
         logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

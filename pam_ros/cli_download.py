@@ -35,7 +35,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def list_models() -> int:
-    from pam_ros.model.errors import PamError
+    from pam_ros.errors import PamError
     from pam_ros.model.registry import known_models, load_manifest, resolve_model
 
     for name in known_models():
@@ -53,7 +53,7 @@ def list_models() -> int:
 
 
 def run(args) -> int:
-    from pam_ros.model.errors import PamError
+    from pam_ros.errors import PamError
     from pam_ros.model.registry import download_model, models_to_download
 
     if not logging.getLogger().handlers:

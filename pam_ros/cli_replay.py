@@ -123,8 +123,8 @@ def _load_pipeline(args: argparse.Namespace):
 def _check_inputs(args: argparse.Namespace, overwrite: bool) -> str:
     """Check the bag, topic, prompts file and output directory before loading a model (which may
     take a minute): the error text, or "" when all is well."""
+    from pam_ros.errors import ReplayError
     from pam_ros.replay.bag import BagInput
-    from pam_ros.replay.errors import ReplayError
     from pam_ros.replay.outputs import check_out_dir
     from pam_ros.replay.prompts import load_prompt_file
 
@@ -146,8 +146,7 @@ def _run_replay(args: argparse.Namespace, *, overlay_pngs: bool | None = None, o
         print(f"pam-ros {args.command}: error: {problem}", file=sys.stderr)
         return 2
 
-    from pam_ros.model.errors import PamError
-    from pam_ros.replay.errors import BagReadError, ReplayError
+    from pam_ros.errors import BagReadError, PamError, ReplayError
     from pam_ros.replay.runner import format_summary, run_replay
 
     try:

@@ -10,12 +10,7 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pam_ros.model.errors import ImageError
-
-
-class ImageDecodeError(ImageError):
-    """An image message whose payload cannot be turned into an RGB image (the text says why)."""
-
+from pam_ros.errors import ImageDecodeError
 
 # encoding -> (channels, bytes per channel, channel order). Order names the colour of each
 # channel; "mono" is grey; cv-style types (8UC3 ...) follow cv_bridge (3 channels = bgr).

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pam_ros.engine.types import FrameResult, ObjectResult, PromptAction, PromptRequest
+from pam_ros.errors import PromptMessageError
 
 MASK_ENCODINGS = ("roi", "full", "none")
 
@@ -102,9 +103,6 @@ def perceived_object_array_fields(result: FrameResult, frame_id: str, *, frames_
         "objects": [perceived_object_fields(obj, header, mask_encoding) for obj in result.objects],
     }
 
-
-class PromptMessageError(ValueError):
-    """A pam_ros/Prompt message that is malformed (action, id, NaN, labels, box); the text says which."""
 
 
 def prompt_request_from_message(msg) -> PromptRequest:

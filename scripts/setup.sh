@@ -37,9 +37,9 @@ if changed torch requirements/torch.txt; then
   $PIP install -r requirements/torch.txt
   mark torch
 fi
-if changed deps requirements/venv.txt; then
-  say "installing Python dependencies (requirements/venv.txt)"
-  $PIP install -r requirements/venv.txt
+if changed deps requirements/venv.txt requirements/test.txt; then
+  say "installing Python dependencies (requirements/venv.txt, requirements/test.txt)"
+  $PIP install -r requirements/venv.txt -r requirements/test.txt
   mark deps
 fi
 if changed sam2 requirements/sam2.txt; then

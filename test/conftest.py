@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-
 from pam_tiny_fixture import (
     PAM_DIR,
     SAM2_CHECKPOINT,

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pam_tiny_fixture import FIXTURE_DIR, PAM_DIR, SAM2_CHECKPOINT, SAM2_CONFIG, golden, image_cases
 from PIL import Image
 
 from pam_ros.cli import main
 from pam_ros.masks import rle_to_mask
-
-from pam_tiny_fixture import FIXTURE_DIR, PAM_DIR, SAM2_CHECKPOINT, SAM2_CONFIG, golden, image_cases
 
 REPO = Path(__file__).resolve().parents[1]
 C0 = image_cases()[0]
@@ -110,8 +109,9 @@ def test_images_that_are_not_8bit_rgb_are_refused(capsys, odd_images, name, mess
 
 
 def test_partly_outside_box_is_clipped(capsys):
-    from pam_ros.cli_describe import add_parser, build_prompt
     import argparse
+
+    from pam_ros.cli_describe import add_parser, build_prompt
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())

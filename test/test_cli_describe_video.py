@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pam_tiny_fixture import FIXTURE_DIR, PAM_DIR, SAM2_CHECKPOINT, SAM2_CONFIG, golden, video_case, video_frames
 from PIL import Image
 
 from pam_ros.cli import main
@@ -18,8 +19,6 @@ from pam_ros.engine.clip import ClipError, open_clip, select_video_frames, track
 from pam_ros.masks import rle_to_mask
 from pam_ros.model.sam2_backbone import VisualPrompt
 from pam_ros.model.tasks import task_prompt
-
-from pam_tiny_fixture import FIXTURE_DIR, PAM_DIR, SAM2_CHECKPOINT, SAM2_CONFIG, golden, video_case, video_frames
 
 REPO = Path(__file__).resolve().parents[1]
 V0 = video_case()

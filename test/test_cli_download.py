@@ -1,14 +1,12 @@
 """`pam-ros download` and `--model NAME`: manifests, offline behaviour, clear one-sentence failures."""
 from __future__ import annotations
 
-
 import pytest
+from pam_tiny_fixture import PAM_DIR
 
 from pam_ros.cli import main
-from pam_ros.model.errors import CheckpointError
+from pam_ros.errors import CheckpointError
 from pam_ros.model.registry import known_models, load_manifest, resolve_model
-
-from pam_tiny_fixture import PAM_DIR
 
 
 def test_manifests_name_the_official_repositories():

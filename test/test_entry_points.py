@@ -6,8 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pam_ros
 from ros_helpers.ros_session import child_environment
+
+import pam_ros
 
 
 def _console_script(name: str) -> str:

@@ -28,16 +28,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ros_helpers.node_client import NodeClient, node_client, start_node
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import Image
+from test_entry_points import _console_script
 
 from pam_ros.message_fields import header_fields
 from pam_ros.msg import PerceivedObject, Prompt
 from pam_ros.replay.bag_writer import BagWriter
 from pam_ros.ros.convert import fill_message
-from ros_helpers.node_client import NodeClient, node_client, start_node
-from test_entry_points import _console_script
 
 pytestmark = pytest.mark.slow
 

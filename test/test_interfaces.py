@@ -14,12 +14,12 @@ import pytest
 from action_msgs.msg import GoalStatus
 from rclpy.action import ActionClient
 from rclpy.qos import QoSProfile
-
-from pam_ros.action import Caption
-from pam_ros.srv import Describe, ManageObjects
 from ros_helpers import interface_samples as samples
 from ros_helpers.message_compare import assert_messages_equal, message_differences, unset_fields
 from ros_helpers.ros_session import RosClientSession, start_helper_script, wait_until
+
+from pam_ros.action import Caption
+from pam_ros.srv import Describe, ManageObjects
 
 # Own namespace: other test modules of this session serve describe / manage_objects / caption too.
 NAMESPACE = "/interface_test"

@@ -19,17 +19,17 @@ from geometry_msgs.msg import Point
 from lifecycle_msgs.msg import Transition
 from PIL import Image as PilImage
 from rclpy.qos import QoSProfile
+from ros_helpers.node_client import node_client, point_prompt, stamp, start_node
+from ros_helpers.ros_session import wait_until
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
+from test_entry_points import _console_script
 
 from pam_ros.action import Caption
 from pam_ros.engine.types import PromptAction, PromptRequest
 from pam_ros.msg import PerceivedObject, Prompt
 from pam_ros.ros import convert
 from pam_ros.srv import Describe, ManageObjects
-from ros_helpers.node_client import node_client, point_prompt, stamp, start_node
-from ros_helpers.ros_session import wait_until
-from test_entry_points import _console_script
 
 pytestmark = pytest.mark.slow
 

@@ -7,14 +7,13 @@ import shutil
 
 import pytest
 import torch
+from pam_tiny_fixture import PAM_DIR, SAM2_CHECKPOINT, fixture_json, golden
 from safetensors.torch import load_file, save_file
 
+from pam_ros.errors import CheckpointError
 from pam_ros.model.checkpoint import SAM2_COPY_PREFIX, load_pam_checkpoint
-from pam_ros.model.errors import CheckpointError
 from pam_ros.model.language import PamLanguageModel
 from pam_ros.model.perceiver import SemanticPerceiver
-
-from pam_tiny_fixture import PAM_DIR, SAM2_CHECKPOINT, fixture_json, golden
 
 
 @pytest.fixture(scope="module")

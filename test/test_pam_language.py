@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pam_tiny_fixture import PAM_DIR, TASK_OF_KEY, all_cases, golden, image_cases, video_case
 
 from pam_ros.model.checkpoint import load_pam_checkpoint
 from pam_ros.model.language import (
@@ -14,8 +15,6 @@ from pam_ros.model.language import (
 )
 from pam_ros.model.perceiver import IMAGE_SCALE, VIDEO_FRAME_SCALE, SemanticPerceiver
 from pam_ros.model.tasks import prepare_prompt
-
-from pam_tiny_fixture import PAM_DIR, TASK_OF_KEY, all_cases, golden, image_cases, video_case
 
 C0 = "c0_box_recognize"
 ALL_CASE_IDS = [c["case"] for c in all_cases()]
@@ -229,7 +228,7 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy(language, ckpt, greedy):
 
 
 def test_bad_generation_settings_are_refused(greedy):
-    from pam_ros.model.errors import TaskError
+    from pam_ros.errors import TaskError
 
     for changes in ({"max_new_tokens": 0}, {"do_sample": True, "temperature": 0.0},
                     {"do_sample": True, "top_p": 1.5}):

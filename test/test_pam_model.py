@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from pam_ros.model.errors import TaskError
-from pam_ros.model.pam import PamModel, RegionFeatures, select_video_frames
-
 from pam_tiny_fixture import PAM_DIR, SAM2_CHECKPOINT, SAM2_CONFIG, TASK_OF_KEY, golden, image_cases, video_case
-from pam_tiny_fixture import case_image as load_image, case_prompt as visual_prompt
+from pam_tiny_fixture import case_image as load_image
+from pam_tiny_fixture import case_prompt as visual_prompt
+
+from pam_ros.errors import TaskError
+from pam_ros.model.pam import PamModel, RegionFeatures, select_video_frames
 
 IMAGE_CASES = {c["case"]: c for c in image_cases()}
 

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import pytest
+from pam_tiny_fixture import PAM_DIR, TASK_OF_KEY, all_cases
 
-from pam_ros.model.errors import TaskError
+from pam_ros.errors import TaskError
 from pam_ros.model.tasks import (
     IMAGE_TOKEN_INDEX,
     canonical_task,
@@ -14,8 +15,6 @@ from pam_ros.model.tasks import (
     task_names,
     task_prompt,
 )
-
-from pam_tiny_fixture import PAM_DIR, TASK_OF_KEY, all_cases
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from pam_ros.engine.errors import ConfigError, EngineClosedError, UnknownObjectError
 from pam_ros.engine.pipeline import ModelSpec, PerceptionPipeline, PipelineConfig
 from pam_ros.engine.types import PromptAction, PromptRequest, SemanticsState, TrackingState
-from pam_ros.model.errors import ImageError, TaskError
+from pam_ros.errors import ConfigError, EngineClosedError, ImageError, TaskError, UnknownObjectError
 
 W, H = 96, 72
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mcap.reader import make_reader
 from mcap.writer import CompressionType
 from mcap.writer import Writer as McapRawWriter
 from mcap_ros2.decoder import DecoderFactory
-from mcap.reader import make_reader
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
@@ -23,10 +23,10 @@ from pam_ros.engine.types import (
     SemanticsState,
     TrackingState,
 )
+from pam_ros.errors import BagOpenError, BagReadError, PromptFileError, TopicNotFoundError
 from pam_ros.message_fields import header_fields, perceived_object_array_fields
 from pam_ros.replay.bag import BagInput
 from pam_ros.replay.bag_writer import BagWriter
-from pam_ros.replay.errors import BagOpenError, BagReadError, PromptFileError, TopicNotFoundError
 from pam_ros.replay.interfaces import build_message, find_msg_dir, pam_ros_typestore
 from pam_ros.replay.prompts import PromptSchedule, ScheduledPrompt, load_prompt_file
 
@@ -265,7 +265,7 @@ def test_msg_definitions_are_found_in_the_checkout_and_in_the_install_prefix(tmp
     here = find_msg_dir()
     assert (here / "Prompt.msg").is_file()
     assert find_msg_dir([tmp_path, here]) == here
-    from pam_ros.replay.errors import InterfaceNotFoundError
+    from pam_ros.errors import InterfaceNotFoundError
     with pytest.raises(InterfaceNotFoundError, match="cannot find the pam_ros message definitions"):
         find_msg_dir([tmp_path])
 
@@ -680,7 +680,7 @@ def test_demo_command_writes_overlays_gif_and_says_the_words_are_meaningless(tmp
 
 
 def test_outputs_of_an_earlier_run_are_replaced_only_when_asked(tmp_path):
-    from pam_ros.replay.errors import OutputExistsError
+    from pam_ros.errors import OutputExistsError
     from pam_ros.replay.outputs import ReplayOutputs
 
     bag_path = write_bag(tmp_path / "in", "mcap", frames=1)

@@ -8,9 +8,9 @@ import pytest
 import rclpy
 import yaml
 from rclpy.parameter import Parameter
+from ros_helpers.ros_session import isolate_ros_environment
 
 from pam_ros.ros.parameters import PARAMETER_NAMES, PARAMETERS, SettingsError, read_settings
-from ros_helpers.ros_session import isolate_ros_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,7 +115,7 @@ def test_model_parameters_mirror_the_model_spec(node):
 
 
 def test_model_is_validated_without_loading_it(node):
-    from pam_ros.engine.errors import ConfigError
+    from pam_ros.errors import ConfigError
 
     node.set_parameters([Parameter("model", value="tiny")])
     try:

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pam_tiny_fixture import case_image as image_of
+from pam_tiny_fixture import case_prompt as prompt_of
+from pam_tiny_fixture import golden as fixture_golden
 
-from pam_ros.model.errors import CheckpointError, ImageError, PromptError
+from pam_ros.errors import CheckpointError, ImageError, PromptError
 from pam_ros.model.sam2_backbone import Sam2Backbone, VisualPrompt
-
-from pam_tiny_fixture import case_image as image_of, case_prompt as prompt_of, golden as fixture_golden
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pam_tiny"
 SAM2_YAML = FIXTURE / "sam2" / "sam2.1_hiera_tiny_pam.yaml"

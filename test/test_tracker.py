@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pam_tiny_fixture import SAM2_CHECKPOINT, SAM2_CONFIG, video_case, video_frames
+from pam_tiny_fixture import golden as fixture_golden
 
 from pam_ros.engine.tracker import (
     FeatureHistory,
@@ -13,10 +15,8 @@ from pam_ros.engine.tracker import (
     UnknownObjectError,
 )
 from pam_ros.engine.types import TrackingState
-from pam_ros.model.errors import ImageError, PromptError
+from pam_ros.errors import ImageError, PromptError
 from pam_ros.model.sam2_backbone import Sam2Backbone, VisualPrompt
-
-from pam_tiny_fixture import SAM2_CHECKPOINT, SAM2_CONFIG, golden as fixture_golden, video_case, video_frames
 
 VIDEO = video_case()
 TOL = 1e-4
@@ -259,7 +259,7 @@ def test_reset_frees_everything(small_backbone):
 
 # ---- benchmark plumbing (numbers are printed, not asserted) --------------------------------------
 def test_track_bench_runs_both_trackers_on_the_same_frames(small_backbone):
-    from pam_ros.engine.bench import run_track_bench
+    from pam_ros.bench.track import run_track_bench
 
     lines: list[str] = []
     rows, points = run_track_bench(

@@ -21,8 +21,8 @@ import numpy as np
 
 from pam_ros.engine.tracker import FrameFeatures, StreamingTracker
 from pam_ros.engine.types import TrackingState
+from pam_ros.errors import ClipError, PromptError, TaskError
 from pam_ros.masks import mask_to_rle, rle_to_mask
-from pam_ros.model.errors import PamError, PromptError, TaskError
 from pam_ros.model.pam import VIDEO_FRAMES, select_video_frames
 from pam_ros.model.tasks import canonical_task, is_video_task
 
@@ -34,9 +34,6 @@ GIF_SUFFIXES = (".gif",)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 SUPPORTED_CLIPS = "a directory of frames (PNG/JPEG/BMP/WebP/TIFF, sorted by file name), an animated GIF"
 
-
-class ClipError(PamError, ValueError):
-    """A clip that cannot be used: unreadable, empty, unsupported format, mixed frame sizes, too short."""
 
 
 def is_clip_path(path: str | Path) -> bool:

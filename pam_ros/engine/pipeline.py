@@ -16,9 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from pam_ros.engine.errors import ConfigError, EngineClosedError, UnknownObjectError
-from pam_ros.engine.tracker import FeatureHistory, FrameFeatures, StreamingTracker
 from pam_ros.engine.semantics import SemanticsJob, SemanticsStore, SemanticsWorker, fill_named_fields
+from pam_ros.engine.tracker import FeatureHistory, FrameFeatures, StreamingTracker
 from pam_ros.engine.types import (
     FrameResult,
     GenerationResult,
@@ -30,8 +29,8 @@ from pam_ros.engine.types import (
     SemanticsState,
     TrackingState,
 )
+from pam_ros.errors import ConfigError, EngineClosedError, ImageError, PamError, PromptError, UnknownObjectError
 from pam_ros.masks import mask_bbox_xywh
-from pam_ros.model.errors import ImageError, PamError, PromptError
 from pam_ros.model.tasks import canonical_task, is_video_task
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from pam_ros.engine.errors import EngineClosedError, UnknownObjectError
 from pam_ros.engine.types import GenerationResult, ObjectSemantics, SemanticsState
+from pam_ros.errors import EngineClosedError, UnknownObjectError
 from pam_ros.model.tasks import parse_explanation
 
 log = logging.getLogger(__name__)

@@ -49,19 +49,8 @@ import numpy as np
 import torch
 
 from pam_ros.engine.types import TrackingState
-from pam_ros.model.errors import PamError, PromptError
+from pam_ros.errors import PromptError, TrackerError, UnknownObjectError
 from pam_ros.model.sam2_backbone import ImageEncoding, Sam2Backbone, TrackStepOutput, VisualPrompt
-
-
-class TrackerError(PamError, ValueError):
-    """A tracker request that cannot be honoured (duplicate id, past frame, too many objects)."""
-
-
-class UnknownObjectError(TrackerError, KeyError):
-    """An object id that the tracker does not know (never added, or removed)."""
-
-    def __str__(self) -> str:  # KeyError would print the repr of the message
-        return str(self.args[0]) if self.args else ""
 
 
 # --------------------------------------------------------------------------------------------

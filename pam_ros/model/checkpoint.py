@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pam_ros.model.errors import CheckpointError
+from pam_ros.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from pam_ros.errors import CheckpointError, TaskError
 from pam_ros.model.checkpoint import PamCheckpoint, load_module_weights
-from pam_ros.model.errors import CheckpointError, TaskError
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pam_ros.errors import CheckpointError, TaskError
 from pam_ros.model.checkpoint import load_pam_checkpoint
-from pam_ros.model.errors import CheckpointError, TaskError
 from pam_ros.model.language import (
     Generation,
     GenerationSettings,

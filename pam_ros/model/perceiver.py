@@ -12,10 +12,9 @@ option that the perceiver never uses). Parameter names match the official `model
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
-
 from sam2.modeling.position_encoding import PositionEmbeddingRandom
 from sam2.modeling.sam.transformer import Attention, TwoWayAttentionBlock
+from torch import Tensor, nn
 
 NUM_SEM_TOKENS = 16
 EMBED_DIM = 256

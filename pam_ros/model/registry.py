@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pam_ros.model.errors import CheckpointError
+from pam_ros.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pam_ros.model.errors import CheckpointError, ImageError, PromptError
+from pam_ros.errors import CheckpointError, ImageError, PromptError
 
 log = logging.getLogger(__name__)
 

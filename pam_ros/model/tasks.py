@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pam_ros.model.errors import TaskError
+from pam_ros.errors import TaskError
 
 IMAGE_PLACEHOLDER = "<image>"
 IMAGE_TOKEN_INDEX = -200

@@ -23,9 +23,9 @@ from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_
 from rosbags.typesys.store import Typestore
 
 from pam_ros.engine.types import PromptRequest
+from pam_ros.errors import BagOpenError, BagReadError, TopicNotFoundError
 from pam_ros.imaging import ImageDecodeError, decode_compressed, decode_image
 from pam_ros.message_fields import PromptMessageError, prompt_request_from_message, stamp_ns_of
-from pam_ros.replay.errors import BagOpenError, BagReadError, TopicNotFoundError
 from pam_ros.replay.interfaces import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, PROMPT_TYPE, pam_ros_typestore
 
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)

@@ -15,7 +15,7 @@ import numpy as np
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
-from pam_ros.replay.errors import InterfaceNotFoundError
+from pam_ros.errors import InterfaceNotFoundError
 
 PACKAGE = "pam_ros"
 MESSAGE_NAMES = ("Prompt", "PerceivedObject", "PerceivedObjectArray")

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from pam_ros.engine.types import PromptAction, PromptRequest
-from pam_ros.replay.errors import PromptFileError
+from pam_ros.errors import PromptFileError
 
 _KEYS = {"frame", "stamp_ns", "object_id", "box", "points", "labels", "tasks", "action"}
 

@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from pam_ros.engine.types import PromptOutcome, TrackingState
+from pam_ros.errors import BagReadError, ImageError, PamError
 from pam_ros.imaging import ImageDecodeError
-from pam_ros.model.errors import ImageError, PamError
+from pam_ros.render import printable
 from pam_ros.replay.bag import BagInput, BagRecord
-from pam_ros.replay.errors import BagReadError
 from pam_ros.replay.outputs import ReplayOutputs
 from pam_ros.replay.prompts import PromptSchedule, ScheduledPrompt, load_prompt_file
-from pam_ros.render import printable
 
 if TYPE_CHECKING:
     from pam_ros.engine.pipeline import PerceptionPipeline

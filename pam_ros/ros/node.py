@@ -23,19 +23,19 @@ import traceback
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from pam_ros.action import Caption
 from pam_ros.engine.types import PromptOutcome
-from pam_ros.model.errors import PamError
+from pam_ros.errors import PamError
 from pam_ros.msg import PerceivedObjectArray, Prompt
 from pam_ros.ros import convert
 from pam_ros.ros.diagnostics import RateMeter, StageTimes, build_status

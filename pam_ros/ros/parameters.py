@@ -10,15 +10,14 @@ from typing import Any
 
 from rcl_interfaces.msg import ParameterDescriptor
 
+from pam_ros.errors import SettingsError
+
 IMAGE_QOS_CHOICES = ("sensor_data", "reliable")
 IMAGE_TRANSPORT_CHOICES = ("raw", "compressed")
 MASK_ENCODING_CHOICES = ("roi", "full", "none")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_MODEL = "PAM-1.5B"
 
-
-class SettingsError(ValueError):
-    """A parameter value the node cannot run with (the message names the parameter and the fix)."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`pam-ros bench track`: per-frame time and memory of the streaming tracker vs SAM 2's video predictor.
+"""Measurements behind `pam-ros bench track` (the CLI is pam_ros/cli_bench.py): per-frame time and memory of the streaming tracker vs SAM 2's video predictor.
 
 For 1, 4 and 16 objects (configurable) the same frames are tracked twice in this process:
 by `StreamingTracker` and by the upstream `sam2` `SAM2VideoPredictor` code path
@@ -15,7 +15,6 @@ input size can be reduced with --image-size for quick CPU runs (PAM itself uses 
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import tempfile
 import time
@@ -272,55 +271,3 @@ def _format_row(row: TrackBenchRow, reference: TrackBenchRow | None = None) -> s
         f"{row.objects:>7} {row.tracker:>22} {1000 * row.seconds_per_frame:>10.1f} "
         f"{row.state_bytes / 2**20:>10.2f} {peak:>9}{ratios}"
     )
-
-
-# ---- CLI glue (the lead wires it into pam_ros/cli.py) -------------------------------------------
-def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    """Add `bench` with its `track` subcommand to the `pam-ros` subparsers."""
-    bench = subparsers.add_parser("bench", help="benchmarks (printed numbers, not tests)")
-    kinds = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
-    track = kinds.add_parser(
-        "track",
-        help="streaming tracker vs SAM 2 video predictor: time and memory per frame",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    track.add_argument("--config", default="sam2.1_hiera_t", help="SAM 2.1 config name or YAML path")
-    track.add_argument("--checkpoint", default=None, help="SAM 2 .pt (default: random weights, timing only)")
-    track.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    track.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    track.add_argument("--image-size", type=int, default=256,
-                       help="model input size (PAM uses 1024; smaller is faster on CPU)")
-    track.add_argument("--frames", type=int, default=20, help="frames per comparison run")
-    track.add_argument("--objects", default="1,4,16", help="comma-separated object counts")
-    track.add_argument("--width", type=int, default=64)
-    track.add_argument("--height", type=int, default=48)
-    track.add_argument("--long-frames", default="100,10000",
-                       help="frame counts after which the long stream's state is printed ('' to skip)")
-    track.add_argument("--no-upstream", action="store_true", help="skip the SAM2VideoPredictor runs")
-    track.set_defaults(run=run)
-    return bench
-
-
-def _int_list(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part.strip()]
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point for `pam-ros bench track`."""
-    if getattr(args, "bench_command", "track") != "track":
-        raise SystemExit(f"unknown bench {args.bench_command!r}")
-    overrides = {"image_size": args.image_size} if args.image_size else None
-    backbone = Sam2Backbone.from_config(
-        args.config, args.checkpoint, device=args.device, dtype=DTYPES[args.dtype], overrides=overrides
-    )
-    run_track_bench(
-        backbone,
-        num_frames=args.frames,
-        num_objects=_int_list(args.objects),
-        width=args.width,
-        height=args.height,
-        long_frames=_int_list(args.long_frames),
-        compare_upstream=not args.no_upstream,
-    )
-    return 0
