@@ -14,6 +14,7 @@ setup(
     install_requires=[
         "torch>=2.3",
         "numpy",
+        "scipy",
         "pillow",
         "pyyaml",
         "tqdm",
