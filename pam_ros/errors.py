@@ -56,6 +56,18 @@ class ClipError(PamError, ValueError):
     """A clip that cannot be used: unreadable, empty, unsupported format, mixed frame sizes, too short."""
 
 
+class DepthError(PamError, ValueError):
+    """A depth image or its CameraInfo that cannot give geometry: encoding, size, intrinsics."""
+
+
+class DepthSizeError(DepthError):
+    """A depth image whose size differs from the colour image's (the message names both sizes)."""
+
+
+class QueryError(PamError, ValueError):
+    """An affordance query that cannot be asked (empty text, no objects to rank)."""
+
+
 # ---------------------------------------------------------------- front ends
 class InputError(PamError, ValueError):
     """A command-line input that cannot be used (reported as one line, exit status 2)."""
