@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pam_ros.engine.geometry import ObjectGeometry
 from pam_ros.engine.types import FrameResult, ObjectResult, PromptAction, PromptRequest
 from pam_ros.errors import PromptMessageError
 
@@ -81,6 +82,28 @@ def perceived_object_fields(obj: ObjectResult, header: dict, mask_encoding: str 
         "caption": semantics.caption,
         "task_names": list(semantics.texts.keys()),
         "task_texts": list(semantics.texts.values()),
+        **geometry_fields(obj.geometry),
+    }
+
+
+def _point(xyz: Sequence[float]) -> dict:
+    return {"x": float(xyz[0]), "y": float(xyz[1]), "z": float(xyz[2])}
+
+
+def geometry_fields(geometry: ObjectGeometry | None) -> dict:
+    """PerceivedObject's geometry fields (has_geometry false and zeros when there is none)."""
+    if geometry is None:
+        zero = _point((0.0, 0.0, 0.0))
+        return {"has_geometry": False, "geometry_frame_id": "", "position": zero, "size": dict(zero),
+                "depth_valid_fraction": 0.0, "grasp_point": dict(zero), "grasp_pixel": dict(zero)}
+    return {
+        "has_geometry": True,
+        "geometry_frame_id": geometry.frame_id,
+        "position": _point(geometry.position),
+        "size": _point(geometry.size),
+        "depth_valid_fraction": float(geometry.valid_fraction),
+        "grasp_point": _point(geometry.grasp_point),
+        "grasp_pixel": _point((geometry.grasp_pixel[0], geometry.grasp_pixel[1], 0.0)),
     }
 
 

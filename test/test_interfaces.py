@@ -1,7 +1,7 @@
 """The pam_ros interfaces through real rclpy and DDS, between two processes.
 
 A helper process (ros_helpers/interface_echo_server.py) echoes every message type and serves the
-Describe / ManageObjects services and the Caption action. Each sample sets every field (checked),
+Describe / ManageObjects / FindObjects services and the Caption action. Each sample sets every field (checked),
 so a field that does not survive serialization, transport or the generated Python code fails here
 with its path.
 """
@@ -19,7 +19,7 @@ from ros_helpers.message_compare import assert_messages_equal, message_differenc
 from ros_helpers.ros_session import RosClientSession, start_helper_script, wait_until
 
 from pam_ros.action import Caption
-from pam_ros.srv import Describe, ManageObjects
+from pam_ros.srv import Describe, FindObjects, ManageObjects
 
 # Own namespace: other test modules of this session serve describe / manage_objects / caption too.
 NAMESPACE = "/interface_test"
@@ -90,6 +90,7 @@ def _call(session, server, srv_type, name, request):
 @pytest.mark.parametrize("srv_type,name,build_request,build_response", [
     (Describe, "describe", samples.describe_request, samples.describe_response),
     (ManageObjects, "manage_objects", samples.manage_objects_request, samples.manage_objects_response),
+    (FindObjects, "find_objects", samples.find_objects_request, samples.find_objects_response),
 ])
 def test_service_end_to_end(session, echo_server, srv_type, name, build_request, build_response):
     response = _call(session, echo_server, srv_type, name, build_request())

@@ -14,6 +14,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from pam_ros.action import Caption
+from pam_ros.engine.geometry import ObjectGeometry
 from pam_ros.engine.types import (
     FrameResult,
     GenerationResult,
@@ -292,6 +293,31 @@ def test_object_fields_and_semantics_are_carried():
     assert msg.explanation == "A cup; used for drinking."
     assert list(msg.task_names) == ["explain", "caption"]
     assert list(msg.task_texts) == ["A cup; used for drinking.", "A red cup."]
+
+
+def test_geometry_is_carried_and_absent_geometry_is_flagged():
+    obj = _object(_mask(), "mug_7")
+    assert convert.object_result_to_msg(obj, HEADER).has_geometry is False
+    obj.geometry = ObjectGeometry(frame_id="depth_optical", position=(0.1, -0.2, 0.75), size=(0.08, 0.1, 0.03),
+                                  valid_fraction=0.5, points=12, grasp_pixel=(7, 4), grasp_point=(0.11, -0.19, 0.74))
+    msg = deserialize_message(serialize_message(convert.object_result_to_msg(obj, HEADER)), PerceivedObject)
+    assert msg.has_geometry and msg.geometry_frame_id == "depth_optical"
+    assert (msg.position.x, msg.position.y, msg.position.z) == (0.1, -0.2, 0.75)
+    assert (msg.size.x, msg.size.y, msg.size.z) == (0.08, 0.1, 0.03)
+    assert msg.depth_valid_fraction == 0.5
+    assert (msg.grasp_pixel.x, msg.grasp_pixel.y, msg.grasp_pixel.z) == (7.0, 4.0, 0.0)
+    assert (msg.grasp_point.x, msg.grasp_point.y, msg.grasp_point.z) == (0.11, -0.19, 0.74)
+
+
+def test_depth_image_messages_decode_to_metres():
+    units = np.array([[0, 500, 1000], [1500, 2000, 65535]], "<u2")
+    msg = Image(height=2, width=3, encoding="16UC1", step=8, data=np.pad(units.view(np.uint8), ((0, 0), (0, 2))).tobytes())
+    assert np.allclose(convert.depth_msg_to_metres(msg, depth_scale=0.001), units * 0.001)
+    floats = np.array([[0.5, np.nan, 2.0]], "<f4")
+    metres = convert.depth_msg_to_metres(Image(height=1, width=3, encoding="32FC1", step=12, data=floats.tobytes()))
+    assert metres[0, 0] == 0.5 and np.isnan(metres[0, 1])
+    with pytest.raises(ValueError, match="unsupported depth encoding 'rgb8'"):
+        convert.depth_msg_to_metres(Image(height=1, width=1, encoding="rgb8", step=3, data=b"abc"))
 
 
 def test_frame_result_becomes_an_array_that_serializes():

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pam_ros.engine.geometry import ObjectGeometry
+
 
 class PromptAction(enum.IntEnum):
     """What a prompt does (same values as pam_ros/msg/Prompt)."""
@@ -94,6 +96,7 @@ class ObjectResult:
     mask_area: int
     centroid: tuple[float, float]  # x, y in pixels (0, 0 if empty)
     semantics: ObjectSemantics = field(default_factory=ObjectSemantics)
+    geometry: ObjectGeometry | None = None  # 3-D geometry from aligned depth (None: no depth or too few points)
 
 
 @dataclass

@@ -61,6 +61,7 @@ def frame_line(index: int, stamp_ns: int, result: FrameResult | None, *, skipped
                 "mask_rle": mask_to_rle(obj.mask),
                 "semantics": dict(obj.semantics.texts),
                 "tracking_state": TrackingState(obj.tracking_state).name.lower(),
+                "geometry": obj.geometry.to_json() if obj.geometry is not None else None,
             }
             for obj in result.objects
         ]

@@ -19,6 +19,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from pam_ros.action import Caption
+from pam_ros.engine.geometry import depth_to_metres
 from pam_ros.engine.types import FrameResult, GenerationResult, ObjectResult, PromptAction, PromptRequest
 from pam_ros.imaging import SUPPORTED_ENCODINGS, ImageDecodeError, decode_compressed, decode_image
 from pam_ros.message_fields import (
@@ -59,6 +60,12 @@ def image_msg_to_rgb(msg: Image) -> np.ndarray:
 def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg, png: image_transport's compressed plugin) -> HxWx3 uint8 RGB."""
     return decode_compressed(msg.format, msg.data)
+
+
+def depth_msg_to_metres(msg: Image, depth_scale: float = 0.001) -> np.ndarray:
+    """Aligned depth (16UC1 in depth_scale units, or 32FC1 metres; any row padding) -> float32 HxW metres."""
+    return depth_to_metres(msg.encoding, msg.width, msg.height, msg.step, msg.data,
+                           is_bigendian=bool(msg.is_bigendian), depth_scale=depth_scale)
 
 
 def rgb_to_image_msg(image: np.ndarray, header: Header | None = None) -> Image:

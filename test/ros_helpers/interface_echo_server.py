@@ -1,7 +1,7 @@
 """Helper process for test/test_interfaces.py: a small server for every pam_ros interface.
 
 - topics: republishes each message received on echo_in/<name> unchanged on echo_out/<name>;
-- service `describe` / `manage_objects`: answers the sample response when the request equals the
+- service `describe` / `manage_objects` / `find_objects`: answers the sample response when the request equals the
   sample request, otherwise success=false with the differing fields in `message`;
 - action `caption`: streams the sample caption word by word as feedback, then the sample result;
   a goal with task ENDLESS_TASK streams until it is cancelled (result: success=false, "cancelled").
@@ -24,7 +24,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 
 from pam_ros.action import Caption
-from pam_ros.srv import Describe, ManageObjects
+from pam_ros.srv import Describe, FindObjects, ManageObjects
 from ros_helpers import interface_samples as samples
 from ros_helpers.message_compare import message_differences
 
@@ -41,6 +41,7 @@ class InterfaceEchoServer(Node):
             self._keep.append(self.create_subscription(msg_type, f"echo_in/{name}", publisher.publish, QoSProfile(depth=10)))
         self.create_service(Describe, "describe", self._describe)
         self.create_service(ManageObjects, "manage_objects", self._manage_objects)
+        self.create_service(FindObjects, "find_objects", self._find_objects)
         self._caption = ActionServer(self, Caption, "caption", execute_callback=self._execute_caption,
                                      goal_callback=lambda goal: GoalResponse.ACCEPT,
                                      cancel_callback=lambda goal_handle: CancelResponse.ACCEPT,
@@ -59,6 +60,10 @@ class InterfaceEchoServer(Node):
     def _manage_objects(self, request, response):
         return self._answer(request, samples.manage_objects_request(), samples.manage_objects_response(),
                             ManageObjects.Response)
+
+    def _find_objects(self, request, response):
+        return self._answer(request, samples.find_objects_request(), samples.find_objects_response(),
+                            FindObjects.Response)
 
     def _execute_caption(self, goal_handle):
         goal = goal_handle.request

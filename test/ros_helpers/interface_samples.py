@@ -6,13 +6,13 @@ the expected values live in one place.
 from __future__ import annotations
 
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import Point
+from geometry_msgs.msg import Point, Vector3
 from sensor_msgs.msg import Image, RegionOfInterest
 from std_msgs.msg import Header
 
 from pam_ros.action import Caption
-from pam_ros.msg import PerceivedObject, PerceivedObjectArray, Prompt
-from pam_ros.srv import Describe, ManageObjects
+from pam_ros.msg import ObjectMatch, PerceivedObject, PerceivedObjectArray, Prompt
+from pam_ros.srv import Describe, FindObjects, ManageObjects
 
 # Goals whose task is this make the helper server stream feedback until the goal is cancelled.
 ENDLESS_TASK = "endless_caption"
@@ -69,6 +69,13 @@ def perceived_object(object_id: str = "mug_1") -> PerceivedObject:
         caption="A white mug with a blue handle on a wooden table.",
         task_names=["explain", "caption"],
         task_texts=["A ceramic mug; it is used for holding hot drinks.", "A white mug — “ünïcode” ☕"],
+        has_geometry=True,
+        geometry_frame_id="camera_depth_optical_frame",
+        position=Point(x=0.125, y=-0.0625, z=0.75),
+        size=Vector3(x=0.09375, y=0.125, z=0.03125),
+        depth_valid_fraction=0.8125,
+        grasp_point=Point(x=0.1171875, y=-0.05, z=0.7421875),
+        grasp_pixel=Point(x=13.0, y=21.0, z=0.5),
     )
 
 
@@ -103,6 +110,20 @@ def manage_objects_response() -> ManageObjects.Response:
                                   errors=["point 2 outside the 640x480 image", "unknown object id 'spoon_2'"])
 
 
+def object_match(object_id: str = "mug_1") -> ObjectMatch:
+    return ObjectMatch(object_id=object_id, score=0.75, log_odds=1.125, stamp=Time(sec=1_700_000_000, nanosec=9),
+                       object=perceived_object(object_id))
+
+
+def find_objects_request() -> FindObjects.Request:
+    return FindObjects.Request(query="holding hot coffee", object_ids=["mug_1", "spoon_2"], max_results=1,
+                               min_score=0.25)
+
+
+def find_objects_response() -> FindObjects.Response:
+    return FindObjects.Response(success=True, message="1 of 2 objects ranked", matches=[object_match("mug_1")])
+
+
 def caption_goal(task: str = "detailed_caption") -> Caption.Goal:
     return Caption.Goal(object_id="mug_1", prompt=prompt(), task=task, max_new_tokens=64)
 
@@ -129,6 +150,9 @@ ECHO_TOPICS = {
     "describe_response": (Describe.Response, describe_response),
     "manage_objects_request": (ManageObjects.Request, manage_objects_request),
     "manage_objects_response": (ManageObjects.Response, manage_objects_response),
+    "object_match": (ObjectMatch, object_match),
+    "find_objects_request": (FindObjects.Request, find_objects_request),
+    "find_objects_response": (FindObjects.Response, find_objects_response),
     "caption_goal": (Caption.Goal, caption_goal),
     "caption_result": (Caption.Result, caption_result),
     "caption_feedback": (Caption.Feedback, caption_feedback),
