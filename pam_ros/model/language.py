@@ -253,6 +253,25 @@ class PamLanguageModel(nn.Module):
         return self._decode(inputs_embeds, settings, None, forced=list(token_ids),
                             return_logits=True).step_logits
 
+    @torch.inference_mode()
+    def first_step_logits(self, inputs_embeds: Sequence[Tensor], token_ids: Sequence[int], *,
+                          batch_size: int = 8) -> Tensor:
+        """Raw logits [N, len(token_ids)] of the first generated position (prefill only, no decoding)
+        for N prompts (each [1, T, H]); prompts of equal length go through the LLM together, up to
+        batch_size at a time, so no padding or attention mask is needed."""
+        columns = torch.as_tensor(list(token_ids), dtype=torch.long, device=self.device)
+        out = torch.empty(len(inputs_embeds), len(columns), dtype=torch.float32, device=self.device)
+        by_length: dict[int, list[int]] = {}
+        for index, embeds in enumerate(inputs_embeds):
+            by_length.setdefault(int(embeds.shape[-2]), []).append(index)
+        for indices in by_length.values():
+            for start in range(0, len(indices), max(1, batch_size)):
+                chunk = indices[start:start + max(1, batch_size)]
+                batch = torch.cat([inputs_embeds[i].to(device=self.device, dtype=self.dtype) for i in chunk])
+                logits = self.llm(inputs_embeds=batch, use_cache=False, logits_to_keep=1).logits[:, -1, :]
+                out[torch.as_tensor(chunk, device=self.device)] = logits.float().index_select(1, columns)
+        return out
+
     def _decode(self, inputs_embeds: Tensor, settings: GenerationSettings, tokenizer, *,
                 on_text: TextCallback | None = None, should_stop: StopCheck | None = None,
                 forced: list[int] | None = None, return_logits: bool = False) -> Generation:

@@ -16,6 +16,7 @@ encoder is never re-run for semantics.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -36,10 +37,15 @@ from pam_ros.model.language import (
 from pam_ros.model.perceiver import IMAGE_SCALE, VIDEO_FRAME_SCALE, SemanticPerceiver
 from pam_ros.model.sam2_backbone import DecoderOutput, ImageEncoding, Sam2Backbone, VisualPrompt
 from pam_ros.model.tasks import (
+    AFFORDANCE_QUESTION,
     PreparedPrompt,
+    affordance_question,
+    answer_token_ids,
+    chat_prompt,
     is_video_task,
     parse_explanation,
     prepare_prompt,
+    tokenize_prompt,
 )
 
 log = logging.getLogger(__name__)
@@ -94,6 +100,24 @@ class PamGeneration(Generation):
     prompt: str = ""  # the user turn sent to the LLM
     explanation: object | None = None  # tasks.Explanation (category, definition, raw)
     num_frames: int = 1  # frames the LLM saw (16 in video mode)
+
+
+@dataclass(frozen=True)
+class AffordanceAnswer:
+    """PAM's yes/no judgement that one object serves a need, read from its first answer position.
+
+    yes_logit / no_logit: the raw logits (no penalty, no temperature) at the first token id of "Yes"
+    and of "No"; log_odds = yes_logit - no_logit; score = exp(yes) / (exp(yes) + exp(no)) = sigmoid(log_odds).
+    """
+
+    query: str
+    score: float
+    log_odds: float
+    yes_logit: float
+    no_logit: float
+
+    def to_json(self) -> dict:
+        return {"query": self.query, "score": self.score, "log_odds": self.log_odds}
 
 
 def select_video_frames(num_frames: int) -> list[int]:
@@ -265,6 +289,33 @@ class PamModel:
         if prepared.task in EXPLAIN_TASKS:
             result.explanation = parse_explanation(out.text)
         return result
+
+    @torch.inference_mode()
+    def ask(self, objects: RegionFeatures | Sequence[RegionFeatures], query: str, *,
+            template: str = AFFORDANCE_QUESTION, batch_size: int = 8) -> list[AffordanceAnswer]:
+        """Can each object be used for `query`? One answer per object, in order (one frame's features each).
+
+        The question (tasks.AFFORDANCE_QUESTION unless `template` is given) goes through PAM's chat
+        template with the object's region tokens; only the prefill runs (no text is generated), and
+        the objects' prefills are batched (batch_size at a time). TaskError for an empty query.
+        """
+        items = [objects] if _is_single(objects) else list(objects)
+        user_turn = affordance_question(query, template)
+        input_ids = tokenize_prompt(chat_prompt(user_turn), self.tokenizer)
+        yes_id, no_id = answer_token_ids(self.tokenizer)
+        if not items:
+            return []
+        embeds = [self.language.embed_prompt(input_ids, self.region_embeddings(as_region_features(f)))
+                  for f in items]
+        logits = self.language.first_step_logits(embeds, (yes_id, no_id), batch_size=batch_size)
+        pairs = logits.cpu().tolist()  # the one host sync of the whole query
+        text = query.strip()
+        answers = []
+        for yes, no in pairs:
+            log_odds = yes - no
+            score = 0.5 * (1.0 + math.tanh(0.5 * log_odds))  # the sigmoid, without overflow at any logit
+            answers.append(AffordanceAnswer(text, float(score), float(log_odds), float(yes), float(no)))
+        return answers
 
     def describe_image(self, image, prompt: VisualPrompt, tasks: Sequence[str], **generation) -> tuple[
             DecoderOutput, list[PamGeneration]]:

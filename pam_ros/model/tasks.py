@@ -52,6 +52,14 @@ _CHAT_TEMPLATE = (
 )
 
 
+# The affordance question (not one of PAM's trained tasks): asked per object, answered by the first
+# token alone, so the planner gets P(yes) instead of text to parse. {query} is the need in words.
+AFFORDANCE_QUESTION = "<image>\nCan this object be used for the following: {query}? Answer yes or no."
+QUERY_FIELD = "{query}"
+# The words whose first token ids are read from the first generated position.
+YES_WORD, NO_WORD = "Yes", "No"
+
+
 def task_names() -> list[str]:
     return list(TASK_PROMPTS)
 
@@ -90,6 +98,35 @@ def free_prompt(text: str) -> str:
     if IMAGE_PLACEHOLDER in text:
         return text
     return f"{IMAGE_PLACEHOLDER}\n{text.strip()}"
+
+
+def affordance_question(query: str, template: str = AFFORDANCE_QUESTION) -> str:
+    """The user turn asking whether the region serves `query` (surrounding whitespace dropped).
+
+    The template must hold {query} and one <image>; the query is put in as it is (no formatting, so
+    braces in it are harmless). An empty or whitespace-only query raises TaskError.
+    """
+    if not isinstance(query, str) or not query.strip():
+        raise TaskError("the query is empty: say what the object should be used for, e.g. 'cutting paper'")
+    check_affordance_template(template)
+    return template.replace(QUERY_FIELD, query.strip())
+
+
+def check_affordance_template(template: str) -> str:
+    """TaskError unless the template holds {query} and exactly one <image>."""
+    if QUERY_FIELD not in template or template.count(IMAGE_PLACEHOLDER) != 1:
+        raise TaskError(f"the affordance question template must contain {QUERY_FIELD} and exactly one "
+                        f"{IMAGE_PLACEHOLDER}, got {template!r}")
+    return template
+
+
+def answer_token_ids(tokenizer) -> tuple[int, int]:
+    """(first token id of "Yes", first token id of "No") in the tokenizer's encoding."""
+    yes = tokenizer(YES_WORD, add_special_tokens=False).input_ids
+    no = tokenizer(NO_WORD, add_special_tokens=False).input_ids
+    if not yes or not no or yes[0] == no[0]:
+        raise TaskError(f"the tokenizer cannot tell {YES_WORD!r} from {NO_WORD!r} by their first token")
+    return int(yes[0]), int(no[0])
 
 
 def chat_prompt(user_turn: str, system: str = SYSTEM_PROMPT) -> str:
