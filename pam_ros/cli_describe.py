@@ -1,7 +1,7 @@
 """`pam-ros describe`: segment one object in an image or a clip and say what it is (PAM tasks).
 
     pam-ros describe IMAGE [--box X1 Y1 X2 Y2] [--point X Y [LABEL]]... --task NAME [--task NAME]...
-        [--prompt TEXT] [--history TEXT] [--model NAME | --sam2-config CFG --sam2-checkpoint PT --pam DIR]
+        [--prompt TEXT] [--ask QUERY] [--history TEXT] [--model NAME | --sam2-config CFG --sam2-checkpoint PT --pam DIR]
         [--device D] [--dtype T] [--max-new-tokens N] [--greedy | --temperature T --top-p P]
         [--json] [--save-overlay PNG]
 
@@ -11,7 +11,8 @@ every frame (pam_ros.engine.clip); video tasks (video_caption, video_stream_capt
 and their _zh variants; the default on a clip) run PAM's video mode on 16 frames of the track, image
 tasks describe the first frame, and --prompt asks about the whole track. The JSON adds
 "frames": [{"index", "score", "mask_rle"}] for every frame; the top-level mask and score are the
-first frame's.
+first frame's. --ask "QUERY" (one image) adds "ask": {"query", "score", "log_odds"}: PAM's P(yes)
+that the object can be used for QUERY (model/tasks.py AFFORDANCE_QUESTION); tasks are optional then.
 
 Bad input (missing file, non-RGB image, NaN, labels other than 0/1, zero-area box, no prompt, unknown
 task) ends with one clear line on stderr and exit status 2, before any model is loaded. A box partly
@@ -60,6 +61,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "video_stream_caption (+ _zh; default: video_caption)")
     p.add_argument("--prompt", help="free question about the object (runs as task 'prompt'; on a clip it "
                                     "asks about the whole track)")
+    p.add_argument("--ask", metavar="QUERY",
+                   help="ask whether the object serves a need, e.g. \"cutting paper\": adds \"ask\": {query, "
+                        "score, log_odds} (PAM's P(yes) from its first answer token; no text generated); "
+                        "tasks are optional with --ask")
     p.add_argument("--history", metavar="TEXT",
                    help="previous caption for video_stream_caption(_zh) (PAM's streaming template; "
                         "default None)")
@@ -140,7 +145,7 @@ def check_tasks(args) -> list[str]:
     from pam_ros.model.tasks import canonical_task, is_video_task
 
     tasks = []
-    for name in args.task or ([] if args.prompt else list(DEFAULT_TASKS)):
+    for name in args.task or ([] if args.prompt or args.ask is not None else list(DEFAULT_TASKS)):
         task = canonical_task(name)
         if is_video_task(task):
             raise InputError(f"task {name!r} needs a video: give a directory of frames or a video file "
@@ -222,6 +227,9 @@ def describe(args) -> dict:
         "category": explanation.category if explanation else None,
         "definition": explanation.definition if explanation else None,
     }
+    if args.ask is not None:
+        log.info("asking whether the object serves %r", args.ask.strip())
+        result["ask"] = model.ask(features, args.ask)[0].to_json()
     if args.save_overlay:
         save_overlay(image, mask, prompt, args.save_overlay)
     return result
@@ -233,6 +241,8 @@ def checked_options_and_model(args):
     source = model_source(args)
     if args.prompt is not None and not args.prompt.strip():
         raise InputError("--prompt is empty")
+    if args.ask is not None and not args.ask.strip():
+        raise InputError("--ask is empty: say what the object should be used for, e.g. --ask \"cutting paper\"")
     log.info("loading model (%s) on %s, %s", " ".join(source[1:]), args.device, args.dtype)
     return options, load_model(source, args.device, args.dtype)
 
@@ -241,6 +251,8 @@ def describe_clip_command(args) -> dict:
     """The --json object for a clip: the first frame's fields, the tasks, and every frame's mask."""
     from pam_ros.engine.clip import check_clip_tasks, describe_clip, open_clip, track_clip
 
+    if args.ask is not None:
+        raise InputError("--ask works on one image (the object on one frame), not on a clip")
     clip = open_clip(args.image)
     width, height = clip.size_wh
     prompt = build_prompt(args, (width, height))
@@ -310,6 +322,9 @@ def print_text(result: dict) -> None:
         print(f"tracked through {len(result['frames'])} frames, present in {present}")
     for task, out in result["tasks"].items():
         print(f"[{task}] {out['text']}")
+    if "ask" in result:
+        ask = result["ask"]
+        print(f"[ask] {ask['query']}: score {ask['score']:.3f} (log odds {ask['log_odds']:+.3f})")
     if result["category"] is not None:
         print(f"category: {result['category']}")
         print(f"definition: {result['definition']}")

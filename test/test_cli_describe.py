@@ -127,3 +127,24 @@ def test_model_errors_are_one_line(capsys, tmp_path):
     assert code != 0 and "not found" in err and len(err.strip().splitlines()) <= 2
     code = main(["describe", IMG0, "--box", "1", "2", "30", "40"])
     assert code == 2 and "no model" in capsys.readouterr().err
+
+
+def test_ask_adds_the_affordance_score_and_makes_tasks_optional(capsys, pam_model, decoded_image_cases):
+    box = [str(v) for v in C0["visual_prompt"]]
+    code = main(["describe", IMG0, "--box", *box, "--ask", "  cutting paper ", *MODEL_ARGS, "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    result = json.loads(out)
+    assert result["tasks"] == {} and set(result["ask"]) == {"query", "score", "log_odds"}
+    _, dec = decoded_image_cases[C0["case"]]
+    (expected,) = pam_model.ask(pam_model.region_features(dec, 0), "cutting paper")
+    assert result["ask"]["query"] == "cutting paper"
+    assert result["ask"]["log_odds"] == pytest.approx(expected.log_odds, abs=1e-4)
+    assert result["ask"]["score"] == pytest.approx(expected.score, abs=1e-5)
+
+
+@pytest.mark.parametrize("query", ["", "   "])
+def test_an_empty_ask_is_refused_with_status_2(capsys, query):
+    code = main(["describe", IMG0, "--box", "1", "2", "30", "40", "--ask", query, *MODEL_ARGS])
+    err = capsys.readouterr().err
+    assert code == 2 and "--ask is empty" in err
