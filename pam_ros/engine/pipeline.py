@@ -12,12 +12,16 @@ import gc
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
+from pam_ros.engine.affordance import RankedObject, check_query, rank
+from pam_ros.engine.depth_sync import DepthMatcher
 from pam_ros.engine.describe import segment_object
+from pam_ros.engine.geometry import DepthImage, DepthSettings, check_depth_size, object_geometry
 from pam_ros.engine.prompts import PromptFuture, PromptQueue
 from pam_ros.engine.scheduler import ScheduledWork, SemanticsScheduler
 from pam_ros.engine.semantics import SemanticsJob, SemanticsStore, SemanticsWorker, fill_named_fields
@@ -33,10 +37,24 @@ from pam_ros.engine.types import (
     SemanticsState,
     TrackingState,
 )
-from pam_ros.errors import ConfigError, EngineClosedError, ImageError, PamError, PromptError, UnknownObjectError
+from pam_ros.errors import (
+    ConfigError,
+    DepthError,
+    EngineClosedError,
+    ImageError,
+    PamError,
+    PromptError,
+    UnknownObjectError,
+)
 from pam_ros.masks import mask_centroid
 from pam_ros.model.selection import ModelSpec
-from pam_ros.model.tasks import canonical_task, is_streaming_task, is_video_task
+from pam_ros.model.tasks import (
+    AFFORDANCE_QUESTION,
+    canonical_task,
+    check_affordance_template,
+    is_streaming_task,
+    is_video_task,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +75,12 @@ class PipelineConfig:
     # video_stream_caption: every `stream_window_frames` frames of a track are captioned (16 of them,
     # evenly spread) with the previous window's caption as history -> a running narrative.
     stream_window_frames: int = 32
+    # find_objects: the question asked per object ({query} = the need; README "For manipulation planners")
+    affordance_question: str = AFFORDANCE_QUESTION
+    # 3-D geometry from aligned depth (engine/geometry.py); None = off. depth_slop_ms: how far a depth
+    # image's stamp may be from the colour frame's (0 = the exact stamp).
+    depth: DepthSettings | None = None
+    depth_slop_ms: float = 0.0
 
     def validate(self) -> None:
         for task in self.new_object_tasks:
@@ -73,6 +97,9 @@ class PipelineConfig:
             raise ConfigError("stream_window_frames must be >= 16 (PAM's video mode reads 16 frames)")
         if self.refresh_period_s < 0 or self.prompt_hold_s < 0:
             raise ConfigError("refresh_period_s and prompt_hold_s must be >= 0")
+        if not self.depth_slop_ms >= 0:
+            raise ConfigError(f"depth_slop_ms must be >= 0, got {self.depth_slop_ms}")
+        check_affordance_template(self.affordance_question)
 
 
 def check_image(image: np.ndarray) -> np.ndarray:
@@ -132,6 +159,10 @@ class PerceptionPipeline:
         self._frame_index = 0
         self._closed = False
         self._tracking_s = 0.0
+        # depth images fed by add_depth (live front ends), matched to frames by stamp
+        self._depth_matcher: DepthMatcher = DepthMatcher(int(self.config.depth_slop_ms * 1e6))
+        self.frames_with_depth = 0
+        self.frames_without_depth = 0
 
     @classmethod
     def load(cls, spec: ModelSpec, config: PipelineConfig | None = None) -> "PerceptionPipeline":
@@ -207,8 +238,17 @@ class PerceptionPipeline:
         return tracker is not None and object_id in tracker.object_ids
 
     # ----------------------------------------------------------------- tracking
-    def process(self, image: np.ndarray, stamp_ns: int) -> FrameResult:
-        """Track every object on one frame (HxWx3 uint8 RGB); apply the prompts due on it."""
+    def add_depth(self, depth: DepthImage) -> None:
+        """A depth image aligned to the colour stream, for the frame with its stamp (any thread, any
+        order: process() looks it up once the frame is tracked, so it has the tracking time to come)."""
+        self._depth_matcher.add_depth(depth.stamp_ns, depth)
+
+    def process(self, image: np.ndarray, stamp_ns: int, depth: DepthImage | None | object = ...) -> FrameResult:
+        """Track every object on one frame (HxWx3 uint8 RGB); apply the prompts due on it.
+
+        With config.depth set, each object gets its geometry from `depth` (a DepthImage, or None for a
+        frame without depth) or, when depth is not given, from the image add_depth() matched to stamp_ns.
+        """
         self._ensure_open()
         image = check_image(image)
         h, w = image.shape[:2]
@@ -238,16 +278,38 @@ class PerceptionPipeline:
                                          stamp_ns=stamp_ns if outcome.accepted else 0))
             resolved.append(future.result())
         self._schedule_semantics(track)
+        geometries, has_depth, depth_error = self._geometry(track.objects, stamp_ns, (w, h), depth)
         objects = []
         with self._state_lock:
             for obj in track.objects:
                 result = ObjectResult(obj.object_id, float(obj.score), float(obj.object_score_logit),
                                       TrackingState(int(obj.state)), int(obj.frames_lost), obj.mask,
                                       tuple(obj.roi), int(obj.mask_area), mask_centroid(obj.mask),
-                                      self._store.get(obj.object_id))
+                                      self._store.get(obj.object_id), geometries.get(obj.object_id))
                 self._last_objects[obj.object_id] = result
                 objects.append(result)
-        return FrameResult(frame_index, stamp_ns, w, h, objects, self._tracking_s, resolved)
+        return FrameResult(frame_index, stamp_ns, w, h, objects, self._tracking_s, resolved,
+                           has_depth=has_depth, depth_error=depth_error)
+
+    def _geometry(self, objects, stamp_ns: int, size_wh: tuple[int, int], depth) -> tuple[dict, bool, str]:
+        """({object id: ObjectGeometry or None}, depth used, why the depth image was refused)."""
+        settings = self.config.depth
+        if settings is None:
+            return {}, False, ""
+        if depth is ...:
+            depth = self._depth_matcher.take(stamp_ns)
+        if depth is None:
+            self.frames_without_depth += 1
+            return {}, False, ""
+        try:
+            check_depth_size(depth, size_wh)
+            geometries = {obj.object_id: object_geometry(depth, obj.mask, settings)
+                          for obj in objects if obj.mask_area > 0}
+        except DepthError as exc:
+            self.frames_without_depth += 1
+            return {}, False, str(exc)
+        self.frames_with_depth += 1
+        return geometries, True, ""
 
     def _schedule_semantics(self, track) -> None:
         observations = [(obj.object_id, obj.state, obj.features) for obj in track.objects]
@@ -370,6 +432,56 @@ class PerceptionPipeline:
         obj.semantics = sem
         return obj, results
 
+    # ----------------------------------------------------------------- queries
+    def find_objects(self, query: str, object_ids: Sequence[str] = (), *, max_results: int = 0,
+                     min_score: float = 0.0) -> Future:
+        """Rank tracked objects for a need: a Future of [RankedObject], best first.
+
+        Every object in object_ids (empty = every tracked object seen on a frame) is asked
+        config.affordance_question on its latest kept features, in one batched prefill on the
+        semantics worker (never the tracking thread). QueryError / UnknownObjectError at once for an
+        empty query, bad limits or an unknown id.
+        """
+        self._ensure_open()
+        query = check_query(query, max_results, min_score)
+        candidates = self._query_candidates(object_ids)
+        template = self.config.affordance_question
+
+        def ask() -> list[RankedObject]:
+            if not candidates:
+                return []
+            with self._llm_lock:
+                if self.model is None:
+                    raise EngineClosedError("the pipeline was closed")
+                answers = self.model.ask([features for _, features, _ in candidates], query, template=template)
+            return rank(candidates, answers, max_results=max_results, min_score=min_score)
+
+        return self._worker.submit_call(ask)
+
+    def rank_objects(self, query: str, object_ids: Sequence[str] = (), *, max_results: int = 0,
+                     min_score: float = 0.0, timeout_s: float | None = None) -> list[RankedObject]:
+        """find_objects, waited for (TimeoutError after timeout_s)."""
+        return self.find_objects(query, object_ids, max_results=max_results, min_score=min_score).result(timeout_s)
+
+    def _query_candidates(self, object_ids: Sequence[str]) -> list[tuple[str, object, ObjectResult]]:
+        wanted = [oid.strip() for oid in object_ids if oid.strip()]
+        tracked = self.tracker.object_ids if self.tracker is not None else []
+        unknown = [oid for oid in wanted if oid not in tracked]
+        if unknown:
+            raise UnknownObjectError(f"unknown object id(s) {', '.join(map(repr, unknown))} "
+                                     f"(tracked: {', '.join(tracked) or 'none'})")
+        candidates = []
+        with self._state_lock:
+            for oid in dict.fromkeys(wanted or tracked):
+                frames = self.tracker.features(oid)
+                obj = self._last_objects.get(oid)
+                if not frames or obj is None:
+                    if wanted:
+                        raise UnknownObjectError(f"object {oid!r} has not been seen on a frame yet")
+                    continue
+                candidates.append((oid, frames[-1], ObjectResult(**vars(obj))))
+        return candidates
+
     # ----------------------------------------------------------------- status
     def wait_semantics_idle(self, timeout_s: float | None = None) -> bool:
         return self._worker.wait_idle(timeout_s)
@@ -399,6 +511,9 @@ class PerceptionPipeline:
             "semantics_merged": self._worker.jobs_merged,
             "held_prompts": len(self._prompts),
         }
+        if self.config.depth is not None:
+            out["frames_with_depth"] = self.frames_with_depth
+            out["frames_without_depth"] = self.frames_without_depth
         device = getattr(self.model, "device", None)
         if device is not None and getattr(device, "type", str(device)).startswith("cuda"):
             import torch

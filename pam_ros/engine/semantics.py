@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -169,6 +169,7 @@ class SemanticsWorker:
         self._is_tracked = is_tracked
         self._lock = threading.Condition()
         self._queued: OrderedDict[tuple[str, str], SemanticsJob] = OrderedDict()
+        self._calls: deque[tuple[Callable[[], object], Future]] = deque()  # one-off work (queries), first
         self._closed = False
         self._running = 0
         self.jobs_done = 0
@@ -201,10 +202,24 @@ class SemanticsWorker:
             self.jobs_merged += 1
         return job.future
 
+    def submit_call(self, fn: Callable[[], object]) -> Future:
+        """Run fn() on the worker (inline in "sync" mode), before the queued jobs; its result or error
+        on the returned future. A future cancelled before it starts is skipped."""
+        future: Future = Future()
+        if self._closed:
+            raise EngineClosedError("the semantics worker is closed")
+        if self._mode == "sync":
+            _run_call(fn, future)
+            return future
+        with self._lock:
+            self._calls.append((fn, future))
+            self._lock.notify_all()
+        return future
+
     def pending(self) -> int:
         """Jobs queued or running."""
         with self._lock:
-            return len(self._queued) + self._running
+            return len(self._queued) + len(self._calls) + self._running
 
     def queued(self) -> int:
         with self._lock:
@@ -212,30 +227,39 @@ class SemanticsWorker:
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         with self._lock:
-            return self._lock.wait_for(lambda: not self._queued and not self._running, timeout_s)
+            return self._lock.wait_for(lambda: not self._queued and not self._calls and not self._running, timeout_s)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             jobs = list(self._queued.values())
             self._queued.clear()
+            calls = list(self._calls)
+            self._calls.clear()
             self._lock.notify_all()
         # Fail what is still queued, so that nobody waits forever on a future.
         for job in jobs:
             job.fail(EngineClosedError("the pipeline was closed before this job ran"))
+        for _, future in calls:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(EngineClosedError("the pipeline was closed before this request ran"))
         if self._thread is not None:
             self._thread.join(timeout=30)
 
     def _loop(self) -> None:
         while True:
             with self._lock:
-                self._lock.wait_for(lambda: self._queued or self._closed)
+                self._lock.wait_for(lambda: self._queued or self._calls or self._closed)
                 if self._closed:
                     return
-                _, job = self._queued.popitem(last=False)
+                call = self._calls.popleft() if self._calls else None
+                job = None if call is not None else self._queued.popitem(last=False)[1]
                 self._running += 1
             try:
-                self._run(job)
+                if call is not None:
+                    _run_call(*call)
+                else:
+                    self._run(job)
             finally:
                 with self._lock:
                     self._running -= 1
@@ -267,3 +291,12 @@ class SemanticsWorker:
         self.jobs_done += 1
         self._store.set_result(job.object_id, job, results)
         job.succeed(results)
+
+
+def _run_call(fn: Callable[[], object], future: Future) -> None:
+    if not future.set_running_or_notify_cancel():
+        return  # the caller gave up before it started
+    try:
+        future.set_result(fn())
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller on its future
+        future.set_exception(exc)

@@ -113,6 +113,8 @@ class FrameResult:
     objects: list[ObjectResult]
     tracking_seconds: float
     prompt_outcomes: list[PromptOutcome] = field(default_factory=list)
+    has_depth: bool = False  # a depth image was matched and used for this frame's geometry
+    depth_error: str = ""  # why the matched depth image was refused (e.g. its size), "" if none
 
 
 @dataclass
