@@ -1,6 +1,7 @@
 """Launch pam_ros_node (the Perceive Anything Model perception node).
 
     ros2 launch pam_ros pam.launch.py image_topic:=/camera/color/image_raw model:=PAM-1.5B
+    ros2 launch pam_ros pam.launch.py image_topic:=/camera/color/image_raw depth_topic:=/camera/aligned_depth_to_color/image_raw depth_info_topic:=/camera/aligned_depth_to_color/camera_info
     ros2 launch pam_ros pam.launch.py sam2_checkpoint:=/w/sam2.1_hiera_large.pt pam_checkpoint:=/w/PAM-3B device:=cuda
 
 Parameters come from params_file (default: the installed config/pam_ros.yaml); every argument left
@@ -33,10 +34,13 @@ PARAMETER_ARGUMENTS = {
     "max_new_tokens": "default token limit per task",
     "refresh_period_s": "re-run semantics every N s (0 = never)",
     "autostart": "true: configure + activate on start",
+    "use_depth": "true: 3-D geometry from depth_topic + depth_info_topic (default: true when depth_topic is given)",
+    "depth_scale": "metres per 16UC1 depth unit",
+    "depth_slop_ms": "largest colour/depth stamp difference (0 = exact)",
 }
-BOOLEAN_PARAMETERS = {"publish_overlay", "autostart"}
+BOOLEAN_PARAMETERS = {"publish_overlay", "autostart", "use_depth"}
 INTEGER_PARAMETERS = {"max_objects", "max_new_tokens", "image_size"}
-FLOAT_PARAMETERS = {"refresh_period_s"}
+FLOAT_PARAMETERS = {"refresh_period_s", "depth_scale", "depth_slop_ms"}
 
 
 def _default_params_file() -> str:
@@ -67,6 +71,13 @@ def _node(context):
     prompts_topic = LaunchConfiguration("prompts_topic").perform(context)
     if prompts_topic:
         remappings.append(("prompts", prompts_topic))
+    depth_topic = LaunchConfiguration("depth_topic").perform(context)
+    depth_info_topic = LaunchConfiguration("depth_info_topic").perform(context)
+    if depth_topic:
+        remappings.append(("depth/image", depth_topic))
+        overrides.setdefault("use_depth", True)
+    if depth_info_topic:
+        remappings.append(("depth/camera_info", depth_info_topic))
     return [LifecycleNode(
         package="pam_ros",
         executable="pam_ros_node",
@@ -85,6 +96,11 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("image_topic", default_value="image",
                               description="Camera topic (sensor_msgs/Image); compressed input uses <image_topic>/compressed"),
         DeclareLaunchArgument("prompts_topic", default_value="", description="Remap the prompts topic ('' = prompts)"),
+        DeclareLaunchArgument("depth_topic", default_value="",
+                              description="Aligned depth (sensor_msgs/Image 16UC1 or 32FC1, same size and stamps as "
+                                          "image_topic); giving it turns use_depth on ('' = depth/image)"),
+        DeclareLaunchArgument("depth_info_topic", default_value="",
+                              description="CameraInfo of the aligned depth ('' = depth/camera_info)"),
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node and its topics"),
         DeclareLaunchArgument("node_name", default_value="pam_ros_node", description="Node name"),
         DeclareLaunchArgument("params_file", default_value=_default_params_file(),

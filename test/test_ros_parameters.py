@@ -86,15 +86,28 @@ def test_engine_parameters_mirror_the_pipeline_config(node):
 
     from pam_ros.engine.pipeline import PipelineConfig
 
+    from pam_ros.engine.geometry import DepthSettings
+
     engine_defaults = {f.name: f.default for f in dataclasses.fields(PipelineConfig)}
     del engine_defaults["semantics_mode"]
+    # depth (DepthSettings or None) is use_depth (default off) plus one parameter per DepthSettings field
+    assert engine_defaults.pop("depth") is None and node.get_parameter("use_depth").value is False
+    engine_defaults.update({f.name: f.default for f in dataclasses.fields(DepthSettings)})
     for name, default in engine_defaults.items():
         assert node.has_parameter(name), f"PipelineConfig.{name} has no node parameter"
         value = node.get_parameter(name).value
         assert (tuple(value) if isinstance(value, list) else value) == default, name
     config = read_settings(node).pipeline_config()
     config.validate()
-    assert config.semantics_mode == "async"
+    assert config.semantics_mode == "async" and config.depth is None
+    node.set_parameters([Parameter("use_depth", value=True), Parameter("depth_band_m", value=0.02)])
+    try:
+        assert read_settings(node).pipeline_config().depth == DepthSettings(depth_band_m=0.02)
+        assert not node.set_parameters([Parameter("depth_scale", value=0.0)])[0].successful
+        refused = node.set_parameters([Parameter("affordance_question", value="Is it for {query}?")])[0]
+        assert not refused.successful and "<image>" in refused.reason
+    finally:
+        node.set_parameters([Parameter("use_depth", value=False), Parameter("depth_band_m", value=0.05)])
 
 
 def test_model_parameters_mirror_the_model_spec(node):

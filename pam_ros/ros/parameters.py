@@ -10,9 +10,9 @@ from typing import Any
 
 from rcl_interfaces.msg import ParameterDescriptor
 
-from pam_ros.errors import ConfigError, SettingsError
+from pam_ros.errors import ConfigError, PamError, SettingsError
 from pam_ros.model.selection import PATH_FIELDS, ModelSpec, check_device_name, check_image_size
-from pam_ros.model.tasks import DTYPE_NAMES
+from pam_ros.model.tasks import AFFORDANCE_QUESTION, DTYPE_NAMES
 
 IMAGE_QOS_CHOICES = ("sensor_data", "reliable")
 IMAGE_TRANSPORT_CHOICES = ("raw", "compressed")
@@ -76,7 +76,24 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("no_image_warn_s", 5.0, "Warn once when no image arrives for this many seconds after activation."),
     ParameterSpec("diagnostics_period_s", 1.0, "Period of /diagnostics messages (read at start)."),
     ParameterSpec("request_timeout_s", 10.0,
-                  "How long manage_objects waits for its prompts to be applied to a processed frame."),
+                  "How long manage_objects waits for its prompts to be applied to a processed frame, and "
+                  "find_objects for its answer."),
+    # --- planners: geometry from aligned depth, find_objects ---
+    ParameterSpec("use_depth", False,
+                  "Subscribe `depth/image` (aligned depth, 16UC1 or 32FC1) and `depth/camera_info` and give each "
+                  "object its 3-D geometry (PerceivedObject.has_geometry, position, size, grasp_point)."),
+    ParameterSpec("depth_scale", 0.001, "Metres per unit of a 16UC1 depth image (0.001: millimetres)."),
+    ParameterSpec("depth_slop_ms", 0.0,
+                  "Largest stamp difference between a colour frame and its depth image; 0 = the exact stamp."),
+    ParameterSpec("min_depth_m", 0.1, "Depth readings nearer than this (metres) are invalid."),
+    ParameterSpec("max_depth_m", 10.0, "Depth readings farther than this (metres) are invalid."),
+    ParameterSpec("min_depth_points", 20, "Fewer mask pixels with valid depth than this: no geometry."),
+    ParameterSpec("depth_band_m", 0.05,
+                  "Mask pixels whose depth is farther than this from the object's median depth are dropped "
+                  "(background the mask bleeds onto)."),
+    ParameterSpec("affordance_question", AFFORDANCE_QUESTION,
+                  "find_objects: the question asked per object; {query} is replaced by the request's query and "
+                  "<image> marks the object's region tokens."),
 )
 PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
 _SPECS = {spec.name: spec for spec in PARAMETERS}
@@ -110,6 +127,17 @@ def check_parameter_value(name: str, value: Any) -> None:
         raise SettingsError(f"parameter top_p={value!r} must be in (0, 1]")
     if name == "device":
         _check_with(check_device_name, name, value)
+    if name in ("depth_scale", "max_depth_m", "depth_band_m", "min_depth_points") and not value > 0:
+        raise SettingsError(f"parameter {name}={value!r} must be > 0")
+    if name in ("depth_slop_ms", "min_depth_m") and not value >= 0:
+        raise SettingsError(f"parameter {name}={value!r} must be >= 0")
+    if name == "affordance_question":
+        from pam_ros.model.tasks import check_affordance_template
+
+        try:
+            check_affordance_template(value)
+        except PamError as error:
+            raise SettingsError(f"parameter affordance_question: {error}") from None
 
 
 def _check_with(rule, name: str, value: Any) -> None:
@@ -155,7 +183,20 @@ class NodeSettings:
             top_p=float(self.top_p),
             semantics_mode="async",  # the node never lets semantics block tracking
             prompt_hold_s=float(self.prompt_hold_s),
+            affordance_question=str(self.affordance_question),
+            depth=self.depth_settings() if self.use_depth else None,
+            depth_slop_ms=float(self.depth_slop_ms),
         )
+
+    def depth_settings(self):
+        from pam_ros.engine.geometry import DepthSettings
+
+        try:
+            return DepthSettings(depth_scale=float(self.depth_scale), min_depth_m=float(self.min_depth_m),
+                                 max_depth_m=float(self.max_depth_m), min_depth_points=int(self.min_depth_points),
+                                 depth_band_m=float(self.depth_band_m))
+        except PamError as error:
+            raise SettingsError(f"depth parameters: {error}") from None
 
 
 def read_settings(node) -> NodeSettings:
