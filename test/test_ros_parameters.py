@@ -84,9 +84,8 @@ def test_engine_parameters_mirror_the_pipeline_config(node):
     always "async" in the node: semantics never block tracking)."""
     import dataclasses
 
-    from pam_ros.engine.pipeline import PipelineConfig
-
     from pam_ros.engine.geometry import DepthSettings
+    from pam_ros.engine.pipeline import PipelineConfig
 
     engine_defaults = {f.name: f.default for f in dataclasses.fields(PipelineConfig)}
     del engine_defaults["semantics_mode"]
