@@ -3,7 +3,8 @@
 Topics, services and the action use relative names so namespaces and remapping work:
   subscribes  image (sensor_msgs/Image) or image/compressed (parameter image_transport), prompts (pam_ros/Prompt)
   publishes   objects (pam_ros/PerceivedObjectArray), overlay (sensor_msgs/Image), /diagnostics
-  services    describe (pam_ros/Describe), manage_objects (pam_ros/ManageObjects)
+  services    describe (pam_ros/Describe), manage_objects (pam_ros/ManageObjects), find_objects (pam_ros/FindObjects)
+  planners    use_depth: subscribes depth/image + depth/camera_info, publishes markers (ros/planning.py)
   action      caption (pam_ros/Caption)
 Lifecycle: configure reads and validates the parameters; activate loads the model and starts tracking;
 deactivate stops tracking and frees the model (GPU memory); cleanup / shutdown release everything.
@@ -50,7 +51,8 @@ from pam_ros.ros.parameters import (
     declare_parameters,
     read_settings,
 )
-from pam_ros.srv import Describe, ManageObjects
+from pam_ros.ros.planning import DepthInput, MarkerPublisher, answer_find_objects
+from pam_ros.srv import Describe, FindObjects, ManageObjects
 
 NODE_NAME = "pam_ros_node"
 DEFAULT_DESCRIBE_TASKS = ("explain", "caption")
@@ -105,6 +107,9 @@ class PamNode(LifecycleNode):
 
         self._image_sub = None
         self._prompt_sub = None
+        self._depth_input: DepthInput | None = None
+        self._markers: MarkerPublisher | None = None
+        self._depth_errors_warned: set[str] = set()
         self._objects_pub = None
         self._overlay_pub = None
 
@@ -114,6 +119,8 @@ class PamNode(LifecycleNode):
         self._manage_group = MutuallyExclusiveCallbackGroup()
         self._caption_group = ReentrantCallbackGroup()
         self._timer_group = MutuallyExclusiveCallbackGroup()
+        self._find_group = MutuallyExclusiveCallbackGroup()
+        self._depth_group = MutuallyExclusiveCallbackGroup()
 
         # Services, action and diagnostics exist in every lifecycle state, so a request while
         # inactive gets a clear answer instead of silence.
@@ -121,6 +128,7 @@ class PamNode(LifecycleNode):
         self.create_service(Describe, "describe", self._on_describe, callback_group=self._describe_group)
         self.create_service(ManageObjects, "manage_objects", self._on_manage_objects,
                             callback_group=self._manage_group)
+        self.create_service(FindObjects, "find_objects", self._on_find_objects, callback_group=self._find_group)
         self._caption_server = ActionServer(
             self, Caption, "caption", execute_callback=self._execute_caption,
             goal_callback=lambda goal: GoalResponse.ACCEPT,
@@ -156,6 +164,7 @@ class PamNode(LifecycleNode):
         self._objects_pub = self.create_lifecycle_publisher(PerceivedObjectArray, "objects", 10)
         self._overlay_pub = self.create_lifecycle_publisher(
             Image, "overlay", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        self._markers = MarkerPublisher(self, QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
         self.get_logger().info(
             f"configured: model {self._describe_model()}, input {self._image_topic_name()} "
             f"({settings.image_qos} QoS), mask_encoding {settings.mask_encoding}")
@@ -229,6 +238,12 @@ class PamNode(LifecycleNode):
             pipeline.close(reason)
 
     def _destroy_publishers(self) -> None:
+        markers, self._markers = self._markers, None
+        if markers is not None:
+            try:
+                markers.destroy(self)
+            except Exception:  # already gone with the context at process exit
+                pass
         for name in ("_objects_pub", "_overlay_pub"):
             publisher = getattr(self, name)
             if publisher is not None:
@@ -276,8 +291,16 @@ class PamNode(LifecycleNode):
                                                    callback_group=self._image_group)
         self._prompt_sub = self.create_subscription(Prompt, "prompts", self._on_prompt, 10,
                                                     callback_group=self._prompt_group)
+        if settings.use_depth:
+            self._depth_input = DepthInput(self, qos, self._depth_group, self._pipeline.add_depth,
+                                           float(settings.depth_scale), self._log_bad_input)
+            self.get_logger().info("depth on: geometry from " + " + ".join(
+                self.resolve_topic_name(t) for t in self._depth_input.topic_names))
 
     def _unsubscribe_inputs(self) -> None:
+        depth_input, self._depth_input = self._depth_input, None
+        if depth_input is not None:
+            depth_input.destroy()
         for name in ("_image_sub", "_prompt_sub"):
             subscription = getattr(self, name)
             if subscription is not None:
@@ -364,6 +387,12 @@ class PamNode(LifecycleNode):
         if objects_pub is not None:
             objects_pub.publish(convert.frame_result_to_msg(
                 result, msg.header, settings.mask_encoding, self._slot.received, self._slot.dropped))
+        markers = self._markers
+        if markers is not None:
+            markers.publish(result, msg.header)
+        if result.depth_error and result.depth_error not in self._depth_errors_warned:
+            self._depth_errors_warned.add(result.depth_error)  # one warning per distinct problem
+            self.get_logger().warn(f"depth image refused (frames go on without geometry): {result.depth_error}")
         published = time.monotonic()
         overlay_pub = self._overlay_pub
         if settings.publish_overlay and overlay_pub is not None and overlay_pub.get_subscription_count() > 0:
@@ -499,6 +528,24 @@ class PamNode(LifecycleNode):
             self._log_bad_input(f"manage_objects: {response.message}")
         return response
 
+    def _on_find_objects(self, request: FindObjects.Request, response: FindObjects.Response) -> FindObjects.Response:
+        pipeline = self._acquire_pipeline()
+        if pipeline is None:
+            response.success, response.message = False, self._inactive_message()
+            return response
+        try:
+            answer_find_objects(pipeline, request, response, timeout_s=float(self._settings.request_timeout_s),
+                                frame_id=self._latest_header.frame_id, mask_encoding=self._settings.mask_encoding)
+        except self._bad_input_errors as error:
+            response.success, response.message = False, f"find_objects refused: {_error_text(error)}"
+            self._log_bad_input(response.message)
+        except Exception as error:
+            response.success, response.message = False, f"find_objects failed: {error}"
+            self.get_logger().error(f"find_objects failed:\n{traceback.format_exc()}")
+        finally:
+            self._release_pipeline()
+        return response
+
     def _execute_caption(self, goal_handle) -> Caption.Result:
         goal = goal_handle.request
         pipeline = self._acquire_pipeline()
@@ -619,6 +666,7 @@ class PamNode(LifecycleNode):
         self._last_image_at = 0.0
         self._no_image_warned = False
         self._bad_input_logged.clear()
+        self._depth_errors_warned.clear()
 
 
 def _help_epilog() -> str:
