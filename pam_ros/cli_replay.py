@@ -44,6 +44,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "object_id, box, points + labels, tasks, action)")
     replay.add_argument("--overwrite", action="store_true", help="replace earlier replay outputs in OUT")
     replay.add_argument("--overlay-pngs", action="store_true", help="also save OUT/overlays/frame_NNNNN.png")
+    replay.add_argument("--depth-topic", default=None, metavar="TOPIC",
+                        help="aligned depth (sensor_msgs/Image 16UC1 or 32FC1, same size and stamps as the image "
+                             "topic): each object gets its 3-D geometry in /objects and frames.jsonl")
+    replay.add_argument("--camera-info-topic", default=None, metavar="TOPIC",
+                        help="CameraInfo of the depth images (default: the bag's only CameraInfo topic)")
+    replay.add_argument("--depth-scale", type=float, default=0.001, metavar="M",
+                        help="metres per 16UC1 depth unit (default 0.001: millimetres)")
+    replay.add_argument("--depth-slop-ms", type=float, default=0.0, metavar="MS",
+                        help="largest stamp difference between an image and its depth image (default 0: exact)")
     _add_engine_arguments(replay, default_model="")
     replay.set_defaults(run=run)
 
@@ -99,6 +108,10 @@ def _load_pipeline(args: argparse.Namespace):
     spec = _model_spec(args).validate()
     config = PipelineConfig(new_object_tasks=tuple(args.tasks), max_new_tokens=args.max_new_tokens,
                             semantics_mode="sync")
+    if getattr(args, "depth_topic", None):
+        from pam_ros.engine.geometry import DepthSettings
+
+        config.depth, config.depth_slop_ms = DepthSettings(depth_scale=args.depth_scale), args.depth_slop_ms
     size = f", SAM 2 input {spec.image_size} px" if spec.image_size else ""
     print(f"loading model {spec.label()} on {spec.device} ({spec.dtype}{size}) ...",
           file=sys.stderr)
@@ -108,18 +121,25 @@ def _load_pipeline(args: argparse.Namespace):
 def _check_inputs(args: argparse.Namespace, overwrite: bool) -> str:
     """Check the bag, topic, prompts file and output directory before loading a model (which may
     take a minute): the error text, or "" when all is well."""
-    from pam_ros.errors import ReplayError
+    from pam_ros.errors import DepthError, ReplayError
     from pam_ros.replay.bag import BagInput
     from pam_ros.replay.outputs import check_out_dir
     from pam_ros.replay.prompts import load_prompt_file
 
     try:
-        with BagInput(args.bag, getattr(args, "image_topic", None)):
+        with BagInput(args.bag, getattr(args, "image_topic", None), depth_topic=getattr(args, "depth_topic", None),
+                      camera_info_topic=getattr(args, "camera_info_topic", None)):
             pass
+        if getattr(args, "depth_topic", None):
+            from pam_ros.engine.geometry import DepthSettings
+
+            DepthSettings(depth_scale=args.depth_scale)
+            if not args.depth_slop_ms >= 0:
+                return f"--depth-slop-ms must be >= 0, got {args.depth_slop_ms}"
         if args.prompts:
             load_prompt_file(args.prompts)
         check_out_dir(args.out, overwrite)
-    except ReplayError as err:
+    except (ReplayError, DepthError) as err:
         return str(err)
     return ""
 
@@ -150,7 +170,8 @@ def _run_replay(args: argparse.Namespace, *, overlay_pngs: bool | None = None, o
                             overwrite=overwrite,
                             overlay_pngs=args.overlay_pngs if overlay_pngs is None else overlay_pngs,
                             mask_encoding=args.mask_encoding, progress=not args.no_progress,
-                            model_name=model_name)
+                            model_name=model_name, depth_topic=getattr(args, "depth_topic", None),
+                            camera_info_topic=getattr(args, "camera_info_topic", None))
     except BagReadError as err:
         report = getattr(err, "report", None)
         if report is not None:

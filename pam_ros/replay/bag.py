@@ -25,11 +25,18 @@ from rosbags.rosbag2 import ReaderError
 from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
+from pam_ros.engine.geometry import CameraIntrinsics, depth_to_metres
 from pam_ros.engine.types import PromptRequest
-from pam_ros.errors import BagOpenError, BagReadError, TopicNotFoundError
+from pam_ros.errors import BagOpenError, BagReadError, DepthError, TopicNotFoundError
 from pam_ros.imaging import ImageDecodeError, decode_compressed, decode_image
 from pam_ros.message_fields import PromptMessageError, prompt_request_from_message, stamp_ns_of
-from pam_ros.replay.interfaces import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, PROMPT_TYPE, pam_ros_typestore
+from pam_ros.replay.interfaces import (
+    CAMERA_INFO_TYPE,
+    COMPRESSED_IMAGE_TYPE,
+    IMAGE_TYPE,
+    PROMPT_TYPE,
+    pam_ros_typestore,
+)
 
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
 # Errors a damaged storage file raises from deep inside the readers.
@@ -48,7 +55,7 @@ class TopicSummary:
 class BagRecord:
     """One message of a topic the replay uses, in bag (log time) order."""
 
-    kind: str  # "image" | "prompt"
+    kind: str  # "image" | "prompt" | "depth" | "camera_info"
     topic: str
     msgtype: str
     log_time_ns: int
@@ -80,7 +87,8 @@ class BagInput:
     candidates when there are none or several. Prompts are read from every pam_ros/msg/Prompt topic.
     """
 
-    def __init__(self, path: str | Path, image_topic: str | None = None) -> None:
+    def __init__(self, path: str | Path, image_topic: str | None = None, *, depth_topic: str | None = None,
+                 camera_info_topic: str | None = None) -> None:
         self.path = Path(path)
         self.warning = ""  # non-empty: how the bag was read despite damage (shown in the summary)
         self._reader: AnyReader | None = None
@@ -89,7 +97,9 @@ class BagInput:
         self._stores: dict[tuple[MessageDefinitionText, str], Typestore] = {}
         self.topics = self._open()
         try:
-            self.image_topic, self.image_type = self._choose_image_topic(image_topic)
+            self.image_topic, self.image_type = self._choose_image_topic(image_topic, exclude=depth_topic)
+            # aligned depth (only when asked for): the depth image topic and its CameraInfo topic
+            self.depth_topic, self.camera_info_topic = self._choose_depth_topics(depth_topic, camera_info_topic)
         except BaseException:
             self.close()
             raise
@@ -170,7 +180,7 @@ class BagInput:
         summaries = {topic: TopicSummary(topic, msgtype, None) for topic, msgtype, _ in self._salvage_channels.values()}
         return sorted(summaries.values(), key=lambda t: t.name)
 
-    def _choose_image_topic(self, requested: str | None) -> tuple[str, str]:
+    def _choose_image_topic(self, requested: str | None, exclude: str | None = None) -> tuple[str, str]:
         by_name = {t.name: t for t in self.topics}
         if requested:
             if requested not in by_name:
@@ -183,7 +193,7 @@ class BagInput:
                     f"({' or '.join(IMAGE_TYPES)}). Topics in the bag:\n{self.describe_topics()}"
                 )
             return requested, by_name[requested].msgtype
-        images = [t for t in self.topics if t.msgtype in IMAGE_TYPES]
+        images = [t for t in self.topics if t.msgtype in IMAGE_TYPES and t.name != exclude]  # not the depth
         if len(images) == 1:
             return images[0].name, images[0].msgtype
         if not images:
@@ -195,6 +205,32 @@ class BagInput:
             f"bag {self.path} has {len(images)} image topics; choose one with --image-topic:\n"
             + self.describe_topics(images)
         )
+
+    def _choose_depth_topics(self, depth_topic: str | None, info_topic: str | None) -> tuple[str, str]:
+        if not depth_topic:
+            if info_topic:
+                raise TopicNotFoundError("--camera-info-topic is read only with --depth-topic")
+            return "", ""
+        by_name = {t.name: t for t in self.topics}
+        if depth_topic not in by_name or by_name[depth_topic].msgtype != IMAGE_TYPE:
+            what = "is not in the bag" if depth_topic not in by_name else f"has type {by_name[depth_topic].msgtype}"
+            raise TopicNotFoundError(f"depth topic {depth_topic!r} {what}; it must be a {IMAGE_TYPE} "
+                                     f"(16UC1 or 32FC1, aligned to the colour image). Topics in the bag:\n"
+                                     f"{self.describe_topics()}")
+        if depth_topic == self.image_topic:
+            raise TopicNotFoundError(f"--depth-topic {depth_topic} is the image topic; give the aligned depth topic")
+        infos = [t for t in self.topics if t.msgtype == CAMERA_INFO_TYPE]
+        if info_topic:
+            if info_topic not in by_name or by_name[info_topic].msgtype != CAMERA_INFO_TYPE:
+                raise TopicNotFoundError(f"camera info topic {info_topic!r} is not a {CAMERA_INFO_TYPE} topic of "
+                                         f"the bag. CameraInfo topics:\n{self.describe_topics(infos)}")
+            return depth_topic, info_topic
+        if len(infos) != 1:
+            which = "no CameraInfo topic" if not infos else f"{len(infos)} CameraInfo topics"
+            raise TopicNotFoundError(f"bag {self.path} has {which}; choose the depth image's with "
+                                     f"--camera-info-topic. Topics in the bag:\n"
+                                     f"{self.describe_topics(infos or None)}")
+        return depth_topic, infos[0].name
 
     def describe_topics(self, topics: list[TopicSummary] | None = None) -> str:
         rows = topics if topics is not None else self.topics
@@ -208,12 +244,18 @@ class BagInput:
     def records(self) -> Iterator[BagRecord]:
         """Image and prompt messages in bag order. Raises BagReadError where the bag is damaged."""
         wanted = {self.image_topic, *self.prompt_topics}
+        if self.depth_topic:
+            wanted |= {self.depth_topic, self.camera_info_topic}
         source = self._salvage_messages(wanted) if self._salvage_file else self._indexed_messages(wanted)
         image_index = 0
         for topic, msgtype, log_time, raw, definition in source:
             if topic == self.image_topic:
                 yield BagRecord("image", topic, msgtype, log_time, raw, image_index, definition)
                 image_index += 1
+            elif topic == self.depth_topic:
+                yield BagRecord("depth", topic, msgtype, log_time, raw, -1, definition)
+            elif topic == self.camera_info_topic:
+                yield BagRecord("camera_info", topic, msgtype, log_time, raw, -1, definition)
             else:
                 yield BagRecord("prompt", topic, msgtype, log_time, raw, -1, definition)
 
@@ -291,6 +333,24 @@ class BagInput:
             rgb = decode_image(msg.encoding, int(msg.width), int(msg.height), int(msg.step), msg.data,
                                is_bigendian=bool(msg.is_bigendian))
         return DecodedImage(rgb, stamp_ns, msg.header.frame_id)
+
+    def decode_depth(self, record: BagRecord, depth_scale: float) -> tuple[np.ndarray, int, str]:
+        """(metres HxW float32, header stamp ns, header frame_id) of a depth record. Raises DepthError."""
+        try:
+            msg = self._deserialize(record)
+        except Exception as err:
+            raise DepthError(f"not a valid {record.msgtype} message: {_reason(err)}") from None
+        metres = depth_to_metres(msg.encoding, int(msg.width), int(msg.height), int(msg.step), msg.data,
+                                 is_bigendian=bool(msg.is_bigendian), depth_scale=depth_scale)
+        return metres, stamp_ns_of(msg.header.stamp.sec, msg.header.stamp.nanosec), msg.header.frame_id
+
+    def decode_camera_info(self, record: BagRecord) -> CameraIntrinsics:
+        """The intrinsics of a CameraInfo record. Raises DepthError (unreadable or uncalibrated)."""
+        try:
+            msg = self._deserialize(record)
+        except Exception as err:
+            raise DepthError(f"not a valid {record.msgtype} message: {_reason(err)}") from None
+        return CameraIntrinsics.from_camera_info(list(msg.k), int(msg.width), int(msg.height))
 
     def decode_prompt(self, record: BagRecord) -> PromptRequest:
         """A pam_ros/msg/Prompt record -> PromptRequest. Raises PromptMessageError when unusable."""

@@ -23,6 +23,7 @@ PROMPT_TYPE = "pam_ros/msg/Prompt"
 OBJECTS_TYPE = "pam_ros/msg/PerceivedObjectArray"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 
 
 def candidate_msg_dirs() -> list[Path]:

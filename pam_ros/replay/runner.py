@@ -54,6 +54,12 @@ class ReplayReport:
     outputs: dict[str, str] = field(default_factory=dict)
     topic_counts: dict[str, int] = field(default_factory=dict)
     model: str = ""
+    # aligned depth (--depth-topic): frames given geometry, frames without a depth image of their stamp
+    depth_topic: str = ""
+    camera_info_topic: str = ""
+    frames_with_depth: int = 0
+    frames_without_depth: int = 0
+    depth_problems: dict[str, int] = field(default_factory=dict)  # message -> count (refused / unusable depth)
 
     @property
     def frames_skipped(self) -> int:
@@ -73,21 +79,31 @@ class ReplayReport:
 def run_replay(bag_path: str | Path, out_dir: str | Path, pipeline: "PerceptionPipeline", *,
                image_topic: str | None = None, prompt_file: str | Path | None = None,
                overwrite: bool = False, overlay_pngs: bool = False, mask_encoding: str = "roi",
-               progress: bool = True, model_name: str = "") -> ReplayReport:
+               progress: bool = True, model_name: str = "", depth_topic: str | None = None,
+               camera_info_topic: str | None = None) -> ReplayReport:
     """Replay one bag into out_dir and return the report (also written to OUT/summary.*).
 
     Errors found before anything is written (bag unreadable, topic missing, bad prompts file,
     outputs already there) raise BagOpenError / TopicNotFoundError / PromptFileError /
     OutputExistsError. Damage found part-way raises BagReadError after every output has been
     closed; its `.report` holds the partial report (complete=False).
+
+    depth_topic: aligned depth images (16UC1 / 32FC1) whose geometry goes into /objects and
+    frames.jsonl; camera_info_topic defaults to the bag's only CameraInfo topic. Each image takes the
+    depth image with its stamp (pipeline.config.depth_slop_ms), whichever of the two is stored first.
     """
     file_prompts = load_prompt_file(prompt_file) if prompt_file else []
-    with BagInput(bag_path, image_topic) as bag:
+    if depth_topic and pipeline.config.depth is None:
+        from pam_ros.engine.geometry import DepthSettings
+
+        pipeline.config.depth = DepthSettings()  # asking for a depth topic asks for geometry
+    with BagInput(bag_path, image_topic, depth_topic=depth_topic, camera_info_topic=camera_info_topic) as bag:
         outputs = ReplayOutputs(out_dir, overwrite=overwrite, overlay_pngs=overlay_pngs,
                                 mask_encoding=mask_encoding)
         report = ReplayReport(bag=str(bag_path), out_dir=str(out_dir), image_topic=bag.image_topic,
                               image_type=bag.image_type, prompt_topics=list(bag.prompt_topics),
-                              warning=bag.warning, model=model_name)
+                              warning=bag.warning, model=model_name, depth_topic=bag.depth_topic,
+                              camera_info_topic=bag.camera_info_topic)
         try:
             outputs.open(bag)
         except BaseException:
@@ -156,6 +172,9 @@ def _submit(pipeline, request, report: ReplayReport) -> None:
 
 def _replay_records(bag: BagInput, pipeline, schedule: FramePromptSchedule, outputs: ReplayOutputs,
                     report: ReplayReport, bar) -> None:
+    if bag.depth_topic:
+        _replay_records_with_depth(bag, pipeline, schedule, outputs, report, bar)
+        return
     prompt_index = 0
     for record in bag.records():
         if record.kind == "prompt":
@@ -174,15 +193,85 @@ def _replay_records(bag: BagInput, pipeline, schedule: FramePromptSchedule, outp
         bar.set_postfix(objects=len(report.objects), skipped=report.frames_skipped, refresh=False)
 
 
+def _replay_records_with_depth(bag: BagInput, pipeline, schedule: FramePromptSchedule, outputs: ReplayOutputs,
+                               report: ReplayReport, bar) -> None:
+    """As _replay_records, each image paired with the depth image of its stamp (DepthMatcher: images
+    wait, in order, until a depth image stamped at or after theirs is read, so depth may be stored
+    before or after its image; memory stays bounded)."""
+    from pam_ros.engine.depth_sync import DepthMatcher
+    from pam_ros.engine.geometry import DepthImage, DepthSettings
+    from pam_ros.errors import DepthError
+
+    settings = pipeline.config.depth or DepthSettings()
+    matcher = DepthMatcher(int(pipeline.config.depth_slop_ms * 1e6))
+    intrinsics = None
+    prompt_index = 0
+
+    def problem(text: str) -> None:
+        report.depth_problems[text] = report.depth_problems.get(text, 0) + 1
+
+    def run(settled) -> None:
+        for paired in settled:
+            record, image = paired.colour
+            depth = None
+            if paired.depth is not None:
+                metres, stamp_ns, frame_id, camera = paired.depth
+                if camera is None:
+                    problem(f"depth image without a CameraInfo before it on {bag.camera_info_topic}")
+                else:
+                    depth = DepthImage(metres, camera, frame_id, stamp_ns)
+            _replay_image(record, bag, pipeline, schedule, outputs, report, image=image, depth=depth)
+            bar.update(1)
+            bar.set_postfix(objects=len(report.objects), skipped=report.frames_skipped, refresh=False)
+
+    for record in bag.records():
+        if record.kind == "prompt":
+            source = f"topic {record.topic} message {prompt_index}"
+            prompt_index += 1
+            outputs.copy_input(record)
+            try:
+                request = bag.decode_prompt(record)
+            except ValueError as err:
+                report.prompt_messages_unusable.append({"source": source, "error": str(err)})
+                continue
+            _submit(pipeline, replace(request, source=source), report)
+        elif record.kind == "camera_info":
+            try:
+                intrinsics = bag.decode_camera_info(record)
+            except DepthError as err:
+                problem(f"{bag.camera_info_topic}: {err}")
+        elif record.kind == "depth":
+            try:
+                metres, stamp_ns, frame_id = bag.decode_depth(record, settings.depth_scale)
+            except DepthError as err:
+                problem(f"{bag.depth_topic}: {err}")
+                continue
+            run(matcher.add_depth(stamp_ns, (metres, stamp_ns, frame_id, intrinsics)))
+        else:
+            report.frames_read += 1
+            outputs.copy_input(record)
+            try:
+                image = bag.decode_image(record)
+            except ImageDecodeError as err:
+                image = err
+            run(matcher.add_colour(image.stamp_ns if not isinstance(image, Exception) else 0, (record, image)))
+    run(matcher.flush())
+
+
 def _replay_image(record: BagRecord, bag: BagInput, pipeline, schedule: FramePromptSchedule,
-                  outputs: ReplayOutputs, report: ReplayReport) -> None:
-    report.frames_read += 1
-    outputs.copy_input(record)
-    try:
-        image = bag.decode_image(record)
-    except ImageDecodeError as err:
+                  outputs: ReplayOutputs, report: ReplayReport, *, image=None, depth=...) -> None:
+    """One image through the engine; `image` (decoded, or its ImageDecodeError) and `depth` (a DepthImage,
+    or None: no depth for this frame) when the caller read them already."""
+    if image is None:
+        report.frames_read += 1
+        outputs.copy_input(record)
+        try:
+            image = bag.decode_image(record)
+        except ImageDecodeError as err:
+            image = err
+    if isinstance(image, ImageDecodeError):
         # The stamp is unknown when the message itself is unreadable; its prompts wait for the next image.
-        _skip(record, 0, "undecodable", str(err), outputs, report)
+        _skip(record, 0, "undecodable", str(image), outputs, report)
         return
     submitted_outcomes: list[PromptOutcome] = []
     for prompt in schedule.due(record.image_index):
@@ -193,7 +282,7 @@ def _replay_image(record: BagRecord, bag: BagInput, pipeline, schedule: FramePro
             submitted_outcomes.append(PromptOutcome(future.object_id, False,
                                                     f"{prompt.source}: {future.result().error}"))
     try:
-        result = pipeline.process(image.rgb, image.stamp_ns)
+        result = pipeline.process(image.rgb, image.stamp_ns, depth=depth)
     except ImageError as err:
         _skip(record, image.stamp_ns, "rejected by the engine", str(err), outputs, report, submitted_outcomes)
         return
@@ -210,6 +299,13 @@ def _replay_image(record: BagRecord, bag: BagInput, pipeline, schedule: FramePro
         seen["lost_frames"] += int(obj.tracking_state == TrackingState.LOST)
         seen["category"] = obj.semantics.category or seen["category"]
     report.frames_processed += 1
+    if depth is not ...:
+        if result.has_depth:
+            report.frames_with_depth += 1
+        else:
+            report.frames_without_depth += 1
+        if result.depth_error:
+            report.depth_problems[result.depth_error] = report.depth_problems.get(result.depth_error, 0) + 1
     outputs.write_processed(record, image, result, frames_received=report.frames_read, prompt_outcomes=outcomes)
 
 
@@ -252,6 +348,11 @@ def format_summary(report: ReplayReport, max_listed: int = 10) -> str:
         rows.append(("", f"never applied: {item['source']} ({item['target']} is past the end of the bag)"))
     for item in report.prompt_messages_unusable[:max_listed]:
         rows.append(("", f"unusable: {item['source']}: {item['error']}"))
+    if report.depth_topic:
+        rows.append(("depth", f"{report.depth_topic} + {report.camera_info_topic}: {report.frames_with_depth} "
+                              f"frames with geometry, {report.frames_without_depth} without depth"))
+        for text, count in list(report.depth_problems.items())[:max_listed]:
+            rows.append(("", f"{count} x {text}"))
     rows.append(("objects", str(len(report.objects))))
     for object_id, seen in list(report.objects.items())[:max_listed]:
         category = f", category \"{printable(seen['category'], 40)}\"" if seen["category"] else ""
