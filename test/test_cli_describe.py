@@ -148,3 +148,10 @@ def test_an_empty_ask_is_refused_with_status_2(capsys, query):
     code = main(["describe", IMG0, "--box", "1", "2", "30", "40", "--ask", query, *MODEL_ARGS])
     err = capsys.readouterr().err
     assert code == 2 and "--ask is empty" in err
+
+
+def test_ask_on_a_clip_is_refused_before_loading_a_model(capsys):
+    clip = FIXTURE_DIR / "inputs" / "video"
+    code = main(["describe", str(clip), "--box", "1", "2", "30", "40", "--ask", "cutting paper", *MODEL_ARGS])
+    err = capsys.readouterr().err
+    assert code == 2 and "--ask works on one image" in err
