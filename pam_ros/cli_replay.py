@@ -33,16 +33,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Replay every image of a rosbag2 bag through SAM 2.1 tracking + PAM semantics, in "
                     "order and deterministically. Writes OUT/bag (MCAP: input images, /objects, /overlay), "
                     "OUT/frames.jsonl (one line per input image) and OUT/summary.txt.")
-    replay.add_argument("bag", type=Path, help="bag directory (with metadata.yaml), or a .mcap / .db3 file")
+    replay.add_argument("bag", type=Path, nargs="+",
+                        help="bag directory (with metadata.yaml), or a .mcap / .db3 file; several bags: each "
+                             "one's outputs go to OUT/<bag name>/, with OUT/summary.txt + summary.json over all")
     replay.add_argument("--out", type=Path, required=True, help="output directory")
     replay.add_argument("--image-topic", default=None,
                         help="sensor_msgs/Image or CompressedImage topic (default: the only image topic)")
     replay.add_argument("--prompts", type=Path, default=None,
                         help="prompts YAML file (see README: 'prompts:' list with frame or stamp_ns, "
-                             "object_id, box, points + labels, tasks, action)")
+                             "object_id, box, points + labels, tasks, action); with several bags a FILE "
+                             "applies to each bag, a folder holds <bag name>.yaml per bag")
     replay.add_argument("--overwrite", action="store_true", help="replace earlier replay outputs in OUT")
     replay.add_argument("--overlay-pngs", action="store_true", help="also save OUT/overlays/frame_NNNNN.png")
     _add_engine_arguments(replay, default_model="")
+    fleet = replay.add_argument_group("several bags (see README: 'Many bags at once')")
+    fleet.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="1 (default): bags one after another in this process; N > 1: N Ray workers, each "
+                            "loading the model once and taking the next bag when free")
+    fleet.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="join this running Ray cluster (e.g. HEAD_IP:6379, after `ray start --head`); "
+                            "default: start a local Ray instance for this command and stop it after")
+    fleet.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
+                       help="GPUs reserved per Ray worker (default 1 when --device is CUDA, else 0)")
     replay.set_defaults(run=run)
 
     demo = subparsers.add_parser(
@@ -87,6 +99,21 @@ def run(args: argparse.Namespace) -> int:
     """Run `replay` or `demo`; returns the process exit code."""
     if args.command == "demo":
         return _run_demo(args)
+    if len(args.bag) > 1:
+        from pam_ros.cli_fleet import run_fleet_command
+
+        return run_fleet_command(args)
+    from pam_ros.replay.fleet import prompt_file_for, unique_names
+
+    if args.workers != 1 or args.ray_address:
+        print("note: one bag is replayed in this process (--workers and --ray-address are for several bags)",
+              file=sys.stderr)
+    args.bag = args.bag[0]
+    if args.prompts is not None and args.prompts.is_dir():  # a folder of <bag name>.yaml
+        folder, args.prompts = args.prompts, prompt_file_for(args.prompts, unique_names([args.bag])[0])
+        if args.prompts is None:
+            print(f"warning: no {unique_names([args.bag])[0]}.yaml in {folder}: only the bag's recorded prompts "
+                  f"are used", file=sys.stderr)
     return _run_replay(args)
 
 
@@ -108,12 +135,18 @@ def _model_spec(args: argparse.Namespace):
     return ModelSpec(name=args.model or "tiny", device=args.device, dtype=args.dtype, image_size=args.image_size)
 
 
+def _pipeline_config(args: argparse.Namespace):
+    from pam_ros.engine.pipeline import PipelineConfig
+
+    return PipelineConfig(new_object_tasks=tuple(args.tasks), max_new_tokens=args.max_new_tokens,
+                          semantics_mode="sync")
+
+
 def _load_pipeline(args: argparse.Namespace):
-    from pam_ros.engine.pipeline import PerceptionPipeline, PipelineConfig
+    from pam_ros.engine.pipeline import PerceptionPipeline
 
     spec = _model_spec(args)
-    config = PipelineConfig(new_object_tasks=tuple(args.tasks), max_new_tokens=args.max_new_tokens,
-                            semantics_mode="sync")
+    config = _pipeline_config(args)
     size = f", SAM 2 input {spec.image_size} px" if spec.image_size else ""
     print(f"loading model {spec.name or spec.pam_checkpoint} on {spec.device} ({spec.dtype}{size}) ...",
           file=sys.stderr)
