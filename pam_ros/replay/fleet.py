@@ -121,7 +121,7 @@ class FleetReport:
 # ----- planning ----------------------------------------------------------------------------------------
 def bag_name(path: str | Path) -> str:
     """A bag folder's name, or a single storage file's name without its extension."""
-    path = Path(path).resolve()
+    path = Path(os.path.abspath(path))  # "." and "run/" have names; a link keeps its own name
     return path.stem if path.is_file() else path.name
 
 
