@@ -183,3 +183,58 @@ def test_ray_worker_killed_mid_bag_is_replaced_and_the_bag_retried(bags, single_
     assert (out / "long" / "frames.jsonl").read_bytes() == single_replay("long")[0]
     assert (out / "a" / "frames.jsonl").read_bytes() == single_replay("a")[0]
     assert "complete (try 2)" in (out / "summary.txt").read_text()
+
+
+# ----- Ctrl-C: finished bags kept, the running one closed with its frames so far -----------------------
+def interrupt_when(condition):
+    def on_progress(running: dict[str, tuple[int, int]]) -> None:
+        if condition(running):
+            raise KeyboardInterrupt  # what Ctrl-C raises in the command's main thread
+    return on_progress
+
+
+def assert_interrupted_part_way(out: Path, row, single: bytes) -> None:
+    assert row.status == "incomplete" and row.reason.startswith("interrupted")
+    lines = (out / row.name / "frames.jsonl").read_bytes().splitlines(keepends=True)
+    assert 3 <= row.frames_read == len(lines) < 14
+    assert b"".join(lines) == b"".join(single.splitlines(keepends=True)[:row.frames_read])
+    assert (out / row.name / "bag" / "metadata.yaml").is_file(), "its output bag was closed properly"
+
+
+def fleet_settings():
+    from pam_ros.engine.pipeline import ModelSpec, PipelineConfig
+    from pam_ros.replay.fleet import FleetSettings
+
+    return FleetSettings(spec=ModelSpec(name="tiny", image_size=IMAGE_SIZE),
+                         config=PipelineConfig(new_object_tasks=TASKS, max_new_tokens=TOKENS, semantics_mode="sync"))
+
+
+def test_ctrl_c_here_keeps_finished_bags(bags, single_replay, tmp_path):
+    from pam_ros.replay.fleet import run_fleet
+
+    out = tmp_path / "out"
+    report = run_fleet([bags["a"], bags["long"], bags["b"]], out, fleet_settings(), prompts=bags["prompts"],
+                       progress=False, on_progress=interrupt_when(lambda running: running.get("long", (0, 0))[1] >= 3))
+    assert report.interrupted and not report.complete
+    rows = {r.name: r for r in report.bags}
+    assert rows["a"].status == "complete" and (out / "a" / "frames.jsonl").read_bytes() == single_replay("a")[0]
+    assert_interrupted_part_way(out, rows["long"], single_replay("long")[0])
+    assert rows["b"].status == "not started" and not (out / "b").exists()
+    assert [b["status"] for b in summary(out)["bags"]] == ["complete", "incomplete", "not started"]
+
+
+def test_ctrl_c_on_ray_stops_the_workers_and_keeps_finished_bags(bags, single_replay, tmp_path):
+    from pam_ros.replay.fleet import run_fleet
+
+    out = tmp_path / "out"
+
+    def a_done_and_long_part_way(running):
+        return (out / "a" / "summary.json").exists() and running.get("long", (0, 0))[1] >= 3
+
+    report = run_fleet([bags["long"], bags["a"]], out, fleet_settings(), prompts=bags["prompts"], workers=2,
+                       progress=False, on_progress=interrupt_when(a_done_and_long_part_way))
+    assert report.interrupted and report.executor == "ray"
+    rows = {r.name: r for r in report.bags}
+    assert rows["a"].status == "complete" and (out / "a" / "frames.jsonl").read_bytes() == single_replay("a")[0]
+    assert_interrupted_part_way(out, rows["long"], single_replay("long")[0])
+    assert summary(out)["interrupted"] is True

@@ -316,17 +316,23 @@ class FleetProgress:
 
 
 def run_local(jobs: list[FleetBag], settings: FleetSettings, progress: FleetProgress,
-              report: FleetReport) -> dict[str, BagResult]:
+              report: FleetReport, on_progress=None) -> dict[str, BagResult]:
     """Bags one after another in this process (--workers 1). Ctrl-C stops the running bag (its
     outputs closed and kept) and leaves the rest not started."""
     started = time.perf_counter()
     replayer = BagReplayer(settings)
     report.startup_seconds = time.perf_counter() - started
     results: dict[str, BagResult] = {}
+
+    def frame_done(name: str, frames: int) -> None:
+        progress.frames({name: frames})
+        if on_progress is not None:
+            on_progress({name: (os.getpid(), frames)})
+
     started = time.perf_counter()
     try:
         for job in jobs:
-            result = replayer.replay(job, on_frame=lambda name, n: progress.frames({name: n}))
+            result = replayer.replay(job, on_frame=frame_done)
             results[job.name] = result
             progress.frames({})
             progress.finished(result)
@@ -348,7 +354,8 @@ def run_fleet(bags: list[Path], out: Path, settings: FleetSettings, *, prompts: 
 
     workers == 1: here, one bag after another; workers > 1: on Ray (a local instance started and
     stopped here, or the cluster at ray_address). on_progress({bag name: (worker pid, frames read)})
-    is called about twice a second with the bags being replayed on Ray.
+    is called with the bags being replayed: after each frame here, about once a second on Ray; a
+    KeyboardInterrupt raised by it acts as Ctrl-C.
     Raises InputError / OutputExistsError / PromptFileError (nothing written) for the run's inputs.
     """
     if workers < 1:
@@ -364,6 +371,7 @@ def run_fleet(bags: list[Path], out: Path, settings: FleetSettings, *, prompts: 
                          model=settings.model_name, ray_address=ray_address or "", warnings=warnings)
     bar = FleetProgress(jobs, total=len(bags), done=len(failed), enabled=progress)
     results: dict[str, BagResult] = {}
+    unusable_inputs = False
     try:
         if jobs and executor == "ray":
             from pam_ros.replay.fleet_ray import run_on_ray
@@ -371,14 +379,18 @@ def run_fleet(bags: list[Path], out: Path, settings: FleetSettings, *, prompts: 
             results = run_on_ray(jobs, settings, bar, report, workers=workers, address=ray_address,
                                  gpus_per_worker=gpus_per_worker, on_progress=on_progress)
         elif jobs:
-            results = run_local(jobs, settings, bar, report)
+            results = run_local(jobs, settings, bar, report, on_progress)
+    except PamError:
+        unusable_inputs = True  # no Ray cluster, no model: nothing was replayed, no summary written
+        raise
     finally:
         bar.close()
         planned = {job.name: job for job in jobs}
         by_name = {result.name: result for result in failed} | results
         report.bags = [by_name.get(name) or _not_started(planned[name])
                        for name in unique_names([Path(bag) for bag in bags])]
-        write_fleet_summary(out, report)
+        if not unusable_inputs:
+            write_fleet_summary(out, report)
     return report
 
 

@@ -84,7 +84,16 @@ def run_on_ray(jobs: list[FleetBag], settings: FleetSettings, progress: FleetPro
     started = time.perf_counter()
     if address:
         print(f"joining the Ray cluster at {address} ...", file=sys.stderr)
-        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        _check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
+            auth = "auth" in repr(err.__cause__ or err).lower()
+            raise InputError(
+                f"cannot join the Ray cluster at {address}: {_first_line(err)}. Is `ray start --head` running "
+                f"there and the port reachable?" + (" The cluster wants its token: export RAY_AUTH_MODE=token and "
+                                                     "copy the head's ~/.ray/auth_token to this machine (README)."
+                                                     if auth else "")) from None
     else:
         print(f"starting a local Ray instance for {workers} workers ...", file=sys.stderr)
         ray.init(num_cpus=max(workers, os.cpu_count() or 1), object_store_memory=LOCAL_OBJECT_STORE_BYTES,
@@ -95,6 +104,18 @@ def run_on_ray(jobs: list[FleetBag], settings: FleetSettings, progress: FleetPro
         return pool.run(jobs, workers, started)
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A HOST:PORT nobody listens on: say so now (Ray itself would retry for minutes)."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # "auto", ray://... : left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise InputError(f"cannot join the Ray cluster at {address}: {err.strerror or err}. Is `ray start --head "
+                         f"--port={port}` running on {host} and the port reachable from here?") from None
 
 
 def _check_resources(ray, workers: int, gpus: float) -> None:
