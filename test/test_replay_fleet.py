@@ -24,13 +24,15 @@ CLI_MODEL = ["--model", "tiny", "--image-size", str(IMAGE_SIZE), "--tasks", *TAS
 
 @pytest.fixture(scope="module")
 def bags(tmp_path_factory) -> dict[str, Path]:
-    """a: MCAP, 4 frames; b: sqlite3, 5 frames; c.mcap: cut in half (damaged); long: 14 frames."""
+    """a: MCAP, 4 frames; b: sqlite3, 5 frames; c.mcap: cut in half (damaged); long: 14 frames;
+    tail: 24 frames."""
     root = tmp_path_factory.mktemp("bags")
     damaged = write_chunked_mcap(root / "c.mcap", frames=6)
     data = damaged.read_bytes()
     damaged.write_bytes(data[: len(data) // 2])
     return {"a": write_bag(root / "a", "mcap", frames=4), "b": write_bag(root / "b", "sqlite3", frames=5),
             "c": damaged, "long": write_bag(root / "long", "mcap", frames=14),
+            "tail": write_bag(root / "tail", "mcap", frames=24),
             "prompts": write_yaml(root, f"prompts:\n  - frame: 1\n    object_id: cube\n    box: {list(CUBE_BOX)}\n")}
 
 
@@ -66,6 +68,29 @@ def single_replay(bags, tmp_path_factory):
 
 def summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
+
+
+def interrupt_when(condition):
+    def on_progress(running: dict[str, tuple[int, int]]) -> None:
+        if condition(running):
+            raise KeyboardInterrupt  # what Ctrl-C raises in the command's main thread
+    return on_progress
+
+
+def assert_interrupted_part_way(out: Path, row, single: bytes, frames: int) -> None:
+    assert row.status == "incomplete" and row.reason.startswith("interrupted")
+    lines = (out / row.name / "frames.jsonl").read_bytes().splitlines(keepends=True)
+    assert 3 <= row.frames_read == len(lines) < frames
+    assert b"".join(lines) == b"".join(single.splitlines(keepends=True)[:row.frames_read])
+    assert (out / row.name / "bag" / "metadata.yaml").is_file(), "its output bag was closed properly"
+
+
+def fleet_settings():
+    from pam_ros.engine.pipeline import ModelSpec, PipelineConfig
+    from pam_ros.replay.fleet import FleetSettings
+
+    return FleetSettings(spec=ModelSpec(name="tiny", image_size=IMAGE_SIZE),
+                         config=PipelineConfig(new_object_tasks=TASKS, max_new_tokens=TOKENS, semantics_mode="sync"))
 
 
 # ----- planning (no model) -----------------------------------------------------------------------------
@@ -156,59 +181,44 @@ def test_ray_two_workers_three_bags_one_damaged(bags, single_replay, tmp_path, c
           f"{data['replay_seconds']:.1f} s, startup {data['startup_seconds']:.1f} s")
 
 
-def test_ray_worker_killed_mid_bag_is_replaced_and_the_bag_retried(bags, single_replay, tmp_path):
-    from pam_ros.engine.pipeline import ModelSpec, PipelineConfig
-    from pam_ros.replay.fleet import FleetSettings, run_fleet
+def test_ray_worker_killed_mid_bag_is_replaced_then_ctrl_c_keeps_finished_bags(bags, single_replay, tmp_path):
+    """One Ray run (a second one would cost a minute more): the worker of `long` is killed part-way,
+    `long` is retried first on another worker and completes; then Ctrl-C while `tail` (24 frames,
+    handed out after the retry) is part-way: finished bags are kept, `tail` keeps its frames so far.
+    `long-2` (the same bag again) keeps the other worker busy until the death is seen."""
+    from pam_ros.replay.fleet import run_fleet
 
-    settings = FleetSettings(spec=ModelSpec(name="tiny", image_size=IMAGE_SIZE),
-                             config=PipelineConfig(new_object_tasks=TASKS, max_new_tokens=TOKENS,
-                                                   semantics_mode="sync"))
+    twin = tmp_path / "twin" / "long"
+    twin.parent.mkdir()
+    twin.symlink_to(bags["long"], target_is_directory=True)
+    out = tmp_path / "out"
     killed: list[int] = []
 
-    def kill_the_long_bags_worker(running: dict[str, tuple[int, int]]) -> None:
-        if "long" in running and not killed:
-            pid, frames = running["long"]
-            if 1 <= frames < 14:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+    def kill_then_interrupt(running: dict[str, tuple[int, int]]) -> None:
+        if "long" in running and not killed and 1 <= running["long"][1] < 14:
+            pid = running["long"][0]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        long_done = (out / "long" / "summary.json").exists() and summary(out / "long")["complete"]
+        if killed and long_done and 3 <= running.get("tail", (0, 0))[1]:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the command's main thread
 
-    out = tmp_path / "out"
-    report = run_fleet([bags["long"], bags["a"]], out, settings, prompts=bags["prompts"], workers=2,
-                       progress=False, on_progress=kill_the_long_bags_worker)
+    report = run_fleet([bags["long"], twin, bags["tail"]], out, fleet_settings(), prompts=bags["prompts"],
+                       workers=2, progress=False, on_progress=kill_then_interrupt)
     assert killed, "the long bag was seen part-way"
     rows = {r.name: r for r in report.bags}
     assert rows["long"].status == "complete" and rows["long"].attempts == 2
-    assert rows["long"].worker_pid != killed[0]
-    assert rows["a"].status == "complete" and report.worker_restarts == 1 and report.complete
-    assert (out / "long" / "frames.jsonl").read_bytes() == single_replay("long")[0]
-    assert (out / "a" / "frames.jsonl").read_bytes() == single_replay("a")[0]
+    assert rows["long"].worker_pid != killed[0] and report.worker_restarts == 1
+    assert rows["long-2"].status == "complete" and rows["long-2"].attempts == 1
+    for name in ("long", "long-2"):
+        assert (out / name / "frames.jsonl").read_bytes() == single_replay("long")[0], name
     assert "complete (try 2)" in (out / "summary.txt").read_text()
+
+    assert report.interrupted and report.executor == "ray" and summary(out)["interrupted"] is True
+    assert_interrupted_part_way(out, rows["tail"], single_replay("tail")[0], frames=24)
 
 
 # ----- Ctrl-C: finished bags kept, the running one closed with its frames so far -----------------------
-def interrupt_when(condition):
-    def on_progress(running: dict[str, tuple[int, int]]) -> None:
-        if condition(running):
-            raise KeyboardInterrupt  # what Ctrl-C raises in the command's main thread
-    return on_progress
-
-
-def assert_interrupted_part_way(out: Path, row, single: bytes) -> None:
-    assert row.status == "incomplete" and row.reason.startswith("interrupted")
-    lines = (out / row.name / "frames.jsonl").read_bytes().splitlines(keepends=True)
-    assert 3 <= row.frames_read == len(lines) < 14
-    assert b"".join(lines) == b"".join(single.splitlines(keepends=True)[:row.frames_read])
-    assert (out / row.name / "bag" / "metadata.yaml").is_file(), "its output bag was closed properly"
-
-
-def fleet_settings():
-    from pam_ros.engine.pipeline import ModelSpec, PipelineConfig
-    from pam_ros.replay.fleet import FleetSettings
-
-    return FleetSettings(spec=ModelSpec(name="tiny", image_size=IMAGE_SIZE),
-                         config=PipelineConfig(new_object_tasks=TASKS, max_new_tokens=TOKENS, semantics_mode="sync"))
-
-
 def test_ctrl_c_here_keeps_finished_bags(bags, single_replay, tmp_path):
     from pam_ros.replay.fleet import run_fleet
 
@@ -218,23 +228,6 @@ def test_ctrl_c_here_keeps_finished_bags(bags, single_replay, tmp_path):
     assert report.interrupted and not report.complete
     rows = {r.name: r for r in report.bags}
     assert rows["a"].status == "complete" and (out / "a" / "frames.jsonl").read_bytes() == single_replay("a")[0]
-    assert_interrupted_part_way(out, rows["long"], single_replay("long")[0])
+    assert_interrupted_part_way(out, rows["long"], single_replay("long")[0], frames=14)
     assert rows["b"].status == "not started" and not (out / "b").exists()
     assert [b["status"] for b in summary(out)["bags"]] == ["complete", "incomplete", "not started"]
-
-
-def test_ctrl_c_on_ray_stops_the_workers_and_keeps_finished_bags(bags, single_replay, tmp_path):
-    from pam_ros.replay.fleet import run_fleet
-
-    out = tmp_path / "out"
-
-    def a_done_and_long_part_way(running):
-        return (out / "a" / "summary.json").exists() and running.get("long", (0, 0))[1] >= 3
-
-    report = run_fleet([bags["long"], bags["a"]], out, fleet_settings(), prompts=bags["prompts"], workers=2,
-                       progress=False, on_progress=interrupt_when(a_done_and_long_part_way))
-    assert report.interrupted and report.executor == "ray"
-    rows = {r.name: r for r in report.bags}
-    assert rows["a"].status == "complete" and (out / "a" / "frames.jsonl").read_bytes() == single_replay("a")[0]
-    assert_interrupted_part_way(out, rows["long"], single_replay("long")[0])
-    assert summary(out)["interrupted"] is True

@@ -96,7 +96,9 @@ def run_on_ray(jobs: list[FleetBag], settings: FleetSettings, progress: FleetPro
                                                      if auth else "")) from None
     else:
         print(f"starting a local Ray instance for {workers} workers ...", file=sys.stderr)
-        ray.init(num_cpus=max(workers, os.cpu_count() or 1), object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+        # address="local": a new instance of our own, even where `ray start` has left one running
+        ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1),
+                 object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                  include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
         _check_resources(ray, workers, gpus)
