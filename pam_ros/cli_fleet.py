@@ -10,7 +10,7 @@ import sys
 def run_fleet_command(args: argparse.Namespace) -> int:
     """Replay args.bag (several bags) into OUT/<bag name>/; the exit code: 0 when every bag is
     complete, 1 when one is not, 2 for unusable inputs (nothing replayed), 130 after Ctrl-C."""
-    from pam_ros.cli_replay import _model_spec, _pipeline_config, _UsageError
+    from pam_ros.cli_replay import _model_spec, _pipeline_config
     from pam_ros.errors import PamError
     from pam_ros.replay.fleet import FleetSettings, format_fleet_summary, run_fleet
 
@@ -27,9 +27,7 @@ def run_fleet_command(args: argparse.Namespace) -> int:
         config = _pipeline_config(args)
         config.validate()
         if not args.ray_address:  # on a cluster the workers' machines decide (the head may have no GPU)
-            spec.validate()
-    except _UsageError as err:
-        return fail(str(err))
+            spec = spec.validate()
     except PamError as err:
         return fail(f"cannot load the model: {err}")
     model_name = spec.name or f"{spec.pam_checkpoint} + {spec.sam2_checkpoint}"

@@ -40,11 +40,12 @@ def bags(tmp_path_factory) -> dict[str, Path]:
 def single_replay(bags, tmp_path_factory):
     """frames.jsonl bytes and report of a single replay of a bag (what `pam-ros replay BAG` writes),
     each computed once with a fresh pipeline on one loaded tiny model."""
-    from pam_ros.engine.pipeline import ModelSpec, PerceptionPipeline, PipelineConfig
+    from pam_ros.engine.pipeline import PerceptionPipeline, PipelineConfig
+    from pam_ros.model.selection import ModelSpec
     from pam_ros.replay.runner import run_replay
 
     config = PipelineConfig(new_object_tasks=TASKS, max_new_tokens=TOKENS, semantics_mode="sync")
-    model = PerceptionPipeline.load(ModelSpec(name="tiny", image_size=IMAGE_SIZE), config).model
+    model = ModelSpec(name="tiny", image_size=IMAGE_SIZE).load()
     root = tmp_path_factory.mktemp("single")
     done: dict = {}
 
@@ -86,7 +87,8 @@ def assert_interrupted_part_way(out: Path, row, single: bytes, frames: int) -> N
 
 
 def fleet_settings():
-    from pam_ros.engine.pipeline import ModelSpec, PipelineConfig
+    from pam_ros.engine.pipeline import PipelineConfig
+    from pam_ros.model.selection import ModelSpec
     from pam_ros.replay.fleet import FleetSettings
 
     return FleetSettings(spec=ModelSpec(name="tiny", image_size=IMAGE_SIZE),

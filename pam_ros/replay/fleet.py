@@ -44,7 +44,7 @@ class FleetBag:
 class FleetSettings:
     """Everything a worker needs to replay any bag of the fleet (picklable: sent to Ray workers)."""
 
-    spec: object  # engine ModelSpec
+    spec: object  # pam_ros.model.selection.ModelSpec
     config: object  # engine PipelineConfig (semantics_mode="sync")
     image_topic: str | None = None
     overwrite: bool = False
@@ -206,10 +206,9 @@ class BagReplayer:
     so a bag's outputs do not depend on the bags replayed before it on the same worker."""
 
     def __init__(self, settings: FleetSettings) -> None:
-        from pam_ros.engine.pipeline import PerceptionPipeline
-
         self.settings = settings
-        self._model = PerceptionPipeline.load(settings.spec, settings.config).model
+        settings.config.validate()
+        self._model = settings.spec.load()  # "auto" device/dtype resolved on this worker's machine
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._current: tuple[str, int] | None = None  # (bag name, frames read)

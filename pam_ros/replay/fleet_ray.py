@@ -74,13 +74,8 @@ def run_on_ray(jobs: list[FleetBag], settings: FleetSettings, progress: FleetPro
                on_progress=None) -> dict[str, BagResult]:
     """Replay `jobs` on `workers` Ray actors; returns {bag name: result} for every bag handed out."""
     ray = _import_ray()
-    device = str(getattr(settings.spec, "device", "cpu"))
-    gpus = (1.0 if device.startswith("cuda") else 0.0) if gpus_per_worker is None else float(gpus_per_worker)
-    if gpus < 0:
-        raise InputError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
-    if gpus > 0 and device.startswith("cuda:"):
-        # Ray shows each worker only its own GPU(s), as cuda:0
-        settings = replace(settings, spec=replace(settings.spec, device="cuda"))
+    if gpus_per_worker is not None and gpus_per_worker < 0:
+        raise InputError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker:g}")
     started = time.perf_counter()
     if address:
         print(f"joining the Ray cluster at {address} ...", file=sys.stderr)
@@ -101,6 +96,16 @@ def run_on_ray(jobs: list[FleetBag], settings: FleetSettings, progress: FleetPro
                  object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                  include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
+        device = str(settings.spec.device)
+        if gpus_per_worker is not None:
+            gpus = float(gpus_per_worker)
+        elif device == "auto":  # resolved on each worker: reserve a GPU where the cluster has them
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0.0) > 0 else 0.0
+        else:
+            gpus = 1.0 if device.startswith("cuda") else 0.0
+        if gpus > 0 and device.startswith("cuda:"):
+            # Ray shows each worker only its own GPU(s), numbered from cuda:0
+            settings = replace(settings, spec=replace(settings.spec, device="cuda"))
         _check_resources(ray, workers, gpus)
         pool = _Pool(ray, settings, gpus, progress, report, on_progress)
         return pool.run(jobs, workers, started)
