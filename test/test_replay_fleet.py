@@ -18,21 +18,21 @@ from pam_ros.errors import BagReadError, OutputExistsError
 from pam_ros.replay.fleet import FAILED, plan_fleet, prompt_file_for, unique_names
 
 TASKS, TOKENS, IMAGE_SIZE = ("caption",), 6, 256
+LONG_FRAMES, TAIL_FRAMES = 10, 18  # `tail` outlasts a retried `long` started before it
 CLI_MODEL = ["--model", "tiny", "--image-size", str(IMAGE_SIZE), "--tasks", *TASKS,
              "--max-new-tokens", str(TOKENS), "--no-progress"]
 
 
 @pytest.fixture(scope="module")
 def bags(tmp_path_factory) -> dict[str, Path]:
-    """a: MCAP, 4 frames; b: sqlite3, 5 frames; c.mcap: cut in half (damaged); long: 14 frames;
-    tail: 24 frames."""
+    """a: MCAP, 4 frames; b: sqlite3, 5 frames; c.mcap: cut in half (damaged); long and tail."""
     root = tmp_path_factory.mktemp("bags")
     damaged = write_chunked_mcap(root / "c.mcap", frames=6)
     data = damaged.read_bytes()
     damaged.write_bytes(data[: len(data) // 2])
     return {"a": write_bag(root / "a", "mcap", frames=4), "b": write_bag(root / "b", "sqlite3", frames=5),
-            "c": damaged, "long": write_bag(root / "long", "mcap", frames=14),
-            "tail": write_bag(root / "tail", "mcap", frames=24),
+            "c": damaged, "long": write_bag(root / "long", "mcap", frames=LONG_FRAMES),
+            "tail": write_bag(root / "tail", "mcap", frames=TAIL_FRAMES),
             "prompts": write_yaml(root, f"prompts:\n  - frame: 1\n    object_id: cube\n    box: {list(CUBE_BOX)}\n")}
 
 
@@ -185,7 +185,7 @@ def test_ray_two_workers_three_bags_one_damaged(bags, single_replay, tmp_path, c
 
 def test_ray_worker_killed_mid_bag_is_replaced_then_ctrl_c_keeps_finished_bags(bags, single_replay, tmp_path):
     """One Ray run (a second one would cost a minute more): the worker of `long` is killed part-way,
-    `long` is retried first on another worker and completes; then Ctrl-C while `tail` (24 frames,
+    `long` is retried first on another worker and completes; then Ctrl-C while `tail` (longer,
     handed out after the retry) is part-way: finished bags are kept, `tail` keeps its frames so far.
     `long-2` (the same bag again) keeps the other worker busy until the death is seen."""
     from pam_ros.replay.fleet import run_fleet
@@ -197,7 +197,7 @@ def test_ray_worker_killed_mid_bag_is_replaced_then_ctrl_c_keeps_finished_bags(b
     killed: list[int] = []
 
     def kill_then_interrupt(running: dict[str, tuple[int, int]]) -> None:
-        if "long" in running and not killed and 1 <= running["long"][1] < 14:
+        if "long" in running and not killed and 1 <= running["long"][1] < LONG_FRAMES:
             pid = running["long"][0]
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
@@ -217,7 +217,7 @@ def test_ray_worker_killed_mid_bag_is_replaced_then_ctrl_c_keeps_finished_bags(b
     assert "complete (try 2)" in (out / "summary.txt").read_text()
 
     assert report.interrupted and report.executor == "ray" and summary(out)["interrupted"] is True
-    assert_interrupted_part_way(out, rows["tail"], single_replay("tail")[0], frames=24)
+    assert_interrupted_part_way(out, rows["tail"], single_replay("tail")[0], frames=TAIL_FRAMES)
 
 
 # ----- Ctrl-C: finished bags kept, the running one closed with its frames so far -----------------------
@@ -230,6 +230,6 @@ def test_ctrl_c_here_keeps_finished_bags(bags, single_replay, tmp_path):
     assert report.interrupted and not report.complete
     rows = {r.name: r for r in report.bags}
     assert rows["a"].status == "complete" and (out / "a" / "frames.jsonl").read_bytes() == single_replay("a")[0]
-    assert_interrupted_part_way(out, rows["long"], single_replay("long")[0], frames=14)
+    assert_interrupted_part_way(out, rows["long"], single_replay("long")[0], frames=LONG_FRAMES)
     assert rows["b"].status == "not started" and not (out / "b").exists()
     assert [b["status"] for b in summary(out)["bags"]] == ["complete", "incomplete", "not started"]
