@@ -161,8 +161,9 @@ def test_ray_two_workers_three_bags_one_damaged(bags, single_replay, tmp_path, c
     from pam_ros.cli import main
 
     out = tmp_path / "out"
-    code = main(["replay", str(bags["a"]), str(bags["b"]), str(bags["c"]), "--out", str(out),
-                 "--prompts", str(bags["prompts"]), "--workers", "2", *CLI_MODEL])
+    (tmp_path / "not_a_bag").mkdir()
+    code = main(["replay", str(bags["a"]), str(bags["b"]), str(bags["c"]), str(tmp_path / "not_a_bag"),
+                 "--out", str(out), "--prompts", str(bags["prompts"]), "--workers", "2", *CLI_MODEL])
     printed = capsys.readouterr().out
     assert code == 1, "one bag is not complete"
     for name in ("a", "b", "c"):
@@ -170,14 +171,16 @@ def test_ray_two_workers_three_bags_one_damaged(bags, single_replay, tmp_path, c
     data = summary(out)
     assert data["executor"] == "ray" and data["workers"] == 2 and data["complete"] is False
     rows = {b["name"]: b for b in data["bags"]}
-    assert [rows["a"]["status"], rows["b"]["status"], rows["c"]["status"]] == ["complete", "complete", "incomplete"]
+    assert [b["status"] for b in data["bags"]] == ["complete", "complete", "incomplete", "failed"]
+    assert "not a rosbag2 bag" in rows["not_a_bag"]["reason"] and rows["not_a_bag"]["worker_pid"] is None
     damaged_single = single_replay("c")[1]
     assert rows["c"]["frames_read"] == rows["c"]["frames_processed"] == damaged_single.frames_read >= 2
     assert "truncated or corrupted" in rows["c"]["reason"]
     assert (rows["a"]["frames_processed"], rows["b"]["frames_processed"]) == (4, 5)
-    pids = {b["worker_pid"] for b in data["bags"]}
+    pids = {rows[name]["worker_pid"] for name in ("a", "b", "c")}
     assert os.getpid() not in pids and len(pids) <= 2 and all(pids)
     assert data["bags_per_hour"] > 0 and data["bags_complete"] == 2 and data["bags_incomplete"] == 1
+    assert data["bags_failed"] == 1
     assert "c: incomplete: bag" in printed and "bags/hour" in printed
     print(f"\nfleet on Ray, 2 workers, 3 bags: {data['bags_per_hour']} bags/hour, replay "
           f"{data['replay_seconds']:.1f} s, startup {data['startup_seconds']:.1f} s")
