@@ -308,6 +308,8 @@ class FleetProgress:
         self.not_complete += result.status != COMPLETE
         if result.status != COMPLETE:
             self._bar.write(f"{result.name}: {result.status.upper()}: {result.reason}", file=sys.stderr)
+        if result.traceback:  # a bug, not a bad bag: its traceback, as a single replay would show it
+            self._bar.write(result.traceback.rstrip(), file=sys.stderr)
         self._bar.update(1)
 
     def close(self) -> None:
