@@ -97,8 +97,9 @@ class FleetReport:
 
     @property
     def bags_finished(self) -> int:
-        """Bags that ran to their end (complete or stopped by their own damage), not failed to start."""
-        return sum(result.status in (COMPLETE, INCOMPLETE) and result.frames_read > 0 for result in self.bags)
+        """Bags replayed: complete, or incomplete after some frames (damage, Ctrl-C); not failed ones."""
+        return sum(result.status == COMPLETE or (result.status == INCOMPLETE and result.frames_read > 0)
+                   for result in self.bags)
 
     @property
     def bags_per_hour(self) -> float:
