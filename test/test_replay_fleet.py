@@ -18,7 +18,7 @@ from pam_ros.errors import BagReadError, OutputExistsError
 from pam_ros.replay.fleet import FAILED, plan_fleet, prompt_file_for, unique_names
 
 TASKS, TOKENS, IMAGE_SIZE = ("caption",), 6, 256
-LONG_FRAMES, TAIL_FRAMES = 10, 18  # `tail` outlasts a retried `long` started before it
+LONG_FRAMES, TAIL_FRAMES = 12, 20  # `tail` outlasts a retried `long` started before it
 CLI_MODEL = ["--model", "tiny", "--image-size", str(IMAGE_SIZE), "--tasks", *TASKS,
              "--max-new-tokens", str(TOKENS), "--no-progress"]
 
