@@ -1,8 +1,7 @@
 """`pam-ros describe IMAGE --everything`: the official generator's regions, each described by PAM.
 
-The command runs in-process with the model loader handing back the session's tiny PAM at a 256-pixel
-SAM 2 input (the CLI has no option for that; everything else is the command's own path). The
-fixture's random SAM 2 predicts IoUs near 0.5 and stability near 0, so the tests lower those
+The command runs in-process on the tiny PAM at a 256-pixel SAM 2 input (--image-size 256, fast); the
+direct generator run uses the session's model at that size. The fixture's random SAM 2 predicts IoUs near 0.5 and stability near 0, so the tests lower those
 thresholds to get several regions from a 4 x 4 grid.
 """
 from __future__ import annotations
@@ -30,11 +29,9 @@ def everything(small_pam_model, tmp_path_factory):
     """(JSON result, overlay path) of one --everything run on the fixture frame."""
     overlay = tmp_path_factory.mktemp("everything") / "regions.png"
     out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("pam_ros.cli_describe.load_model", lambda source, device, dtype: small_pam_model)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(["describe", IMAGE, "--everything", *REGION_ARGS, "--task", "recognize",
-                         "--max-new-tokens", "6", "--json", "--overlay", str(overlay), *MODEL_ARGS])
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["describe", IMAGE, "--everything", *REGION_ARGS, "--task", "recognize", "--max-new-tokens",
+                     "6", "--json", "--overlay", str(overlay), *MODEL_ARGS, "--image-size", "256"])
     assert code == 0, err.getvalue()
     return json.loads(out.getvalue()), overlay
 
