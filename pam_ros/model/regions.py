@@ -96,10 +96,14 @@ class Region:
     stability_score: float
     point: tuple[float, float]  # the grid point that produced it (x, y)
 
-    def box_prompt(self) -> VisualPrompt:
-        """The region's box as a SAM 2 box prompt (pixel edges: the last column/row included)."""
+    def box_xyxy(self) -> tuple[float, float, float, float]:
+        """The region's box as pixel edges x1, y1, x2, y2 (the last column and row included)."""
         x, y, w, h = self.bbox_xywh
-        return VisualPrompt(box=np.array([x, y, x + w + 1, y + h + 1], dtype=np.float32))
+        return (x, y, x + w + 1, y + h + 1)
+
+    def box_prompt(self) -> VisualPrompt:
+        """The region's box as a SAM 2 box prompt."""
+        return VisualPrompt(box=np.array(self.box_xyxy(), dtype=np.float32))
 
 
 @dataclass
@@ -162,14 +166,15 @@ def fit_predictor_to_input_size(predictor) -> None:
 
 @torch.no_grad()
 def find_regions(backbone: Sam2Backbone, image: np.ndarray, settings: RegionSettings | None = None, *,
-                 max_regions: int = DEFAULT_MAX_REGIONS, min_area: int = 0) -> FoundRegions:
+                 max_regions: int | None = DEFAULT_MAX_REGIONS, min_area: int = 0) -> FoundRegions:
     """Segment everything in an RGB image: the generator's regions, best predicted_iou first.
 
-    Regions smaller than `min_area` pixels are left out, then at most `max_regions` are kept.
+    Regions smaller than `min_area` pixels are left out, then at most `max_regions` are kept (None: all).
     Raises RegionSettingsError for settings out of range, ImageError for a bad image.
     """
     settings = (settings or RegionSettings()).resolved()
-    max_regions = check_max_regions(max_regions)
+    if max_regions is not None:
+        max_regions = check_max_regions(max_regions)
     if isinstance(min_area, bool) or not isinstance(min_area, (int, np.integer)) or min_area < 0:
         raise RegionSettingsError(f"min_area must be an integer >= 0, got {min_area!r}")
     rgb = np.array(backbone.check_image(image))  # writable: the generator hands it to torch
