@@ -292,6 +292,13 @@ class PerceptionPipeline:
         futures = self._discoveries.take_due(self._frame_index, time.monotonic())
         if not futures:
             return [], 0.0
+        tracked = len(self.tracker.object_ids)
+        if tracked + len(self._prompts) >= self.config.max_objects:  # no slot: do not run the generator
+            for future in futures:
+                future.resolve(DiscoverOutcome(False, error=f"max_objects ({self.config.max_objects}) reached: "
+                                                            f"{tracked} objects tracked; nothing discovered"))
+            log.info("discover: max_objects (%d) reached; not run", self.config.max_objects)
+            return [], 0.0
         t0 = time.perf_counter()
         try:
             found = find_regions(self.model.backbone, image, self.config.discover_settings, max_regions=None)
