@@ -19,7 +19,7 @@ from ros_helpers.ros_session import wait_until
 from std_msgs.msg import Header
 from test_entry_points import _console_script
 
-from pam_ros.msg import PerceivedObject, Prompt
+from pam_ros.msg import PerceivedObject
 from pam_ros.srv import Discover
 
 pytestmark = pytest.mark.slow
@@ -114,8 +114,6 @@ def test_discover_fills_up_to_max_objects_then_refuses(node):
 
 
 def test_periodic_discover_needs_no_request(node):
-    reset = Prompt(action=Prompt.RESET_ALL)
-    assert node.manage(reset).success
     assert node.transition(Transition.TRANSITION_DEACTIVATE, timeout_s=60)
     assert node.transition(Transition.TRANSITION_CLEANUP, timeout_s=60)
     results = node.set_parameters(discover_period_s=2.0, max_objects=2)
@@ -123,7 +121,7 @@ def test_periodic_discover_needs_no_request(node):
     assert not node.set_parameters(discover_period_s=-1.0)[0].successful
     assert node.transition(Transition.TRANSITION_CONFIGURE, timeout_s=60)
     assert node.transition(Transition.TRANSITION_ACTIVATE, timeout_s=180)
-    node.wait_subscribed()
+    node.wait_subscribed()  # a fresh activation: no objects, and nobody calls discover
     deadline = time.monotonic() + 90
     ids: list[str] = []
     while time.monotonic() < deadline and len(ids) < 2:
