@@ -162,3 +162,40 @@ def print_everything(result: dict) -> None:
               f"stability {obj['stability_score']:.3f}")
         for task, out in obj["tasks"].items():
             print(f"  [{task}] {out['text']}")
+
+
+# ------------------------------------------------------------------ discover during a replay
+def add_discover_arguments(parser) -> None:
+    """`pam-ros replay --discover-every N` and the generator's settings for it."""
+    group = parser.add_argument_group("discover (segment everything every N frames and track what is new)")
+    group.add_argument("--discover-every", type=int, default=0, metavar="N",
+                       help="run SAM 2's automatic mask generator on frames 0, N, 2N, ... and track every region "
+                            "that does not overlap a tracked object (mask IoU > 0.5), up to max objects; "
+                            "0 = off (default)")
+    group.add_argument("--discover-points-per-side", type=int, default=None, metavar="N",
+                       help="discover: N x N point prompts (default 16)")
+    group.add_argument("--discover-pred-iou-thresh", type=float, default=None, metavar="T",
+                       help="discover: predicted-IoU filter in [0, 1] (generator default 0.8)")
+    group.add_argument("--discover-stability-score-thresh", type=float, default=None, metavar="S",
+                       help="discover: stability filter in [0, 1] (generator default 0.95)")
+    group.add_argument("--discover-box-nms-thresh", type=float, default=None, metavar="B",
+                       help="discover: duplicate box IoU in [0, 1] (generator default 0.7)")
+
+
+def discover_config(args) -> dict:
+    """PipelineConfig fields for the discover options (InputError for values out of range)."""
+    from pam_ros.errors import RegionSettingsError
+    from pam_ros.model.regions import DEFAULT_POINTS_PER_SIDE, RegionSettings
+
+    if args.discover_every < 0:
+        raise InputError(f"--discover-every must be >= 0 (0 = off), got {args.discover_every}")
+    settings = RegionSettings(
+        points_per_side=(DEFAULT_POINTS_PER_SIDE if args.discover_points_per_side is None
+                         else args.discover_points_per_side),
+        pred_iou_thresh=args.discover_pred_iou_thresh, stability_score_thresh=args.discover_stability_score_thresh,
+        box_nms_thresh=args.discover_box_nms_thresh)
+    try:
+        settings = settings.resolved()
+    except RegionSettingsError as exc:
+        raise InputError(f"discover: {exc}") from None
+    return {"discover_every_frames": args.discover_every, "discover_settings": settings}
