@@ -65,6 +65,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("discover_period_s", 0.0,
                   "Run `discover` (segment everything, track what is new) every this many seconds; 0 = only when "
                   "the discover service is called."),
+    ParameterSpec("discover_every_frames", 0,
+                  "Run `discover` on every N-th processed frame (0, N, 2N, ...); 0 = off. Deterministic, unlike "
+                  "discover_period_s."),
     ParameterSpec("discover_points_per_side", 16, "discover: grid of N x N point prompts for SAM 2's automatic mask "
                   "generator (>= 1)."),
     ParameterSpec("discover_pred_iou_thresh", 0.8, "discover: keep regions whose predicted IoU is above this, in [0, 1]."),
@@ -113,7 +116,7 @@ def check_parameter_value(name: str, value: Any) -> None:
                 "diagnostics_period_s", "request_timeout_s", "no_image_warn_s", "temperature"}
     if name in positive and not value > 0:
         raise SettingsError(f"parameter {name}={value!r} must be > 0")
-    if name in ("refresh_period_s", "prompt_hold_s", "discover_period_s") and not value >= 0:
+    if name in ("refresh_period_s", "prompt_hold_s", "discover_period_s", "discover_every_frames") and not value >= 0:
         raise SettingsError(f"parameter {name}={value!r} must be >= 0")
     if name in ("keep_feature_frames", "stream_window_frames") and not value >= VIDEO_FRAMES:
         raise SettingsError(f"parameter {name}={value!r} must be >= {VIDEO_FRAMES} (PAM's video mode reads "
@@ -179,6 +182,7 @@ class NodeSettings:
             semantics_mode="async",  # the node never lets semantics block tracking
             prompt_hold_s=float(self.prompt_hold_s),
             discover_period_s=float(self.discover_period_s),
+            discover_every_frames=int(self.discover_every_frames),
             discover_settings=RegionSettings(
                 points_per_side=int(self.discover_points_per_side),
                 pred_iou_thresh=float(self.discover_pred_iou_thresh),
