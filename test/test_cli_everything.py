@@ -68,28 +68,58 @@ def test_regions_are_the_official_generators_in_the_same_order(everything, small
     assert ious == sorted(ious, reverse=True)
 
 
-def test_each_region_is_described_from_its_box_on_the_generators_encoding(everything, small_pam_model):
-    """PAM's answer per region equals PAM's decoder run on the region's box over the image encoding the
-    generator's predictor makes (one encoding for regions and semantics)."""
+def generator_encoding(model, image):
+    """The image encoding SAM2ImagePredictor.set_image computes (its own preprocessing), made here."""
     import torch
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    from pam_ros.model.sam2_backbone import ImageEncoding, VisualPrompt
+    from pam_ros.model.sam2_backbone import ImageEncoding
 
-    result, _ = everything
-    model = small_pam_model
-    image = np.array(Image.open(IMAGE).convert("RGB"))
     pixels = SAM2ImagePredictor(model.backbone.sam)._transforms(image)[None]
     with torch.no_grad():
         out = model.backbone.sam.forward_image(pixels)
-    encoding = ImageEncoding(orig_hw=(240, 320), backbone={"backbone_fpn": out["backbone_fpn"],
-                                                           "vision_pos_enc": out["vision_pos_enc"]})
+    return ImageEncoding(orig_hw=image.shape[:2], backbone={"backbone_fpn": out["backbone_fpn"],
+                                                            "vision_pos_enc": out["vision_pos_enc"]})
+
+
+def test_regions_and_their_pam_features_share_the_generators_one_image_encoding(small_pam_model):
+    import torch
+
+    from pam_ros.model.regions import RegionSettings, find_regions, region_decoder_output
+
+    backbone = small_pam_model.backbone
+    image = np.array(Image.open(IMAGE).convert("RGB"))
+    settings = RegionSettings(points_per_side=2, pred_iou_thresh=0.5, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    encoder_calls = []
+    handle = backbone.sam.image_encoder.register_forward_hook(lambda *args: encoder_calls.append(1))
+    try:
+        found = find_regions(backbone, image, settings, max_regions=2)
+        decoded = region_decoder_output(backbone, found)
+    finally:
+        handle.remove()
+    assert len(encoder_calls) == 1 and len(found.regions) == 2  # one encoding for regions and semantics
+    prompts = [region.box_prompt() for region in found.regions]
+    expected = backbone.decode(generator_encoding(small_pam_model, image), prompts)
+    assert torch.equal(decoded.mid_image_embed, expected.mid_image_embed)
+    assert torch.equal(decoded.mid_mask_tokens, expected.mid_mask_tokens)
+    # PAM's own preprocessing gives other features, so the equality above tells the encodings apart
+    own = backbone.decode(backbone.encode_image(image), prompts)
+    assert not torch.allclose(own.mid_image_embed, decoded.mid_image_embed)
+
+
+def test_each_region_is_described_by_pam_from_its_box(everything, small_pam_model):
+    from pam_ros.model.sam2_backbone import VisualPrompt
+
+    result, _ = everything
+    model = small_pam_model
+    encoding = generator_encoding(model, np.array(Image.open(IMAGE).convert("RGB")))
     for obj in result["objects"]:
         x, y, w, h = obj["roi"]
         dec = model.segment(encoding, [VisualPrompt(box=np.array([x, y, x + w, y + h], dtype=np.float32))])
         answer = model.describe(model.region_features(dec, 0), "recognize", max_new_tokens=6)
         assert obj["tasks"]["recognize"]["token_ids"] == answer.token_ids
         assert obj["tasks"]["recognize"]["text"] == answer.text
+        assert obj["tasks"]["recognize"]["prompt"] == answer.prompt
 
 
 def test_overlay_draws_every_region(everything):
