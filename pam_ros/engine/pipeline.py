@@ -36,7 +36,7 @@ from pam_ros.engine.types import (
 )
 from pam_ros.errors import ConfigError, EngineClosedError, ImageError, PamError, PromptError, UnknownObjectError
 from pam_ros.masks import mask_centroid
-from pam_ros.model.regions import RegionSettings, find_regions
+from pam_ros.model.regions import RegionSettings, automatic_mask_generator, find_regions
 from pam_ros.model.selection import ModelSpec
 from pam_ros.model.tasks import VIDEO_FRAMES, canonical_task, is_streaming_task, is_video_task
 
@@ -134,6 +134,7 @@ class PerceptionPipeline:
         self._discoveries = DiscoverQueue(period_s=self.config.discover_period_s,
                                           every_frames=self.config.discover_every_frames)
         self._discover_s = 0.0
+        self._region_generator = None  # built on the first discover, then reused
         self._discover_runs = 0
         self._scheduler = SemanticsScheduler(self.config.new_object_tasks, self.config.refresh_period_s,
                                              self.config.stream_window_frames)
@@ -300,7 +301,11 @@ class PerceptionPipeline:
             return [], 0.0
         t0 = time.perf_counter()
         try:
-            found = find_regions(self.model.backbone, image, self.config.discover_settings, max_regions=None)
+            settings = self.config.discover_settings.resolved()
+            if self._region_generator is None:
+                self._region_generator = automatic_mask_generator(self.model.backbone.sam, settings)
+            found = find_regions(self.model.backbone, image, settings, max_regions=None,
+                                 generator=self._region_generator)
         except PamError as exc:
             for future in futures:
                 future.resolve(DiscoverOutcome(False, error=f"discover failed: {exc}"))
@@ -511,6 +516,7 @@ class PerceptionPipeline:
         with self._sam_lock, self._llm_lock:
             self.model = None
             self.tracker = None
+            self._region_generator = None  # it holds the SAM 2 model too
         gc.collect()
         if device is not None and getattr(device, "type", str(device)).startswith("cuda"):
             import torch

@@ -166,10 +166,12 @@ def fit_predictor_to_input_size(predictor) -> None:
 
 @torch.no_grad()
 def find_regions(backbone: Sam2Backbone, image: np.ndarray, settings: RegionSettings | None = None, *,
-                 max_regions: int | None = DEFAULT_MAX_REGIONS, min_area: int = 0) -> FoundRegions:
+                 max_regions: int | None = DEFAULT_MAX_REGIONS, min_area: int = 0, generator=None) -> FoundRegions:
     """Segment everything in an RGB image: the generator's regions, best predicted_iou first.
 
     Regions smaller than `min_area` pixels are left out, then at most `max_regions` are kept (None: all).
+    `generator`: one made earlier by automatic_mask_generator(backbone.sam, settings), reused by callers
+    that discover repeatedly (building one compiles SAM 2's transforms).
     Raises RegionSettingsError for settings out of range, ImageError for a bad image.
     """
     settings = (settings or RegionSettings()).resolved()
@@ -178,7 +180,8 @@ def find_regions(backbone: Sam2Backbone, image: np.ndarray, settings: RegionSett
     if isinstance(min_area, bool) or not isinstance(min_area, (int, np.integer)) or min_area < 0:
         raise RegionSettingsError(f"min_area must be an integer >= 0, got {min_area!r}")
     rgb = np.array(backbone.check_image(image))  # writable: the generator hands it to torch
-    generator = automatic_mask_generator(backbone.sam, settings)
+    if generator is None:
+        generator = automatic_mask_generator(backbone.sam, settings)
     with backbone.autocast(), EncodingTap(backbone.sam) as tap:
         records = generator.generate(rgb)
     encoding = tap.encoding(rgb.shape[:2])
