@@ -10,6 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from pam_ros import cli_everything
 from pam_ros.cli_options import add_model_arguments, model_spec_from_args
 
 DEFAULT_TASKS = ("explain", "caption")
@@ -84,6 +85,7 @@ def _add_engine_arguments(parser: argparse.ArgumentParser, default_model: str) -
     parser.add_argument("--mask-encoding", default="roi", choices=("roi", "full", "none"),
                         help="masks in /objects: roi-sized (default), full-frame, or none")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli_everything.add_discover_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,7 +126,7 @@ def _pipeline_config(args: argparse.Namespace):
     from pam_ros.engine.pipeline import PipelineConfig
 
     return PipelineConfig(new_object_tasks=tuple(args.tasks), max_new_tokens=args.max_new_tokens,
-                          semantics_mode="sync")
+                          semantics_mode="sync", **cli_everything.discover_config(args))
 
 
 def _load_pipeline(args: argparse.Namespace):
@@ -141,7 +143,7 @@ def _load_pipeline(args: argparse.Namespace):
 def _check_inputs(args: argparse.Namespace, overwrite: bool) -> str:
     """Check the bag, topic, prompts file and output directory before loading a model (which may
     take a minute): the error text, or "" when all is well."""
-    from pam_ros.errors import ReplayError
+    from pam_ros.errors import InputError, ReplayError
     from pam_ros.replay.bag import BagInput
     from pam_ros.replay.outputs import check_out_dir
     from pam_ros.replay.prompts import load_prompt_file
@@ -152,7 +154,8 @@ def _check_inputs(args: argparse.Namespace, overwrite: bool) -> str:
         if args.prompts:
             load_prompt_file(args.prompts)
         check_out_dir(args.out, overwrite)
-    except ReplayError as err:
+        cli_everything.discover_config(args)
+    except (ReplayError, InputError) as err:
         return str(err)
     return ""
 
