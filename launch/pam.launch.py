@@ -33,6 +33,7 @@ PARAMETER_ARGUMENTS = {
     "max_objects": "most objects tracked at once",
     "max_new_tokens": "default token limit per task",
     "refresh_period_s": "re-run semantics every N s (0 = never)",
+    "discover_period_s": "segment everything and track what is new every N s (0 = on request)",
     "autostart": "true: configure + activate on start",
     "use_depth": "true: 3-D geometry from depth_topic + depth_info_topic (default: true when depth_topic is given)",
     "depth_scale": "metres per 16UC1 depth unit",
@@ -40,7 +41,7 @@ PARAMETER_ARGUMENTS = {
 }
 BOOLEAN_PARAMETERS = {"publish_overlay", "autostart", "use_depth"}
 INTEGER_PARAMETERS = {"max_objects", "max_new_tokens", "image_size"}
-FLOAT_PARAMETERS = {"refresh_period_s", "depth_scale", "depth_slop_ms"}
+FLOAT_PARAMETERS = {"refresh_period_s", "discover_period_s", "depth_scale", "depth_slop_ms"}
 
 
 def _default_params_file() -> str:

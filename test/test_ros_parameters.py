@@ -92,6 +92,10 @@ def test_engine_parameters_mirror_the_pipeline_config(node):
     # depth (DepthSettings or None) is use_depth (default off) plus one parameter per DepthSettings field
     assert engine_defaults.pop("depth") is None and node.get_parameter("use_depth").value is False
     engine_defaults.update({f.name: f.default for f in dataclasses.fields(DepthSettings)})
+    # the generator's settings are one RegionSettings in the engine, four discover_* parameters here
+    generator = engine_defaults.pop("discover_settings").resolved()
+    for name in ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh"):
+        assert node.get_parameter(f"discover_{name}").value == getattr(generator, name), name
     for name, default in engine_defaults.items():
         assert node.has_parameter(name), f"PipelineConfig.{name} has no node parameter"
         value = node.get_parameter(name).value

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,7 +80,8 @@ class ReplayReport:
 def run_replay(bag_path: str | Path, out_dir: str | Path, pipeline: "PerceptionPipeline", *,
                image_topic: str | None = None, prompt_file: str | Path | None = None,
                overwrite: bool = False, overlay_pngs: bool = False, mask_encoding: str = "roi",
-               progress: bool = True, model_name: str = "", depth_topic: str | None = None,
+               progress: bool = True, model_name: str = "",
+               on_frame: Callable[[int], None] | None = None, depth_topic: str | None = None,
                camera_info_topic: str | None = None) -> ReplayReport:
     """Replay one bag into out_dir and return the report (also written to OUT/summary.*).
 
@@ -87,6 +89,9 @@ def run_replay(bag_path: str | Path, out_dir: str | Path, pipeline: "PerceptionP
     outputs already there) raise BagOpenError / TopicNotFoundError / PromptFileError /
     OutputExistsError. Damage found part-way raises BagReadError after every output has been
     closed; its `.report` holds the partial report (complete=False).
+
+    on_frame(frames_read) is called after each image (the progress of a fleet replay); raising
+    KeyboardInterrupt from it stops the replay as Ctrl-C does, outputs closed and kept.
 
     depth_topic: aligned depth images (16UC1 / 32FC1) whose geometry goes into /objects and
     frames.jsonl; camera_info_topic defaults to the bag's only CameraInfo topic. Each image takes the
@@ -121,7 +126,7 @@ def run_replay(bag_path: str | Path, out_dir: str | Path, pipeline: "PerceptionP
                    file=sys.stderr, dynamic_ncols=True, leave=True)
         failure: BaseException | None = None
         try:
-            _replay_records(bag, pipeline, schedule, outputs, report, bar)
+            _replay_records(bag, pipeline, schedule, outputs, report, bar, on_frame)
             report.complete = True
         except BagReadError as err:
             report.error = str(err)
@@ -171,9 +176,9 @@ def _submit(pipeline, request, report: ReplayReport) -> None:
 
 
 def _replay_records(bag: BagInput, pipeline, schedule: FramePromptSchedule, outputs: ReplayOutputs,
-                    report: ReplayReport, bar) -> None:
+                    report: ReplayReport, bar, on_frame: Callable[[int], None] | None = None) -> None:
     if bag.depth_topic:
-        _replay_records_with_depth(bag, pipeline, schedule, outputs, report, bar)
+        _replay_records_with_depth(bag, pipeline, schedule, outputs, report, bar, on_frame)
         return
     prompt_index = 0
     for record in bag.records():
@@ -191,10 +196,12 @@ def _replay_records(bag: BagInput, pipeline, schedule: FramePromptSchedule, outp
         _replay_image(record, bag, pipeline, schedule, outputs, report)
         bar.update(1)
         bar.set_postfix(objects=len(report.objects), skipped=report.frames_skipped, refresh=False)
+        if on_frame is not None:
+            on_frame(report.frames_read)
 
 
 def _replay_records_with_depth(bag: BagInput, pipeline, schedule: FramePromptSchedule, outputs: ReplayOutputs,
-                               report: ReplayReport, bar) -> None:
+                               report: ReplayReport, bar, on_frame: Callable[[int], None] | None = None) -> None:
     """As _replay_records, each image paired with the depth image of its stamp (DepthMatcher: images
     wait, in order, until a depth image stamped at or after theirs is read, so depth may be stored
     before or after its image; memory stays bounded)."""
@@ -223,6 +230,8 @@ def _replay_records_with_depth(bag: BagInput, pipeline, schedule: FramePromptSch
             _replay_image(record, bag, pipeline, schedule, outputs, report, image=image, depth=depth)
             bar.update(1)
             bar.set_postfix(objects=len(report.objects), skipped=report.frames_skipped, refresh=False)
+            if on_frame is not None:
+                on_frame(report.frames_read)
 
     for record in bag.records():
         if record.kind == "prompt":

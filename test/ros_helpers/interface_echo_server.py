@@ -24,7 +24,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 
 from pam_ros.action import Caption
-from pam_ros.srv import Describe, FindObjects, ManageObjects
+from pam_ros.srv import Describe, Discover, FindObjects, ManageObjects
 from ros_helpers import interface_samples as samples
 from ros_helpers.message_compare import message_differences
 
@@ -42,6 +42,7 @@ class InterfaceEchoServer(Node):
         self.create_service(Describe, "describe", self._describe)
         self.create_service(ManageObjects, "manage_objects", self._manage_objects)
         self.create_service(FindObjects, "find_objects", self._find_objects)
+        self.create_service(Discover, "discover", self._discover)
         self._caption = ActionServer(self, Caption, "caption", execute_callback=self._execute_caption,
                                      goal_callback=lambda goal: GoalResponse.ACCEPT,
                                      cancel_callback=lambda goal_handle: CancelResponse.ACCEPT,
@@ -64,6 +65,9 @@ class InterfaceEchoServer(Node):
     def _find_objects(self, request, response):
         return self._answer(request, samples.find_objects_request(), samples.find_objects_response(),
                             FindObjects.Response)
+
+    def _discover(self, request, response):
+        return self._answer(request, samples.discover_request(), samples.discover_response(), Discover.Response)
 
     def _execute_caption(self, goal_handle):
         goal = goal_handle.request
