@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pam_ros.cli_export import add_encoder_arguments, encoder_options
 from pam_ros.errors import InputError
 
 log = logging.getLogger("pam_ros.describe")
@@ -70,6 +71,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     model.add_argument("--pam", metavar="DIR", help="PAM checkpoint folder")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    add_encoder_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
                    help="most tokens to generate per task (default 512)")
     decoding = p.add_mutually_exclusive_group()
@@ -178,13 +180,15 @@ def generation_options(args) -> dict:
 
 
 # ------------------------------------------------------------------ running
-def load_model(source: tuple[str, ...], device: str, dtype: str):
+def load_model(source: tuple[str, ...], device: str, dtype: str, encoder: dict | None = None):
+    """encoder: image_encoder / image_encoder_onnx / compile keywords (cli_export.encoder_options)."""
     from pam_ros.model.pam import PamModel
 
+    encoder = encoder or {}
     if source[0] == "name":
-        return PamModel.from_name(source[1], device=device, dtype=dtype)
+        return PamModel.from_name(source[1], device=device, dtype=dtype, **encoder)
     pam_dir, sam2_config, sam2_checkpoint = source[1:]
-    return PamModel.from_pretrained(pam_dir, sam2_config, sam2_checkpoint, device=device, dtype=dtype)
+    return PamModel.from_pretrained(pam_dir, sam2_config, sam2_checkpoint, device=device, dtype=dtype, **encoder)
 
 
 def describe(args) -> dict:
@@ -234,7 +238,7 @@ def checked_options_and_model(args):
     if args.prompt is not None and not args.prompt.strip():
         raise InputError("--prompt is empty")
     log.info("loading model (%s) on %s, %s", " ".join(source[1:]), args.device, args.dtype)
-    return options, load_model(source, args.device, args.dtype)
+    return options, load_model(source, args.device, args.dtype, encoder_options(args))
 
 
 def describe_clip_command(args) -> dict:

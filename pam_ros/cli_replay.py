@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pam_ros.cli_export import add_encoder_arguments, encoder_options
+
 COMMANDS = ("replay", "demo")
 DEFAULT_TASKS = ("explain", "caption")
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
@@ -66,6 +68,7 @@ def _add_engine_arguments(parser: argparse.ArgumentParser, default_model: str) -
     model.add_argument("--pam", default="", help="PAM checkpoint folder (Hugging Face layout)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    add_encoder_arguments(parser)
     if default_model == "tiny":
         parser.add_argument("--image-size", type=int, default=None, metavar="N",
                             help="SAM 2 input size, a multiple of 64 (default: 256 for the built-in tiny "
@@ -104,8 +107,9 @@ def _model_spec(args: argparse.Namespace):
     if explicit:
         return ModelSpec(sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
                          pam_checkpoint=args.pam, device=args.device, dtype=args.dtype,
-                         image_size=args.image_size)
-    return ModelSpec(name=args.model or "tiny", device=args.device, dtype=args.dtype, image_size=args.image_size)
+                         image_size=args.image_size, **encoder_options(args))
+    return ModelSpec(name=args.model or "tiny", device=args.device, dtype=args.dtype, image_size=args.image_size,
+                     **encoder_options(args))
 
 
 def _load_pipeline(args: argparse.Namespace):
@@ -117,7 +121,10 @@ def _load_pipeline(args: argparse.Namespace):
     size = f", SAM 2 input {spec.image_size} px" if spec.image_size else ""
     print(f"loading model {spec.name or spec.pam_checkpoint} on {spec.device} ({spec.dtype}{size}) ...",
           file=sys.stderr)
-    return spec, PerceptionPipeline.load(spec, config)
+    pipeline = PerceptionPipeline.load(spec, config)
+    encoder = pipeline.model.backbone.image_encoder
+    print(f"image encoder: {encoder.kind} on {encoder.provider}", file=sys.stderr)
+    return spec, pipeline
 
 
 def _check_inputs(args: argparse.Namespace, overwrite: bool) -> str:

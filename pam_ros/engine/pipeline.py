@@ -51,6 +51,11 @@ class ModelSpec:
     # SAM 2 input size; 0 = the config's (1024, what PAM was trained with). Smaller is faster
     # (e.g. 512 on small GPUs, 256 in CPU tests) but no longer the official PAM computation.
     image_size: int = 0
+    # SAM 2's image encoder: "torch" or "onnxruntime" (an exported .onnx at image_encoder_onnx; empty =
+    # exported once into the cache); compile: torch.compile encoder + memory attention (CUDA, off by default)
+    image_encoder: str = "torch"
+    image_encoder_onnx: str = ""
+    compile: bool = False
 
     def resolve(self) -> tuple[str, str, str]:
         """(sam2_config, sam2_checkpoint, pam_dir) of this spec; ConfigError when unusable. Offline."""
@@ -88,6 +93,9 @@ class ModelSpec:
     def validate(self) -> None:
         if self.image_size and (self.image_size < 64 or self.image_size % 64):
             raise ConfigError(f"image_size must be 0 (the config's) or a multiple of 64, got {self.image_size}")
+        from pam_ros.model.image_encoder import check_encoder_choice
+
+        check_encoder_choice(self.image_encoder, self.image_encoder_onnx)
         self.resolve()
 
 
@@ -214,7 +222,9 @@ class PerceptionPipeline:
         sam2_config, sam2_checkpoint, pam_dir = spec.resolve()
         overrides = {"image_size": spec.image_size} if spec.image_size else None
         model = PamModel.from_pretrained(pam_dir, sam2_config, sam2_checkpoint, device=spec.device,
-                                         dtype=spec.dtype, sam2_overrides=overrides)
+                                         dtype=spec.dtype, sam2_overrides=overrides,
+                                         image_encoder=spec.image_encoder,
+                                         image_encoder_onnx=spec.image_encoder_onnx, compile=spec.compile)
         return cls(model, config)
 
     # ----------------------------------------------------------------- prompts

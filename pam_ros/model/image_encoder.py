@@ -416,17 +416,25 @@ def cached_encoder(backbone, cache_dir: str | Path | None = None, threads: int =
     return OnnxImageEncoder.open(path, backbone, cache_dir=cache_dir, threads=threads)
 
 
+def check_encoder_choice(kind: str, onnx_path: str | Path | None = None) -> None:
+    """ConfigError for an unknown kind, a .onnx path with the torch encoder, or a missing onnxruntime."""
+    if kind not in ENCODER_KINDS:
+        raise ConfigError(f"unknown image encoder {kind!r}; use one of {', '.join(ENCODER_KINDS)}")
+    if kind == "torch" and onnx_path:
+        raise ConfigError("an ONNX encoder file was given but the image encoder is 'torch'; "
+                          "select image encoder 'onnxruntime' to use it")
+    if kind == "onnxruntime":
+        _import_ort()
+        if onnx_path and not Path(onnx_path).is_file():
+            raise OnnxModelError(f"ONNX encoder not found: {onnx_path}")
+
+
 def make_image_encoder(backbone, kind: str = "torch", onnx_path: str | Path | None = None, *,
                        cache_dir: str | Path | None = None, threads: int = 0):
     """The encoder a backbone should use: `torch`, or `onnxruntime` from `onnx_path` (empty: the cache)."""
-    if kind not in ENCODER_KINDS:
-        raise ConfigError(f"unknown image encoder {kind!r}; use one of {', '.join(ENCODER_KINDS)}")
+    check_encoder_choice(kind, onnx_path)
     if kind == "torch":
-        if onnx_path:
-            raise ConfigError("an ONNX encoder file was given but the image encoder is 'torch'; "
-                              "select image encoder 'onnxruntime' to use it")
         return TorchImageEncoder(backbone.sam, backbone.autocast)
-    _import_ort()
     if onnx_path:
         return OnnxImageEncoder.open(onnx_path, backbone, cache_dir=cache_dir, threads=threads)
     return cached_encoder(backbone, cache_dir, threads)

@@ -65,6 +65,12 @@ def _error_text(error: BaseException) -> str:
     return str(error)
 
 
+
+def _image_encoder_text(pipeline) -> str:
+    """e.g. "onnxruntime on TensorrtExecutionProvider" or "torch on torch cuda:0" (log line, diagnostics)."""
+    encoder = pipeline.model.backbone.image_encoder
+    return f"{encoder.kind} on {encoder.provider}"
+
 class PamNode(LifecycleNode):
     """The PAM perception node (see the module docstring for its interface)."""
 
@@ -185,7 +191,8 @@ class PamNode(LifecycleNode):
         self._tracking_thread.start()
         self._subscribe_inputs()
         self._activated_at = time.monotonic()
-        self.get_logger().info(f"active: model loaded in {time.monotonic() - started:.1f} s; "
+        self.get_logger().info(f"active: model loaded in {time.monotonic() - started:.1f} s, image encoder "
+                               f"{_image_encoder_text(pipeline)}; "
                                f"waiting for images on {self.resolve_topic_name(self._image_topic_name())}")
         return super().on_activate(state)
 
@@ -596,6 +603,7 @@ class PamNode(LifecycleNode):
         for stage, (last, mean) in self._stage_times.snapshot().items():
             values[f"latency_ms.{stage}"] = {"last": last * 1e3, "mean": mean * 1e3}
         if pipeline is not None:
+            values["image_encoder"] = _image_encoder_text(pipeline)
             try:
                 values["engine"] = pipeline.stats()
             except Exception as error:  # diagnostics must never take the node down

@@ -15,6 +15,7 @@ from pam_ros.errors import SettingsError
 IMAGE_QOS_CHOICES = ("sensor_data", "reliable")
 IMAGE_TRANSPORT_CHOICES = ("raw", "compressed")
 MASK_ENCODING_CHOICES = ("roi", "full", "none")
+IMAGE_ENCODER_CHOICES = ("torch", "onnxruntime")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_MODEL = "PAM-1.5B"
 
@@ -42,6 +43,13 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("image_size", 0,
                   "SAM 2 input size in pixels; 0 = the model's own (1024, as PAM was trained). Smaller is faster "
                   "(e.g. 512 on small GPUs) but no longer the official PAM computation."),
+    ParameterSpec("image_encoder", "torch",
+                  'SAM 2 image encoder: "torch", or "onnxruntime" (TensorRT > CUDA > CPU provider, whichever the '
+                  "installed onnxruntime offers; the provider is logged and in /diagnostics).", IMAGE_ENCODER_CHOICES),
+    ParameterSpec("image_encoder_onnx", "",
+                  "The .onnx from `pam-ros export-onnx` for image_encoder onnxruntime; empty = exported on first use "
+                  "into ~/.cache/pam_ros (keyed by checkpoint sha256 + input size) and reused."),
+    ParameterSpec("compile", False, "torch.compile SAM 2's image encoder and memory attention (CUDA; slow first frames)."),
     # --- engine (PipelineConfig) ---
     ParameterSpec("new_object_tasks", ["explain", "caption"],
                   "Semantic tasks run once when an object starts being tracked (recognize, explain, caption, "
@@ -146,12 +154,14 @@ class NodeSettings:
         from pam_ros.engine.pipeline import ModelSpec
 
         device = self.resolved_device()
+        encoder = {"image_encoder": self.image_encoder, "image_encoder_onnx": self.image_encoder_onnx,
+                   "compile": bool(self.compile)}
         if self.uses_explicit_paths:
             return ModelSpec(sam2_config=self.sam2_config, sam2_checkpoint=self.sam2_checkpoint,
                              pam_checkpoint=self.pam_checkpoint, device=device, dtype=self.resolved_dtype(device),
-                             image_size=int(self.image_size))
+                             image_size=int(self.image_size), **encoder)
         return ModelSpec(name=self.model, device=device, dtype=self.resolved_dtype(device),
-                         image_size=int(self.image_size))
+                         image_size=int(self.image_size), **encoder)
 
     def pipeline_config(self):
         from pam_ros.engine.pipeline import PipelineConfig
