@@ -316,17 +316,21 @@ class OnnxImageEncoder:
         self.provider = session.get_providers()[0]
 
     @classmethod
-    def open(cls, path: str | Path, backbone, *, cache_dir: Path | None = None,
-             threads: int = 0) -> "OnnxImageEncoder":
-        """Load `path` for `backbone`; OnnxModelError if it is unreadable or made from other weights/size."""
+    def open(cls, path: str | Path, backbone, *, cache_dir: Path | None = None, threads: int = 0,
+             providers: list[tuple[str, dict[str, Any]]] | None = None) -> "OnnxImageEncoder":
+        """Load `path` for `backbone`; OnnxModelError if it is unreadable or made from other weights/size.
+
+        providers: (name, options) to use instead of choose_providers' (the benchmarks time each one).
+        threads: ONNX Runtime's intra-op threads (0: its default, one per physical core)."""
         path = Path(path)
         if not path.is_file():
             raise OnnxModelError(f"ONNX encoder not found: {path}")
         expected = backbone_identity(backbone)
         device = backbone.device
         tensorrt_cache = encoder_cache_folder(expected, cache_dir) / "tensorrt"
-        providers = choose_providers(device, reduced_precision=backbone.dtype != torch.float32,
-                                     tensorrt_cache=tensorrt_cache if device.type == "cuda" else None)
+        if providers is None:
+            providers = choose_providers(device, reduced_precision=backbone.dtype != torch.float32,
+                                         tensorrt_cache=tensorrt_cache if device.type == "cuda" else None)
         # identity first, on a CPU session (cheap to build), so a mismatched file never reaches TensorRT
         probe = _new_session(path, [("CPUExecutionProvider", {})], threads)
         identity = EncoderIdentity.from_metadata(probe.get_modelmeta().custom_metadata_map, str(path))
@@ -340,7 +344,8 @@ class OnnxImageEncoder:
         if len(inputs) != 1 or inputs[0].name != INPUT_NAME or list(inputs[0].shape) != [1, 3, size, size]:
             raise OnnxModelError(f"refusing ONNX encoder {path}: its input is "
                                  f"{[(i.name, i.shape) for i in inputs]}, expected {INPUT_NAME} [1, 3, {size}, {size}]")
-        session = probe if len(providers) == 1 else _new_session(path, providers, threads)
+        cpu_only = [name for name, _ in providers] == ["CPUExecutionProvider"]
+        session = probe if cpu_only else _new_session(path, providers, threads)
         encoder = cls(session, path, identity, [])
         encoder._pos = encoder._position_encodings(backbone)
         return encoder
