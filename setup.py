@@ -24,7 +24,12 @@ setup(
         "rosbags>=0.10",
         "mcap",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "mcap-ros2-support", "ruff==0.14.0"]},
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "mcap-ros2-support", "ruff==0.14.0"],
+        # SAM 2's image encoder on ONNX Runtime: CPU build, or the CUDA/TensorRT build on robots
+        "onnx": ["onnxruntime", "onnx"],
+        "gpu": ["onnxruntime-gpu", "onnx"],
+    },
     entry_points={
         "console_scripts": [
             "pam-ros = pam_ros.cli:main",

@@ -91,6 +91,15 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _seed_random_weights(checkpoint: str | None) -> None:
+    """Random weights drawn from a fixed seed: the same each run, so an ONNX export of them (and its
+    TensorRT engines) is found again in the cache, keyed by the weights' hash."""
+    if checkpoint is None:
+        import torch
+
+        torch.manual_seed(0)
+
+
 def run_track(args: argparse.Namespace) -> int:
     """Entry point for `pam-ros bench track`."""
     from pam_ros.bench.track import DTYPES, run_track_bench
@@ -98,6 +107,7 @@ def run_track(args: argparse.Namespace) -> int:
     from pam_ros.model.sam2_backbone import Sam2Backbone
 
     overrides = {"image_size": args.image_size} if args.image_size else None
+    _seed_random_weights(args.checkpoint)
     backbone = Sam2Backbone.from_config(
         args.config, args.checkpoint, device=_device(args.device), dtype=DTYPES[args.dtype], overrides=overrides
     )
@@ -128,6 +138,7 @@ def run_encoder(args: argparse.Namespace) -> int:
     from pam_ros.model.sam2_backbone import Sam2Backbone
 
     config = args.config or SIZES[args.size]
+    _seed_random_weights(args.checkpoint)
     try:
         backbone = Sam2Backbone.from_config(config, args.checkpoint, device=_device(args.device),
                                             dtype=DTYPES[args.dtype], overrides={"image_size": args.image_size})
