@@ -7,9 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pam_ros.cli_export import add_encoder_arguments
-
-DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+from pam_ros.cli_options import add_encoder_arguments
+from pam_ros.model.tasks import DTYPE_NAMES
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -26,7 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     track.add_argument("--config", default="sam2.1_hiera_t", help="SAM 2.1 config name or YAML path")
     track.add_argument("--checkpoint", default=None, help="SAM 2 .pt (default: random weights, timing only)")
     track.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
-    track.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32")
+    track.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
     track.add_argument("--image-size", type=int, default=256,
                        help="model input size (PAM uses 1024; smaller is faster on CPU)")
     track.add_argument("--frames", type=int, default=20, help="frames per comparison run")
@@ -55,7 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     encoder.add_argument("--checkpoint", default=None, help="SAM 2 .pt (default: random weights)")
     encoder.add_argument("--image-size", type=int, default=1024, help="model input size (default 1024, as PAM)")
     encoder.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
-    encoder.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32",
+    encoder.add_argument("--dtype", choices=DTYPE_NAMES, default="float32",
                          help="torch autocast dtype; TensorRT runs in fp16 when this is not float32")
     encoder.add_argument("--runs", type=int, default=5, help="timed calls per row (median printed)")
     encoder.add_argument("--warmup", type=int, default=1, help="untimed calls before each row")
@@ -102,14 +101,15 @@ def _seed_random_weights(checkpoint: str | None) -> None:
 
 def run_track(args: argparse.Namespace) -> int:
     """Entry point for `pam-ros bench track`."""
-    from pam_ros.bench.track import DTYPES, run_track_bench
+    from pam_ros.bench.track import run_track_bench
     from pam_ros.model.pam import configure_backbone
     from pam_ros.model.sam2_backbone import Sam2Backbone
+    from pam_ros.model.tasks import torch_dtype
 
     overrides = {"image_size": args.image_size} if args.image_size else None
     _seed_random_weights(args.checkpoint)
     backbone = Sam2Backbone.from_config(
-        args.config, args.checkpoint, device=_device(args.device), dtype=DTYPES[args.dtype], overrides=overrides
+        args.config, args.checkpoint, device=_device(args.device), dtype=torch_dtype(args.dtype), overrides=overrides
     )
     configure_backbone(backbone, args.image_encoder, args.image_encoder_onnx or None, args.compile)
     encoder = backbone.image_encoder
@@ -133,15 +133,15 @@ def run_track(args: argparse.Namespace) -> int:
 def run_encoder(args: argparse.Namespace) -> int:
     """Entry point for `pam-ros bench encoder`."""
     from pam_ros.bench.encoder import SIZES, run_encoder_bench
-    from pam_ros.bench.track import DTYPES
     from pam_ros.errors import PamError
     from pam_ros.model.sam2_backbone import Sam2Backbone
+    from pam_ros.model.tasks import torch_dtype
 
     config = args.config or SIZES[args.size]
     _seed_random_weights(args.checkpoint)
     try:
         backbone = Sam2Backbone.from_config(config, args.checkpoint, device=_device(args.device),
-                                            dtype=DTYPES[args.dtype], overrides={"image_size": args.image_size})
+                                            dtype=torch_dtype(args.dtype), overrides={"image_size": args.image_size})
         weights = args.checkpoint or "random weights"
         rows = run_encoder_bench(backbone, name=f"{config} ({weights})", runs=args.runs, warmup=args.warmup,
                                  compile_too=args.compile, threads=args.threads,

@@ -1,33 +1,11 @@
-"""`pam-ros export-onnx` and the image-encoder options shared by describe, replay, demo and the benches.
-
-Front end only: parsing and printing; the export itself is pam_ros.model.image_encoder.
+"""`pam-ros export-onnx`: SAM 2's image encoder to an ONNX file (the --image-encoder options that use it
+are in cli_options). Front end only: parsing and printing; the export itself is pam_ros.model.image_encoder.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-
-ENCODER_CHOICES = ("torch", "onnxruntime")
-
-
-def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
-    """--image-encoder, --image-encoder-onnx and --compile (one group, the same on every command)."""
-    group = parser.add_argument_group("SAM 2 image encoder")
-    group.add_argument("--image-encoder", choices=ENCODER_CHOICES, default="torch",
-                       help="run SAM 2's image encoder in torch (default) or ONNX Runtime (TensorRT > CUDA > CPU "
-                            "provider, whichever the installed onnxruntime offers)")
-    group.add_argument("--image-encoder-onnx", default="", metavar="FILE",
-                       help="the .onnx written by `pam-ros export-onnx` for these weights and input size "
-                            "(default: exported once into ~/.cache/pam_ros and reused)")
-    group.add_argument("--compile", action="store_true",
-                       help="torch.compile SAM 2's image encoder and memory attention (for CUDA; slow first frames)")
-
-
-def encoder_options(args: argparse.Namespace) -> dict:
-    """The PamModel.from_pretrained / ModelSpec keywords of the options above."""
-    return {"image_encoder": args.image_encoder, "image_encoder_onnx": args.image_encoder_onnx or "",
-            "compile": bool(args.compile)}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -16,7 +16,6 @@ from pam_tiny_fixture import SAM2_CHECKPOINT, SAM2_CONFIG, TASK_OF_KEY, golden, 
 from pam_tiny_fixture import case_image as load_image
 from pam_tiny_fixture import case_prompt as visual_prompt
 
-from pam_ros.engine.pipeline import ModelSpec
 from pam_ros.engine.tracker import StreamingTracker
 from pam_ros.errors import ConfigError, OnnxModelError
 from pam_ros.model.image_encoder import (
@@ -29,6 +28,7 @@ from pam_ros.model.image_encoder import (
     make_image_encoder,
 )
 from pam_ros.model.sam2_backbone import Sam2Backbone, VisualPrompt
+from pam_ros.model.selection import ModelSpec
 
 IMAGE_CASES = {c["case"]: c for c in image_cases()}
 TOL = 1e-4

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from pam_tiny_fixture import SAM2_CHECKPOINT, SAM2_CONFIG, video_case, video_frames
 
-from pam_ros.engine.pipeline import ModelSpec, PerceptionPipeline, PipelineConfig
+from pam_ros.engine.pipeline import PerceptionPipeline, PipelineConfig
 from pam_ros.engine.types import PromptRequest, SemanticsState
+from pam_ros.model.selection import ModelSpec
 
 
 def run_clip(dtype: str) -> list:

@@ -12,7 +12,6 @@ per-frame masks are kept as COCO RLE.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -22,9 +21,8 @@ import numpy as np
 from pam_ros.engine.tracker import FrameFeatures, StreamingTracker
 from pam_ros.engine.types import TrackingState
 from pam_ros.errors import ClipError, PromptError, TaskError
-from pam_ros.masks import mask_to_rle, rle_to_mask
-from pam_ros.model.pam import VIDEO_FRAMES, select_video_frames
-from pam_ros.model.tasks import canonical_task, is_video_task
+from pam_ros.masks import mask_to_rle, rle_to_mask, score_from_logit
+from pam_ros.model.tasks import VIDEO_FRAMES, canonical_task, is_video_task, select_video_frames
 
 __all__ = ["ClipError", "ClipFrame", "ClipSource", "TrackedClip", "check_clip_tasks", "describe_clip",
            "is_clip_path", "open_clip", "select_video_frames", "track_clip"]
@@ -239,7 +237,7 @@ def track_clip(backbone, frames: Iterable[np.ndarray], prompt, *, num_frames: in
         frame = ClipFrame(
             index=index,
             object_score_logit=track.object_score_logit,
-            score=_sigmoid(track.object_score_logit),
+            score=score_from_logit(track.object_score_logit),
             state=track.state,
             roi=tuple(track.roi),
             mask_area=track.mask_area,
@@ -252,9 +250,6 @@ def track_clip(backbone, frames: Iterable[np.ndarray], prompt, *, num_frames: in
         raise ClipError(f"the clip has {len(clip_frames)} frames, not the {num_frames} announced")
     return TrackedClip(size_wh, clip_frames, first, [kept[i] for i in sorted(kept)])
 
-
-def _sigmoid(logit: float) -> float:
-    return 1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0
 
 
 # --------------------------------------------------------------------------------------------

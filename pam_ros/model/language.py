@@ -19,10 +19,10 @@ from torch import Tensor, nn
 
 from pam_ros.errors import CheckpointError, TaskError
 from pam_ros.model.checkpoint import PamCheckpoint, load_module_weights
+from pam_ros.model.tasks import IMAGE_TOKEN_INDEX
 
 log = logging.getLogger(__name__)
 
-IMAGE_TOKEN_INDEX = -200  # the `<image>` placeholder id in PAM's input_ids
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 # config.json keys that belong to LLaVA/PAM or to the file itself, not to Qwen2Config
 _NON_QWEN_KEYS = ("model_type", "architectures", "transformers_version", "torch_dtype", "dtype")

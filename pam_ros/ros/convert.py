@@ -4,7 +4,7 @@ What the messages say is decided in the ROS-free modules shared with the bag rep
 and the replay cannot drift: pam_ros.imaging decodes image payloads, pam_ros.message_fields turns
 results into message field values and Prompt messages into PromptRequests. This module only moves
 values between those and rclpy message objects (no cv_bridge: it is not available from pip).
-Every malformed input raises a ValueError subclass with a message a user can act on.
+Every malformed input raises a PamError subclass (pam_ros.errors) with a message a user can act on.
 """
 from __future__ import annotations
 
