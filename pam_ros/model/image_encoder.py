@@ -142,7 +142,7 @@ class TorchImageEncoder:
     def provider(self) -> str:
         device = self._sam.no_mem_embed.device
         compiled = " (compiled)" if getattr(self._sam.image_encoder, "_compiled_call_impl", None) else ""
-        return f"torch {device}{compiled}"
+        return f"{device}{compiled}"
 
     def __call__(self, pixels: torch.Tensor) -> dict[str, list[torch.Tensor]]:
         with self._autocast():

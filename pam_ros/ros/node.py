@@ -68,7 +68,7 @@ def _error_text(error: BaseException) -> str:
 
 
 def _image_encoder_text(pipeline) -> str:
-    """e.g. "onnxruntime on TensorrtExecutionProvider" or "torch on torch cuda:0" (log line, diagnostics)."""
+    """e.g. "onnxruntime on TensorrtExecutionProvider" or "torch on cuda:0" (log line, diagnostics)."""
     model = getattr(pipeline, "model", None)  # None once the pipeline is closed
     if model is None:
         return "none"
@@ -173,6 +173,11 @@ class PamNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         settings = self._settings
         self.get_logger().info(f"activating: loading {self._describe_model()} ...")
+        if self._model_spec.image_encoder == "onnxruntime" and not self._model_spec.image_encoder_onnx:
+            from pam_ros.model.image_encoder import cache_root
+
+            self.get_logger().info(f"image_encoder onnxruntime without image_encoder_onnx: using the ONNX export "
+                                   f"cached in {cache_root() / 'image_encoder'}, exported there first if absent")
         started = time.monotonic()
         try:
             from pam_ros.engine.pipeline import PerceptionPipeline
