@@ -284,3 +284,25 @@ def test_stream_windows_fire_every_window_with_16_frames():
     assert all(tasks == ("video_stream_caption",) for _, tasks, _ in fired[1:])
     for index, _, frames in fired:
         assert len(frames) >= 16 and frames[0] == index - 31 and frames[-1] == index
+
+
+def test_semantics_backlog_is_bounded_while_the_model_is_busy(model):
+    """A refresh period far shorter than a generation queues at most one job per object (the newest
+    features win); the pipeline does not pile up a job, and a copy of the features, per frame."""
+    pipe = make(model, semantics_mode="async", new_object_tasks=("caption",), refresh_period_s=0.001,
+                max_new_tokens=2)
+    pipe.submit_prompt(box_prompt(object_id="a"))
+    pipe.submit_prompt(PromptRequest(object_id="b", box=(60.0, 5.0, 90.0, 30.0)))
+    depths = []
+    with pipe._llm_lock:  # the model is busy for the whole stream
+        for i in range(30):
+            pipe.process(scene(i), i + 1)
+            time.sleep(0.002)  # past the refresh period, on every frame
+            depths.append(pipe.stats()["semantics_queue"])
+    assert max(depths) <= 3, depths  # a job per object queued, plus the one that is waiting for the model
+    assert pipe.stats()["semantics_merged"] >= 40
+    assert pipe.wait_semantics_idle(120)
+    words = [pipe.semantics(oid) for oid in ("a", "b")]
+    assert all(sem.state == SemanticsState.READY for sem in words)
+    assert [sem.stamp_ns for sem in words] == [30, 30], "the merged job describes the newest frame"
+    pipe.close()

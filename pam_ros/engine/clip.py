@@ -18,10 +18,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from pam_ros.engine.tracker import FrameFeatures, StreamingTracker
+from pam_ros.engine.tracker import StreamingTracker
 from pam_ros.engine.types import TrackingState
 from pam_ros.errors import ClipError, PromptError, TaskError
 from pam_ros.masks import mask_to_rle, rle_to_mask, score_from_logit
+from pam_ros.model.pam import RegionFeatures
 from pam_ros.model.tasks import VIDEO_FRAMES, canonical_task, is_video_task, select_video_frames
 
 __all__ = ["ClipError", "ClipFrame", "ClipSource", "TrackedClip", "check_clip_tasks", "describe_clip",
@@ -195,8 +196,8 @@ class TrackedClip:
 
     size_wh: tuple[int, int]
     frames: list[ClipFrame]  # every frame, in order
-    first_features: FrameFeatures  # the prompted frame's (what image tasks describe)
-    video_features: list[FrameFeatures]  # PAM's selected frames (empty for clips under 16 frames)
+    first_features: RegionFeatures  # the prompted frame's (what image tasks describe)
+    video_features: list[RegionFeatures]  # PAM's selected frames (empty for clips under 16 frames)
 
     @property
     def num_frames(self) -> int:
@@ -219,8 +220,8 @@ def track_clip(backbone, frames: Iterable[np.ndarray], prompt, *, num_frames: in
     tracker = StreamingTracker(backbone, keep_feature_frames=2)
     object_id = tracker.add_object(prompt)
     clip_frames: list[ClipFrame] = []
-    kept: dict[int, FrameFeatures] = {}
-    first: FrameFeatures | None = None
+    kept: dict[int, RegionFeatures] = {}
+    first: RegionFeatures | None = None
     size_wh = (0, 0)
     for index, image in enumerate(frames):
         if index >= num_frames:

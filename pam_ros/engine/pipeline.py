@@ -36,7 +36,7 @@ from pam_ros.engine.types import (
 from pam_ros.errors import ConfigError, EngineClosedError, ImageError, PamError, PromptError, UnknownObjectError
 from pam_ros.masks import mask_centroid
 from pam_ros.model.selection import ModelSpec
-from pam_ros.model.tasks import canonical_task, is_streaming_task, is_video_task
+from pam_ros.model.tasks import VIDEO_FRAMES, canonical_task, is_streaming_task, is_video_task
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,9 @@ class PipelineConfig:
             raise ConfigError("max_new_tokens must be >= 1")
         if self.semantics_mode not in ("async", "sync"):
             raise ConfigError("semantics_mode must be 'async' or 'sync'")
-        if self.keep_feature_frames < 16:
-            raise ConfigError("keep_feature_frames must be >= 16 (PAM's video mode reads 16 frames)")
-        if self.stream_window_frames < 16:
-            raise ConfigError("stream_window_frames must be >= 16 (PAM's video mode reads 16 frames)")
+        for name in ("keep_feature_frames", "stream_window_frames"):
+            if getattr(self, name) < VIDEO_FRAMES:
+                raise ConfigError(f"{name} must be >= {VIDEO_FRAMES} (PAM's video mode reads {VIDEO_FRAMES} frames)")
         if self.refresh_period_s < 0 or self.prompt_hold_s < 0:
             raise ConfigError("refresh_period_s and prompt_hold_s must be >= 0")
 

@@ -12,7 +12,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 
 from pam_ros.errors import ConfigError, SettingsError
 from pam_ros.model.selection import PATH_FIELDS, ModelSpec, check_device_name, check_image_size
-from pam_ros.model.tasks import DTYPE_NAMES
+from pam_ros.model.tasks import DTYPE_NAMES, VIDEO_FRAMES
 
 IMAGE_QOS_CHOICES = ("sensor_data", "reliable")
 IMAGE_TRANSPORT_CHOICES = ("raw", "compressed")
@@ -110,8 +110,9 @@ def check_parameter_value(name: str, value: Any) -> None:
         raise SettingsError(f"parameter {name}={value!r} must be > 0")
     if name in ("refresh_period_s", "prompt_hold_s") and not value >= 0:
         raise SettingsError(f"parameter {name}={value!r} must be >= 0")
-    if name in ("keep_feature_frames", "stream_window_frames") and not value >= 16:
-        raise SettingsError(f"parameter {name}={value!r} must be >= 16 (PAM's video mode reads 16 frames)")
+    if name in ("keep_feature_frames", "stream_window_frames") and not value >= VIDEO_FRAMES:
+        raise SettingsError(f"parameter {name}={value!r} must be >= {VIDEO_FRAMES} (PAM's video mode reads "
+                            f"{VIDEO_FRAMES} frames)")
     if name == "image_size":
         _check_with(check_image_size, name, value)
     if name == "top_p" and not 0 < value <= 1:
@@ -139,6 +140,10 @@ class NodeSettings:
             return self.__dict__["values"][name]
         except KeyError:
             raise AttributeError(name) from None
+
+    @property
+    def new_object_task_tuple(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.new_object_tasks if t.strip() and t.strip().lower() != "none")
 
     def model_spec(self) -> ModelSpec:
         """The model to load: the explicit paths when any is set (then `model` is ignored), else `model`;
