@@ -37,6 +37,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     track.add_argument("--no-upstream", action="store_true", help="skip the SAM2VideoPredictor runs")
     track.add_argument("--summary", type=Path, default=None, metavar="TSV",
                        help="also append one tab-separated line per streaming row to TSV (scripts/gpu_check.sh)")
+    track.add_argument("--warmup-frames", type=int, default=None, metavar="N",
+                       help="untimed frames first (default: 10 with --compile or --image-encoder onnxruntime, "
+                            "whose first frames compile / build TensorRT engines; else 0)")
     add_encoder_arguments(track)
     track.set_defaults(run=run_track)
 
@@ -101,7 +104,7 @@ def _seed_random_weights(checkpoint: str | None) -> None:
 
 def run_track(args: argparse.Namespace) -> int:
     """Entry point for `pam-ros bench track`."""
-    from pam_ros.bench.track import run_track_bench
+    from pam_ros.bench.track import run_track_bench, warm_up
     from pam_ros.model.pam import configure_backbone
     from pam_ros.model.sam2_backbone import Sam2Backbone
     from pam_ros.model.tasks import torch_dtype
@@ -114,6 +117,12 @@ def run_track(args: argparse.Namespace) -> int:
     configure_backbone(backbone, args.image_encoder, args.image_encoder_onnx or None, args.compile)
     encoder = backbone.image_encoder
     print(f"# image encoder: {encoder.kind} on {encoder.provider}")
+    warmup = args.warmup_frames
+    if warmup is None:
+        warmup = 10 if args.compile or args.image_encoder != "torch" else 0
+    if warmup:
+        seconds = warm_up(backbone, warmup, width=args.width, height=args.height)
+        print(f"# warm-up: {warmup} untimed frames in {seconds:.1f} s")
     rows, _ = run_track_bench(
         backbone,
         num_frames=args.frames,
