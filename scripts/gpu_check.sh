@@ -62,7 +62,7 @@ for DTYPE in bfloat16 float16; do
     for COMPILE in "" --compile; do
       run "track-$DTYPE-$ENCODER${COMPILE:+-compile}" track --config sam2.1_hiera_l --image-size 1024 \
           --device "$DEVICE" --dtype "$DTYPE" --objects 1 --frames "$FRAMES" --width 1280 --height 720 \
-          --long-frames '' --no-upstream --image-encoder "$ENCODER" $COMPILE
+          --long-frames '' --no-upstream --warmup-frames 10 --image-encoder "$ENCODER" $COMPILE
     done
   done
   if "$PY" -m pam_ros.cli bench semantics --help 2>/dev/null | grep -q -- --summary; then
