@@ -5,19 +5,35 @@ by the real onnxruntime (CPU provider here); the official token ids and masks mu
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime
 import pytest
 import torch
-from pam_tiny_fixture import SAM2_CHECKPOINT, SAM2_CONFIG, TASK_OF_KEY, golden, image_cases, video_case, video_frames
+from pam_tiny_fixture import (
+    FIXTURE_DIR,
+    PAM_DIR,
+    SAM2_CHECKPOINT,
+    SAM2_CONFIG,
+    TASK_OF_KEY,
+    golden,
+    image_cases,
+    video_case,
+    video_frames,
+)
 from pam_tiny_fixture import case_image as load_image
 from pam_tiny_fixture import case_prompt as visual_prompt
 
 from pam_ros.engine.tracker import StreamingTracker
 from pam_ros.errors import ConfigError, OnnxModelError
+from pam_ros.masks import rle_to_mask
 from pam_ros.model.image_encoder import (
     MAX_ABS_DIFF,
     EncoderIdentity,
@@ -212,3 +228,31 @@ def test_export_onnx_command(tmp_path, capsys):
     assert OnnxImageEncoder.open(out, backbone).identity.image_size == 128
     code = main(["export-onnx", "--model", "tiny", "--sam2-config", "x", "--out", str(out)])
     assert code == 2 and "not both" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- front end
+def _describe(*args):
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "pam_ros.cli", "describe", *args], capture_output=True, text=True,
+                          env=env, cwd=repo, timeout=300)
+
+
+def test_describe_command_with_the_onnxruntime_encoder(onnx_export, tmp_path):
+    case = IMAGE_CASES["c0_box_recognize"]
+    args = [str(FIXTURE_DIR / case["image"]), "--box", *[str(v) for v in case["visual_prompt"]], "--task", "recognize",
+            "--pam", str(PAM_DIR), "--sam2-config", str(SAM2_CONFIG), "--sam2-checkpoint", str(SAM2_CHECKPOINT),
+            "--max-new-tokens", "12", "--json", "--image-encoder", "onnxruntime"]
+    proc = _describe(*args, "--image-encoder-onnx", str(onnx_export.path))
+    assert proc.returncode == 0, proc.stderr
+    assert "image encoder: onnxruntime on CPUExecutionProvider" in proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["tasks"]["recognize"]["token_ids"] == golden()["c0_box_recognize.generated_ids"].tolist()
+    official = golden()["c0_box_recognize.sam2.video_res_mask_logits"][0, 0].numpy() > 0
+    assert np.count_nonzero(rle_to_mask(result["mask_rle"]) != official) <= 5
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00not onnx" * 64)
+    refused = _describe(*args, "--image-encoder-onnx", str(garbage))
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "corrupt or not an ONNX model" in refused.stderr and "pam-ros export-onnx" in refused.stderr
