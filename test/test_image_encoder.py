@@ -167,6 +167,16 @@ def test_other_checkpoint_or_size_or_no_metadata_is_refused(onnx_export, backbon
     assert small.image_encoder.kind == "torch"
 
 
+def test_compile_with_onnxruntime_compiles_only_the_memory_attention(onnx_export):
+    from pam_ros.model.pam import configure_backbone
+
+    backbone = Sam2Backbone.from_config(SAM2_CONFIG, SAM2_CHECKPOINT)
+    configure_backbone(backbone, "onnxruntime", onnx_export.path, compile=True)
+    assert backbone.image_encoder.kind == "onnxruntime"
+    assert backbone.sam.memory_attention._compiled_call_impl is not None
+    assert backbone.sam.image_encoder._compiled_call_impl is None  # ONNX Runtime runs it
+
+
 def test_selection_errors_are_config_errors(onnx_export, tmp_path):
     with pytest.raises(ConfigError, match="unknown image encoder"):
         ModelSpec(name="tiny", image_encoder="tensorflow").validate()

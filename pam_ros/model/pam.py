@@ -268,12 +268,14 @@ class PamModel:
 
 def configure_backbone(backbone: Sam2Backbone, image_encoder: str = "torch",
                        image_encoder_onnx: str | Path | None = None, compile: bool = False) -> None:
-    """Select the image encoder (torch / onnxruntime) and optionally torch.compile SAM 2's hot modules."""
+    """Select the image encoder (torch / onnxruntime), then optionally torch.compile SAM 2's hot modules:
+    in this order, since an ONNX export (on first use) traces the eager encoder; with ONNX Runtime only
+    the memory attention is compiled."""
     from pam_ros.model.image_encoder import use_image_encoder
 
-    if compile:
-        backbone.compile_modules()
     use_image_encoder(backbone, image_encoder, image_encoder_onnx or None)
+    if compile:
+        backbone.compile_modules(encoder=image_encoder == "torch")
 
 
 def check_device(device: str | torch.device) -> torch.device:

@@ -458,13 +458,15 @@ class Sam2Backbone(torch.nn.Module):
     def image_size(self) -> int:
         return int(self.sam.image_size)
 
-    def compile_modules(self) -> None:
-        """torch.compile the image encoder and the memory attention in place (CUDA speed; off by default).
+    def compile_modules(self, encoder: bool = True) -> None:
+        """torch.compile the image encoder (unless encoder=False: ONNX Runtime runs it) and the memory
+        attention in place (CUDA speed; off by default).
 
         Memory attention sees a different number of memory tokens as a track grows: dynamic shapes.
         The first frames pay the compilation (tens of seconds).
         """
-        self.sam.image_encoder.compile()
+        if encoder:
+            self.sam.image_encoder.compile()
         self.sam.memory_attention.compile(dynamic=True)
 
     def autocast(self) -> contextlib.AbstractContextManager:
