@@ -80,6 +80,15 @@ def pam_model():
 
 
 @pytest.fixture(scope="session")
+def small_pam_model():
+    """The whole tiny PAM with SAM 2 at a 256-pixel input (fast; not the official 1024 computation)."""
+    from pam_ros.model.pam import PamModel
+
+    return PamModel.from_pretrained(PAM_DIR, SAM2_CONFIG, SAM2_CHECKPOINT, device="cpu", dtype=torch.float32,
+                                    sam2_overrides={"image_size": 256})
+
+
+@pytest.fixture(scope="session")
 def onnx_export(tmp_path_factory):
     """The fixture's SAM 2 image encoder exported to ONNX at its own 1024 input, once per session
     (about 20 s on two cores): model/image_encoder.ExportReport."""
