@@ -20,12 +20,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "on the same model and synthetic frames, then a long stream showing bounded memory. "
                     "Numbers are printed, never asserted.",
     )
-    track.add_argument("--config", default="sam2.1_hiera_t", help="SAM 2.1 config name or YAML path")
+    track.add_argument("--size", choices=("tiny", "real"), default=None,
+                       help="shorthand: tiny = sam2.1_hiera_t at 256, real = sam2.1_hiera_l at 1024 (PAM's)")
+    track.add_argument("--config", default=None, help="SAM 2.1 config name or YAML path (default sam2.1_hiera_t)")
     track.add_argument("--checkpoint", default=None, help="SAM 2 .pt (default: random weights, timing only)")
     track.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     track.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32")
-    track.add_argument("--image-size", type=int, default=256,
-                       help="model input size (PAM uses 1024; smaller is faster on CPU)")
+    track.add_argument("--image-size", type=int, default=None,
+                       help="model input size (default 256; PAM uses 1024; smaller is faster on CPU)")
     track.add_argument("--frames", type=int, default=20, help="frames per comparison run")
     track.add_argument("--objects", default="1,4,16", help="comma-separated object counts")
     track.add_argument("--width", type=int, default=64)
@@ -34,6 +36,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help="frame counts after which the long stream's state is printed ('' to skip)")
     track.add_argument("--no-upstream", action="store_true", help="skip the SAM2VideoPredictor runs")
     track.set_defaults(run=run_track)
+
+    semantics = kinds.add_parser(
+        "semantics",
+        help="semantics jobs one at a time vs in one batched generation",
+        description="N objects x T tasks answered one generation at a time and then in one batch, by a "
+                    "random-weight PAM at the official shapes (no download). Prints wall times, when the last "
+                    "object's first answer is complete, tokens/s, peak memory, the shared-prefix prefill, and as "
+                    "last line 'semantics: serial X s, batched Y s, ratio Y/X = R'.",
+    )
+    semantics.add_argument("--size", choices=("tiny", "1.5B", "3B"), default="tiny",
+                           help="LLM shapes: the test fixture's tiny one, Qwen2.5-1.5B or -3B (PAM-1.5B/3B)")
+    semantics.add_argument("--objects", type=int, default=8, help="objects (default 8)")
+    semantics.add_argument("--tasks", nargs="+", default=["explain", "caption"], metavar="TASK",
+                           help="image tasks per object (default: explain caption)")
+    semantics.add_argument("--max-new-tokens", type=int, default=32, help="tokens per answer (default 32)")
+    semantics.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    semantics.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32")
+    semantics.set_defaults(run=run_semantics)
     return bench
 
 
@@ -51,12 +71,14 @@ def _device(name: str) -> str:
 
 def run_track(args: argparse.Namespace) -> int:
     """Entry point for `pam-ros bench track`."""
+    from pam_ros.bench.shapes import SAM2_SHAPES
     from pam_ros.bench.track import DTYPES, run_track_bench
     from pam_ros.model.sam2_backbone import Sam2Backbone
 
-    overrides = {"image_size": args.image_size} if args.image_size else None
+    config, image_size = SAM2_SHAPES[args.size or "tiny"]
+    overrides = {"image_size": args.image_size or image_size}
     backbone = Sam2Backbone.from_config(
-        args.config, args.checkpoint, device=_device(args.device), dtype=DTYPES[args.dtype], overrides=overrides
+        args.config or config, args.checkpoint, device=_device(args.device), dtype=DTYPES[args.dtype], overrides=overrides
     )
     run_track_bench(
         backbone,
@@ -67,4 +89,17 @@ def run_track(args: argparse.Namespace) -> int:
         long_frames=_int_list(args.long_frames),
         compare_upstream=not args.no_upstream,
     )
+    return 0
+
+
+def run_semantics(args: argparse.Namespace) -> int:
+    """Entry point for `pam-ros bench semantics`."""
+    from pam_ros.bench.semantics import run_semantics_bench
+    from pam_ros.bench.shapes import random_pam
+    from pam_ros.model.pam import parse_dtype
+
+    if args.max_new_tokens < 1:
+        raise SystemExit("pam-ros bench semantics: --max-new-tokens must be at least 1")
+    model = random_pam(args.size, device=_device(args.device), dtype=parse_dtype(args.dtype))
+    run_semantics_bench(model, objects=args.objects, tasks=args.tasks, max_new_tokens=args.max_new_tokens)
     return 0

@@ -193,6 +193,7 @@ class _Row:
         self.step_logits: list[Tensor] = []
         self.stopped = self.finished_by_eos = False
         self.seconds = 0.0
+        self.finished_at = 0.0  # time.perf_counter() when the sequence ended
         self.text = ""
 
 
@@ -336,7 +337,8 @@ class BatchDecoder:
 
     def _finish(self, row: _Row, start: float) -> None:
         """A sequence is done: its final text, and the last of it streamed at once."""
-        row.seconds = time.perf_counter() - start
+        row.finished_at = time.perf_counter()
+        row.seconds = row.finished_at - start
         tokenizer = self.tokenizer
         row.text = tokenizer.decode(row.new_ids, skip_special_tokens=True).strip() if tokenizer is not None else ""
         if row.streamer is not None and row.streamer.text.strip() != row.text:
@@ -366,4 +368,5 @@ class BatchDecoder:
             text=row.text, token_ids=row.new_ids, stopped=row.stopped, finished_by_eos=row.finished_by_eos,
             seconds=row.seconds, prompt_length=int(row.embeds.shape[0]),
             step_logits=torch.stack(row.step_logits) if row.request.return_logits and row.step_logits else None,
+            extra={"finished_at": row.finished_at},
         )

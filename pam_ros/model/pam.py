@@ -264,7 +264,9 @@ class PamModel:
             out[i] = self.language.video_region_embeddings(per_frame)
         return out
 
-    def _prepare_prompt(self, features, task: str | None, prompt: str | None, history: str | None) -> PreparedPrompt:
+    def prompt_for(self, features, task: str | None, prompt: str | None = None,
+                   history: str | None = None) -> PreparedPrompt:
+        """The prompt for a task (or free prompt) on these features; TaskError if they do not fit."""
         video = not _is_single(features)
         if prompt is None:
             if is_video_task(task) and not video:
@@ -276,7 +278,7 @@ class PamModel:
     def prepare(self, features: RegionFeatures | Sequence[RegionFeatures], task: str | None = "recognize",
                 *, prompt: str | None = None, history: str | None = None) -> tuple[PreparedPrompt, Tensor]:
         """Prompt ids and the LLM's inputs_embeds [1, T, H] for a task (or free prompt) on a region."""
-        prepared = self._prepare_prompt(features, task, prompt, history)
+        prepared = self.prompt_for(features, task, prompt, history)
         region = self.region_embeddings(features)
         return prepared, self.language.embed_prompt(prepared.input_ids, region)
 
@@ -320,7 +322,7 @@ class PamModel:
             return []
         default = self.generation_settings(max_new_tokens=max_new_tokens, do_sample=do_sample,
                                            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-        prepared = [self._prepare_prompt(j.features, j.task, j.prompt, j.history) for j in jobs]
+        prepared = [self.prompt_for(j.features, j.task, j.prompt, j.history) for j in jobs]
         keys = [_object_key(j) for j in jobs]
         unique: dict[Hashable, int] = {}
         objects = []
