@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+from pam_ros.model.tasks import DTYPE_NAMES
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     track.add_argument("--config", default=None, help="SAM 2.1 config name or YAML path (default sam2.1_hiera_t)")
     track.add_argument("--checkpoint", default=None, help="SAM 2 .pt (default: random weights, timing only)")
     track.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
-    track.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32")
+    track.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
     track.add_argument("--image-size", type=int, default=None,
                        help="model input size (default 256; PAM uses 1024; smaller is faster on CPU)")
     track.add_argument("--frames", type=int, default=20, help="frames per comparison run")
@@ -52,7 +52,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                            help="image tasks per object (default: explain caption)")
     semantics.add_argument("--max-new-tokens", type=int, default=32, help="tokens per answer (default 32)")
     semantics.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
-    semantics.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32")
+    semantics.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
     semantics.set_defaults(run=run_semantics)
     return bench
 
@@ -72,13 +72,15 @@ def _device(name: str) -> str:
 def run_track(args: argparse.Namespace) -> int:
     """Entry point for `pam-ros bench track`."""
     from pam_ros.bench.shapes import SAM2_SHAPES
-    from pam_ros.bench.track import DTYPES, run_track_bench
+    from pam_ros.bench.track import run_track_bench
     from pam_ros.model.sam2_backbone import Sam2Backbone
+    from pam_ros.model.tasks import torch_dtype
 
     config, image_size = SAM2_SHAPES[args.size or "tiny"]
     overrides = {"image_size": args.image_size or image_size}
     backbone = Sam2Backbone.from_config(
-        args.config or config, args.checkpoint, device=_device(args.device), dtype=DTYPES[args.dtype], overrides=overrides
+        args.config or config, args.checkpoint, device=_device(args.device), dtype=torch_dtype(args.dtype),
+        overrides=overrides,
     )
     run_track_bench(
         backbone,
@@ -96,10 +98,10 @@ def run_semantics(args: argparse.Namespace) -> int:
     """Entry point for `pam-ros bench semantics`."""
     from pam_ros.bench.semantics import run_semantics_bench
     from pam_ros.bench.shapes import random_pam
-    from pam_ros.model.pam import parse_dtype
+    from pam_ros.model.tasks import torch_dtype
 
     if args.max_new_tokens < 1:
         raise SystemExit("pam-ros bench semantics: --max-new-tokens must be at least 1")
-    model = random_pam(args.size, device=_device(args.device), dtype=parse_dtype(args.dtype))
+    model = random_pam(args.size, device=_device(args.device), dtype=torch_dtype(args.dtype))
     run_semantics_bench(model, objects=args.objects, tasks=args.tasks, max_new_tokens=args.max_new_tokens)
     return 0

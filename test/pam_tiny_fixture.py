@@ -70,3 +70,15 @@ def case_prompt(case: dict):
         return VisualPrompt(box=np.array(case["visual_prompt"], dtype=np.float32))
     return VisualPrompt(points=np.array(case["visual_prompt"], dtype=np.float32),
                         labels=np.array(case["vp_labels"], dtype=np.int64))
+
+
+def teacher_forced_logits(language, inputs_embeds, token_ids):
+    """Raw logits [n, vocab] at every step when `token_ids` are fed back in (the KV-cache decode path)."""
+    import torch
+
+    from pam_ros.model.language import GenerationRequest, GenerationSettings
+
+    with torch.inference_mode():
+        settings = GenerationSettings(max_new_tokens=len(token_ids))
+        request = GenerationRequest(inputs_embeds, settings, forced=list(token_ids), return_logits=True)
+        return language.generate_batch([request], None)[0].step_logits

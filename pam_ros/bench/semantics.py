@@ -104,7 +104,7 @@ def run_batched(model: PamModel, jobs: Sequence[DescribeJob], num_tasks: int) ->
     _sync(device)
     seconds = time.perf_counter() - start
     last_object = outs[len(outs) - num_tasks:]
-    last_first = min(o.extra["finished_at"] for o in last_object) - start
+    last_first = min(o.finished_at for o in last_object) - start
     return RunTiming(seconds, last_first, sum(len(o.token_ids) for o in outs), _peak(device))
 
 

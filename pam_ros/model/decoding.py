@@ -17,7 +17,7 @@ loop is our own; every tensor operation in it is transformers' Qwen2 forward.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Hashable, Sequence
 
 import torch
@@ -95,7 +95,7 @@ class Generation:
     seconds: float = 0.0
     prompt_length: int = 0  # inputs_embeds length seen by the LLM
     step_logits: Tensor | None = None  # [n, vocab] raw logits per step, when requested
-    extra: dict = field(default_factory=dict)
+    finished_at: float = 0.0  # time.perf_counter() when this sequence ended (batches: each its own)
 
 
 class IncrementalDecoder:
@@ -368,5 +368,5 @@ class BatchDecoder:
             text=row.text, token_ids=row.new_ids, stopped=row.stopped, finished_by_eos=row.finished_by_eos,
             seconds=row.seconds, prompt_length=int(row.embeds.shape[0]),
             step_logits=torch.stack(row.step_logits) if row.request.return_logits and row.step_logits else None,
-            extra={"finished_at": row.finished_at},
+            finished_at=row.finished_at,
         )

@@ -29,10 +29,10 @@ from pam_ros.model.decoding import (  # noqa: F401  (re-exported: the model laye
     apply_repetition_penalty,
     with_overrides,
 )
+from pam_ros.model.tasks import IMAGE_TOKEN_INDEX
 
 log = logging.getLogger(__name__)
 
-IMAGE_TOKEN_INDEX = -200  # the `<image>` placeholder id in PAM's input_ids
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 # config.json keys that belong to LLaVA/PAM or to the file itself, not to Qwen2Config
 _NON_QWEN_KEYS = ("model_type", "architectures", "transformers_version", "torch_dtype", "dtype")
@@ -165,12 +165,6 @@ class PamLanguageModel(nn.Module):
                                     return_logits=return_logits)
         return self.generate_batch([request], tokenizer)[0]
 
-    @torch.inference_mode()
-    def teacher_forced_logits(self, inputs_embeds: Tensor, token_ids: Sequence[int]) -> Tensor:
-        """Raw logits [n, vocab] at every step when `token_ids` are fed back in (KV cache path)."""
-        settings = GenerationSettings(max_new_tokens=len(token_ids))
-        request = GenerationRequest(inputs_embeds, settings, forced=list(token_ids), return_logits=True)
-        return self.generate_batch([request], None)[0].step_logits
 
     @torch.inference_mode()
     def generate_batch(self, requests: Sequence[GenerationRequest], tokenizer) -> list[Generation]:
