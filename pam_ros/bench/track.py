@@ -199,6 +199,11 @@ def run_track_bench(
             Image.fromarray(synthetic_frame(index, width, height)).save(path, quality=95)
             # both trackers see the same (decoded JPEG) pixels
             frames.append(np.array(Image.open(path).convert("RGB")))
+        # warm-up: the first forward passes of a process allocate and pick kernels; neither tracker pays it
+        warm = StreamingTracker(backbone, max_objects=1)
+        warm.add_object(object_prompts(1, width, height)[0])
+        warm.step(frames[0])
+        del warm
         printer(f"{'objects':>7} {'tracker':>22} {'ms/frame':>10} {'state MiB':>10} {'peak MiB':>9} {'time x':>7} {'state x':>8}")
         for count in num_objects:
             prompts = object_prompts(count, width, height)
