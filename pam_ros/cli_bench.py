@@ -22,12 +22,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "on the same model and synthetic frames, then a long stream showing bounded memory. "
                     "Numbers are printed, never asserted.",
     )
-    track.add_argument("--config", default="sam2.1_hiera_t", help="SAM 2.1 config name or YAML path")
+    track.add_argument("--size", choices=("tiny", "real"), default=None,
+                       help="shorthand: tiny = sam2.1_hiera_t at 256, real = sam2.1_hiera_l at 1024 (PAM's)")
+    track.add_argument("--config", default=None, help="SAM 2.1 config name or YAML path (default sam2.1_hiera_t)")
     track.add_argument("--checkpoint", default=None, help="SAM 2 .pt (default: random weights, timing only)")
     track.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     track.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
-    track.add_argument("--image-size", type=int, default=256,
-                       help="model input size (PAM uses 1024; smaller is faster on CPU)")
+    track.add_argument("--image-size", type=int, default=None,
+                       help="model input size (default 256; PAM uses 1024; smaller is faster on CPU)")
     track.add_argument("--frames", type=int, default=20, help="frames per comparison run")
     track.add_argument("--objects", default="1,4,16", help="comma-separated object counts")
     track.add_argument("--width", type=int, default=64)
@@ -42,6 +44,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                             "whose first frames compile / build TensorRT engines; else 0)")
     add_encoder_arguments(track)
     track.set_defaults(run=run_track)
+
+    semantics = kinds.add_parser(
+        "semantics",
+        help="semantics jobs one at a time vs in one batched generation",
+        description="N objects x T tasks answered one generation at a time and then in one batch, by a "
+                    "random-weight PAM at the official shapes (no download). Prints wall times, when the last "
+                    "object's first answer is complete, tokens/s, peak memory, the shared-prefix prefill, and as "
+                    "last line 'semantics: serial X s, batched Y s, ratio Y/X = R'.",
+    )
+    semantics.add_argument("--size", choices=("tiny", "1.5B", "3B"), default="tiny",
+                           help="LLM shapes: the test fixture's tiny one, Qwen2.5-1.5B or -3B (PAM-1.5B/3B)")
+    semantics.add_argument("--objects", type=int, default=8, help="objects (default 8)")
+    semantics.add_argument("--tasks", nargs="+", default=["explain", "caption"], metavar="TASK",
+                           help="image tasks per object (default: explain caption)")
+    semantics.add_argument("--max-new-tokens", type=int, default=32, help="tokens per answer (default 32)")
+    semantics.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    semantics.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
+    semantics.set_defaults(run=run_semantics)
 
     encoder = kinds.add_parser(
         "encoder",
@@ -104,15 +124,18 @@ def _seed_random_weights(checkpoint: str | None) -> None:
 
 def run_track(args: argparse.Namespace) -> int:
     """Entry point for `pam-ros bench track`."""
+    from pam_ros.bench.shapes import SAM2_SHAPES
     from pam_ros.bench.track import run_track_bench, warm_up
     from pam_ros.model.pam import configure_backbone
     from pam_ros.model.sam2_backbone import Sam2Backbone
     from pam_ros.model.tasks import torch_dtype
 
-    overrides = {"image_size": args.image_size} if args.image_size else None
+    config, image_size = SAM2_SHAPES[args.size or "tiny"]
+    args.config = args.config or config
+    overrides = {"image_size": args.image_size or image_size}
     _seed_random_weights(args.checkpoint)
     backbone = Sam2Backbone.from_config(
-        args.config, args.checkpoint, device=_device(args.device), dtype=torch_dtype(args.dtype), overrides=overrides
+        args.config, args.checkpoint, device=_device(args.device), dtype=torch_dtype(args.dtype), overrides=overrides,
     )
     configure_backbone(backbone, args.image_encoder, args.image_encoder_onnx or None, args.compile)
     encoder = backbone.image_encoder
@@ -161,4 +184,17 @@ def run_encoder(args: argparse.Namespace) -> int:
     setting = f"{config} {backbone.image_size}px {backbone.device} {args.dtype}"
     append_summary(args.summary, [("encoder", setting, f"{row.encoder} {row.provider} ms/frame", f"{row.ms_per_frame:.1f}")
                                   for row in rows])
+    return 0
+
+
+def run_semantics(args: argparse.Namespace) -> int:
+    """Entry point for `pam-ros bench semantics`."""
+    from pam_ros.bench.semantics import run_semantics_bench
+    from pam_ros.bench.shapes import random_pam
+    from pam_ros.model.tasks import torch_dtype
+
+    if args.max_new_tokens < 1:
+        raise SystemExit("pam-ros bench semantics: --max-new-tokens must be at least 1")
+    model = random_pam(args.size, device=_device(args.device), dtype=torch_dtype(args.dtype))
+    run_semantics_bench(model, objects=args.objects, tasks=args.tasks, max_new_tokens=args.max_new_tokens)
     return 0

@@ -1,6 +1,6 @@
 """`pam-ros describe`: segment one object in an image or a clip and say what it is (PAM tasks).
 
-    pam-ros describe IMAGE [--box X1 Y1 X2 Y2] [--point X Y [LABEL]]... --task NAME [--task NAME]...
+    pam-ros describe IMAGE [--box X1 Y1 X2 Y2]... [--point X Y [LABEL]]... --task NAME [--task NAME]...
         [--prompt TEXT] [--ask QUERY] [--history TEXT] [--model NAME | --sam2-config CFG --sam2-checkpoint PT --pam DIR]
         [--device D] [--dtype T] [--max-new-tokens N] [--greedy | --temperature T --top-p P]
         [--json] [--save-overlay PNG]
@@ -14,6 +14,9 @@ tasks describe the first frame, and --prompt asks about the whole track. The JSO
 "frames": [{"index", "score", "mask_rle"}] for every frame; the top-level mask and score are the
 first frame's. --ask "QUERY" (one image) adds "ask": {"query", "score", "log_odds"}: PAM's P(yes)
 that the object can be used for QUERY (model/tasks.py AFFORDANCE_QUESTION); tasks are optional then.
+
+Several --box on one image describe one object each, in one batch (pam_ros.cli_describe_objects);
+the JSON is then {"image", "size", "objects": [...]}.
 
 Bad input (missing file, non-RGB image, NaN, labels other than 0/1, zero-area box, no prompt, unknown
 task) ends with one clear line on stderr and exit status 2, before any model is loaded. A box partly
@@ -53,8 +56,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("image", help="image file (8-bit RGB), or a clip: a directory of frames, an animated GIF, "
                                  "or a video file (needs PyAV)")
-    p.add_argument("--box", nargs=4, type=float, metavar=("X1", "Y1", "X2", "Y2"),
-                   help="box in pixels of the image (clipped to the image if partly outside)")
+    p.add_argument("--box", nargs=4, type=float, action="append", metavar=("X1", "Y1", "X2", "Y2"),
+                   help="box in pixels of the image (clipped to the image if partly outside); repeat it to "
+                        "describe several objects at once (one per box, images only, no --point)")
     p.add_argument("--point", nargs="+", action="append", default=[], metavar="X Y [LABEL]",
                    help="point in pixels; LABEL 1 = positive (default), 0 = negative; repeatable, "
                         "given to SAM 2 in command-line order")
@@ -134,7 +138,7 @@ def build_prompt(args, image_wh: tuple[int, int]):
     from pam_ros.model.sam2_backbone import VisualPrompt
 
     points, labels = parse_points(args.point)
-    box = None if args.box is None else np.array(args.box, dtype=np.float64)
+    box = None if not args.box else np.array(args.box[0], dtype=np.float64)
     if points is None and box is None:
         raise InputError("no visual prompt: give --box X1 Y1 X2 Y2 and/or --point X Y [LABEL]")
     return VisualPrompt(points=points, labels=labels, box=box).validate(image_wh)
@@ -184,6 +188,10 @@ def describe(args) -> dict:
     cli_everything.check_arguments(args)
     if args.everything:
         return cli_everything.describe_everything(args)
+    if args.box and len(args.box) > 1:
+        from pam_ros.cli_describe_objects import describe_objects
+
+        return describe_objects(args)
     if is_clip_path(args.image):
         return describe_clip_command(args)
     image = load_rgb_image(args.image)
@@ -288,12 +296,13 @@ def save_overlay(image: np.ndarray, mask: np.ndarray, prompt, path: str) -> None
     tinted[mask] = 0.5 * tinted[mask] + 0.5 * np.array([30, 144, 255], dtype=np.float32)
     canvas = Image.fromarray(tinted.astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
-    if prompt.box is not None:
-        draw.rectangle([float(v) for v in prompt.box], outline=(0, 255, 0), width=2)
-    if prompt.points is not None:
-        for (x, y), label in zip(prompt.points, prompt.labels):
-            color = (0, 255, 0) if label == 1 else (255, 0, 0)
-            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=color, outline=(255, 255, 255))
+    for one in prompt if isinstance(prompt, (list, tuple)) else [prompt]:  # several boxes: each drawn
+        if one.box is not None:
+            draw.rectangle([float(v) for v in one.box], outline=(0, 255, 0), width=2)
+        if one.points is not None:
+            for (x, y), label in zip(one.points, one.labels):
+                color = (0, 255, 0) if label == 1 else (255, 0, 0)
+                draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=color, outline=(255, 255, 255))
     try:
         canvas.save(path)
     except (OSError, ValueError) as exc:
@@ -333,6 +342,10 @@ def run(args) -> int:
         print(json.dumps(result, ensure_ascii=False))
     elif args.everything:
         cli_everything.print_everything(result)
+    elif "objects" in result:
+        from pam_ros.cli_describe_objects import print_objects_text
+
+        print_objects_text(result)
     else:
         print_text(result)
     return 0

@@ -65,7 +65,8 @@ def tracked_video(full_backbone) -> TrackedVideo:
     from pam_ros.engine.tracker import StreamingTracker
     from pam_ros.model.sam2_backbone import VisualPrompt
 
-    tracker = StreamingTracker(full_backbone, keep_feature_frames=16)
+    # float32 features (feature_dtype=None): the official outputs are compared at float32
+    tracker = StreamingTracker(full_backbone, keep_feature_frames=16, feature_dtype=None)
     object_id = tracker.add_object(VisualPrompt(box=np.array(video_case()["visual_prompt"], dtype=np.float32)))
     results = [tracker.step(frame, stamp_ns=1000 * i) for i, frame in enumerate(video_frames())]
     return TrackedVideo(tracker, object_id, results)

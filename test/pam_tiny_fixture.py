@@ -76,8 +76,9 @@ def teacher_forced_logits(language, inputs_embeds, token_ids):
     """Raw logits [n, vocab] at every step when `token_ids` are fed back in (the KV-cache decode path)."""
     import torch
 
-    from pam_ros.model.language import GenerationSettings
+    from pam_ros.model.language import GenerationRequest, GenerationSettings
 
     with torch.inference_mode():
         settings = GenerationSettings(max_new_tokens=len(token_ids))
-        return language._decode(inputs_embeds, settings, None, forced=list(token_ids), return_logits=True).step_logits
+        request = GenerationRequest(inputs_embeds, settings, forced=list(token_ids), return_logits=True)
+        return language.generate_batch([request], None)[0].step_logits

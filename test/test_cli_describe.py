@@ -61,6 +61,30 @@ def test_json_contract_on_fixture_case(c0_json):
     assert "Traceback" not in c0_json.stderr and "INFO" in c0_json.stderr  # logs on stderr
 
 
+def test_several_boxes_describe_one_object_each_in_order(c0_json):
+    """Two boxes in one run: the first object's fields are exactly the single-box run's (c0: official
+    ids), the second is its own object; stdout is one JSON object."""
+    second = ["400", "40", "620", "260"]
+    box = [str(v) for v in C0["visual_prompt"]]
+    proc = run_cli("describe", IMG0, "--box", *box, "--box", *second, "--task", "recognize", "--task", "explain",
+                   *MODEL_ARGS, "--max-new-tokens", "12", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert set(result) == {"image", "size", "objects"} and result["size"] == [640, 480]
+    single = json.loads(c0_json.stdout)
+    first, other = result["objects"]
+    assert set(first) == set(single) - {"image", "size"}
+    for key in ("tasks", "category", "definition", "roi"):
+        assert first[key] == single[key], key
+    assert first["score"] == pytest.approx(single["score"], abs=1e-5)
+    # two prompts in one decoder batch: a few pixels whose logit is ~0 may flip
+    assert np.count_nonzero(rle_to_mask(first["mask_rle"]) != rle_to_mask(single["mask_rle"])) <= 5
+    assert first["tasks"]["recognize"]["token_ids"] == golden()["c0_box_recognize.generated_ids"].tolist()
+    assert set(other["tasks"]) == {"recognize", "explain"} and other["mask_rle"] != first["mask_rle"]
+    x, y, w, h = other["roi"]
+    assert x < 620 and x + w > 400 and y < 260 and y + h > 40  # the second mask is in the second box
+
+
 def test_missing_image_fails_cleanly_in_a_process():
     proc = run_cli("describe", "no/such/image.png", "--box", "1", "2", "3", "4", *MODEL_ARGS)
     assert proc.returncode != 0 and proc.stdout == ""
@@ -90,6 +114,9 @@ def odd_images(tmp_path_factory):
     (["--box", "1", "2", "30", "40", "--task", "dance"], "unknown task 'dance'"),
     (["--box", "1", "2", "30", "40", "--task", "video_caption"], "needs a video"),
     (["--box", "1", "2", "30", "40", "--top-p", "0.5"], "--top-p needs --temperature"),
+    (["--box", "1", "2", "30", "40", "--box", "5", "5", "60", "60", "--point", "10", "10"],
+     "--point cannot be combined with several --box"),
+    (["--box", "1", "2", "30", "40", "--box", "50", "5", "40", "60"], "--box number 2 (50 5 40 60)"),
 ])
 def test_bad_prompts_give_clear_errors(capsys, extra, message):
     code = main(["describe", IMG0, *extra, *MODEL_ARGS])

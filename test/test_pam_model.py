@@ -9,7 +9,7 @@ from pam_tiny_fixture import case_image as load_image
 from pam_tiny_fixture import case_prompt as visual_prompt
 
 from pam_ros.errors import TaskError
-from pam_ros.model.pam import PamModel, RegionFeatures
+from pam_ros.model.pam import DescribeJob, PamModel, RegionFeatures
 from pam_ros.model.tasks import select_video_frames
 
 IMAGE_CASES = {c["case"]: c for c in image_cases()}
@@ -70,13 +70,30 @@ def test_several_prompts_encode_the_image_once(pam):
     try:
         enc = pam.encode_image(load_image(case))
         dec = pam.segment(enc, [visual_prompt(case), visual_prompt(IMAGE_CASES["c3_box_detail"])])
-        outs = [pam.describe(pam.region_features(dec, i), task, max_new_tokens=12)
-                for i, task in ((0, "explain"), (1, "detailed_caption"), (0, "recognize_zh"))]
+        first, second = pam.region_features(dec, 0), pam.region_features(dec, 1)
+        jobs = [DescribeJob(first, "explain"), DescribeJob(second, "detailed_caption"),
+                DescribeJob(first, "recognize_zh")]
+        outs = pam.describe_batch(jobs, max_new_tokens=12)  # object 0's visual prefix is shared
+        alone = pam.describe(first, "recognize_zh", max_new_tokens=12)
     finally:
         hook.remove()
     assert len(calls) == 1
     assert outs[0].token_ids == golden()["c1_points_explain.generated_ids"].tolist()
     assert outs[1].token_ids == golden()["c3_box_detail.generated_ids"].tolist()
+    assert outs[2].token_ids == alone.token_ids and outs[2].task == "recognize_zh"
+
+
+def test_every_fixture_case_in_one_batch_gives_official_tokens(pam, runs, tracked_clip):
+    """Four image objects (one perceiver batch) and the tracked clip (video mode) in one generation."""
+    g = golden()
+    jobs = [DescribeJob(pam.region_features(runs[name]["dec"], 0), TASK_OF_KEY[case["task_key"]])
+            for name, case in IMAGE_CASES.items()]
+    jobs.append(DescribeJob(tracked_clip, "video_caption"))
+    outs = pam.describe_batch(jobs, max_new_tokens=12)
+    names = list(IMAGE_CASES) + [video_case()["case"]]
+    assert [o.token_ids for o in outs] == [g[f"{n}.generated_ids"].tolist() for n in names]
+    assert [o.num_frames for o in outs] == [1, 1, 1, 1, 16]
+    assert outs[1].explanation is not None
 
 
 def test_streaming_and_cancel_through_the_facade(pam, runs):

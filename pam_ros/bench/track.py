@@ -1,6 +1,7 @@
 """Measurements behind `pam-ros bench track` (the CLI is pam_ros/cli_bench.py): per-frame time and memory of the streaming tracker vs SAM 2's video predictor.
 
-For 1, 4 and 16 objects (configurable) the same frames are tracked twice in this process:
+For 1, 4 and 16 objects (configurable) the same frames are tracked in this process, twice by each
+tracker in the order streaming, upstream, upstream, streaming (times are the means):
 by `StreamingTracker` and by the upstream `sam2` `SAM2VideoPredictor` code path
 (`init_state` + `add_new_points_or_box` + `propagate_in_video`) on the same model object and
 weights. Then the streaming tracker alone runs a long stream and reports its state after 100 and
@@ -199,17 +200,32 @@ def run_track_bench(
             Image.fromarray(synthetic_frame(index, width, height)).save(path, quality=95)
             # both trackers see the same (decoded JPEG) pixels
             frames.append(np.array(Image.open(path).convert("RGB")))
+        # warm-up: the first forward passes of a process allocate and pick kernels; neither tracker pays it
+        warm = StreamingTracker(backbone, max_objects=1)
+        warm.add_object(object_prompts(1, width, height)[0])
+        warm.step(frames[0])
+        del warm
         printer(f"{'objects':>7} {'tracker':>22} {'ms/frame':>10} {'state MiB':>10} {'peak MiB':>9} {'time x':>7} {'state x':>8}")
         for count in num_objects:
             prompts = object_prompts(count, width, height)
-            streaming = run_streaming(backbone, frames, prompts)
-            rows.append(streaming)
-            printer(_format_row(streaming))
-            if compare_upstream:
+            if not compare_upstream:
+                streaming = run_streaming(backbone, frames, prompts)
+                rows.append(streaming)
+                printer(_format_row(streaming))
+                continue
+            # streaming, upstream, upstream, streaming: a machine whose load drifts during the runs
+            # (a shared CI box) slows both trackers alike, instead of whichever runs second
+            runs: dict[str, list[TrackBenchRow]] = {"streaming": [], "upstream": []}
+            for kind in ("streaming", "upstream", "upstream", "streaming"):
                 gc.collect()
-                upstream = run_upstream(backbone, frame_dir, num_frames, prompts)
-                rows.append(upstream)
-                printer(_format_row(upstream, reference=streaming))
+                if kind == "streaming":
+                    runs[kind].append(run_streaming(backbone, frames, prompts))
+                else:
+                    runs[kind].append(run_upstream(backbone, frame_dir, num_frames, prompts))
+            streaming, upstream = _mean_row(runs["streaming"]), _mean_row(runs["upstream"])
+            rows += [streaming, upstream]
+            printer(_format_row(streaming))
+            printer(_format_row(upstream, reference=streaming))
             gc.collect()
     points = run_long_stream(backbone, long_frames, width=width, height=height, printer=printer)
     return rows, points
@@ -256,6 +272,14 @@ def run_long_stream(
                 f"{1000 * point.seconds_per_frame:.1f} ms/frame{peak}"
             )
     return points
+
+
+def _mean_row(runs: Sequence[TrackBenchRow]) -> TrackBenchRow:
+    """Mean time of repeated runs of one tracker (state and peak are the same in each)."""
+    seconds = sum(r.seconds_per_frame for r in runs) / len(runs)
+    peaks = [r.peak_bytes for r in runs if r.peak_bytes is not None]
+    return TrackBenchRow(runs[0].tracker, runs[0].objects, runs[0].frames, seconds, max(r.state_bytes for r in runs),
+                         max(peaks) if peaks else None)
 
 
 def _format_row(row: TrackBenchRow, reference: TrackBenchRow | None = None) -> str:

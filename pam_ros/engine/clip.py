@@ -217,7 +217,7 @@ def track_clip(backbone, frames: Iterable[np.ndarray], prompt, *, num_frames: in
         raise ClipError("the clip has no frames")
     wanted = set(select_video_frames(num_frames)) if num_frames >= VIDEO_FRAMES else set()
     # the tracker's own feature history is not used here: the clip's selection is known exactly
-    tracker = StreamingTracker(backbone, keep_feature_frames=2)
+    tracker = StreamingTracker(backbone, keep_feature_frames=2, feature_dtype=None)  # as decoded: official parity
     object_id = tracker.add_object(prompt)
     clip_frames: list[ClipFrame] = []
     kept: dict[int, RegionFeatures] = {}

@@ -11,9 +11,10 @@ memory attention `_prepare_memory_conditioned_features`, the mask decoder and
   object pointers of the last `max_obj_ptrs_in_encoder - 1` frames; older memory is freed, and
   spatial features are dropped as soon as only the pointer is still read;
 * per object, PAM's decoder features (`mid_mask_tokens` [2,256], `mid_image_embed` [256,64,64])
-  for the frames semantics may ask about: the first frame of the track, an evenly thinned history
-  and the latest frame: at least `keep_feature_frames` frames once the track is that long, fewer
-  than twice that (see `FeatureHistory`).
+  for the frames semantics may ask about: the first frame of the track, the latest and frames spread
+  in between, `keep_feature_frames` in all (see `FeatureHistory`), stored in `feature_dtype`
+  (bfloat16 by default: half the bytes; None keeps the decoder's float32 for exact parity with the
+  official outputs) on `feature_device` (default: the model's device).
 
 Parity with the offline PAM/SAM 2 video propagation (fixture quirks 1 and 8): prompted frames are
 decoded without memory (or with it, for a refinement that keeps memory) and their memory is
@@ -93,44 +94,39 @@ class TrackingResult:
 
 
 class FeatureHistory:
-    """Bounded, evenly spread history of an object's `RegionFeatures`.
+    """Bounded history of an object's `RegionFeatures`, spread over the whole track.
 
-    Keeps the first frame, every `stride`-th frame after it and the latest frame. When more than
-    `2 * capacity - 1` frames would be kept, every second sampled frame is dropped and the stride
-    doubles, so the kept frames always span the whole track (what PAM's video mode samples from).
-    Thinning at twice the capacity guarantees that a track of at least `capacity` frames always
-    keeps at least `capacity` of them: PAM's video mode needs 16, whatever the track's length.
+    Holds at most `capacity` frames: every frame until then, and afterwards always the first and the
+    latest frame plus `capacity - 2` frames in between. When a new frame would make one too many, the
+    in-between frame whose removal leaves the smallest gap goes, so the kept frames stay spread
+    (gaps between kept frames within a factor of three of each other). With capacity 16 that is exactly
+    what PAM's video mode reads (it selects 16 frames), so nothing is kept that semantics never read.
     """
 
     def __init__(self, capacity: int):
         if capacity < 2:
             raise TrackerError(f"keep_feature_frames must be at least 2, got {capacity}")
         self.capacity = capacity
-        self._sampled: list[tuple[int, RegionFeatures]] = []  # (ordinal in the track, features)
-        self._latest: tuple[int, RegionFeatures] | None = None
-        self._stride = 1
+        self._kept: list[tuple[int, RegionFeatures]] = []  # (ordinal in the track, features)
         self._seen = 0
 
     def add(self, features: RegionFeatures) -> None:
-        if self._latest is not None and self._latest[0] % self._stride == 0:
-            self._sampled.append(self._latest)
-        self._latest = (self._seen, features)
+        self._kept.append((self._seen, features))
         self._seen += 1
-        while len(self._sampled) + 1 > 2 * self.capacity - 1:
-            self._stride *= 2
-            self._sampled = [entry for entry in self._sampled if entry[0] % self._stride == 0]
+        if len(self._kept) > self.capacity:
+            ordinals = [ordinal for ordinal, _ in self._kept]
+            # the oldest of the in-between frames whose neighbours are closest together
+            drop = min(range(1, len(ordinals) - 1), key=lambda i: (ordinals[i + 1] - ordinals[i - 1], i))
+            del self._kept[drop]
 
     def frames(self) -> list[RegionFeatures]:
-        kept = [features for _, features in self._sampled]
-        if self._latest is not None:
-            kept.append(self._latest[1])
-        return kept
+        return [features for _, features in self._kept]
 
     def latest(self) -> RegionFeatures | None:
-        return None if self._latest is None else self._latest[1]
+        return self._kept[-1][1] if self._kept else None
 
     def __len__(self) -> int:
-        return len(self._sampled) + (self._latest is not None)
+        return len(self._kept)
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,6 +180,7 @@ class StreamingTracker:
         max_objects: int = 32,
         keep_feature_frames: int = 16,
         memory_dtype: torch.dtype = torch.bfloat16,
+        feature_dtype: torch.dtype | None = torch.bfloat16,
         feature_device: str | torch.device | None = None,
     ):
         if max_conditioning_frames < 1:
@@ -196,6 +193,7 @@ class StreamingTracker:
         self.max_objects = max_objects
         self.keep_feature_frames = keep_feature_frames
         self.memory_dtype = memory_dtype
+        self.feature_dtype = feature_dtype
         self.feature_device = torch.device(feature_device) if feature_device is not None else None
         FeatureHistory(keep_feature_frames)  # validates the capacity now
         sam = self.sam
@@ -497,7 +495,7 @@ class StreamingTracker:
         masks_np = masks.cpu().numpy()
 
         tracks = []
-        feature_device = self.feature_device
+        feature_device = self.feature_device or low_res.device
         for k, object_id in enumerate(ids):
             step, index, prompted = outputs[object_id]
             obj = self._objects[object_id]
@@ -510,10 +508,8 @@ class StreamingTracker:
                 state = TrackingState.LOST
             else:
                 state = TrackingState.PROMPTED if prompted else TrackingState.TRACKED
-            mid_tokens = step.readout.mid_mask_tokens[index].clone()
-            mid_embed = step.readout.image_embed[index].clone()
-            if feature_device is not None:
-                mid_tokens, mid_embed = mid_tokens.to(feature_device), mid_embed.to(feature_device)
+            mid_tokens = step.readout.mid_mask_tokens[index].to(feature_device, self.feature_dtype, copy=True)
+            mid_embed = step.readout.image_embed[index].to(feature_device, self.feature_dtype, copy=True)
             features = RegionFeatures(
                 mid_mask_tokens=mid_tokens,
                 mid_image_embed=mid_embed,

@@ -1,8 +1,9 @@
 """PAM's language side: projectors, newline embeddings, token layout, Qwen2 and text generation.
 
 The LLM is transformers' `Qwen2ForCausalLM`, always fed `inputs_embeds` (the prompt with the region
-tokens spliced in place of the `<image>` placeholder). Generation is our own KV-cache decode loop so that
-callers can stream text and cancel between tokens; it reproduces what the official
+tokens spliced in place of the `<image>` placeholder). Generation is our own KV-cache decode loop
+(model/decoding.py, one or many sequences at once) so that callers can stream text and cancel between
+tokens; it reproduces what the official
 `model.generate(inputs_embeds=...)` does with the checkpoint's generation_config (quirk 7): the
 repetition penalty applies under greedy decoding too, and only to generated tokens.
 """
@@ -10,15 +11,24 @@ from __future__ import annotations
 
 import logging
 import re
-import time
-from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from pam_ros.errors import CheckpointError, TaskError
 from pam_ros.model.checkpoint import PamCheckpoint, load_module_weights
+from pam_ros.model.decoding import (  # noqa: F401  (re-exported: the model layer's generation API)
+    BatchDecoder,
+    Generation,
+    GenerationRequest,
+    GenerationSettings,
+    IncrementalDecoder,
+    StopCheck,
+    TextCallback,
+    apply_repetition_penalty,
+    with_overrides,
+)
 from pam_ros.model.tasks import IMAGE_TOKEN_INDEX
 
 log = logging.getLogger(__name__)
@@ -27,8 +37,6 @@ ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 # config.json keys that belong to LLaVA/PAM or to the file itself, not to Qwen2Config
 _NON_QWEN_KEYS = ("model_type", "architectures", "transformers_version", "torch_dtype", "dtype")
 
-TextCallback = Callable[[str, int], None]  # (text generated so far, number of tokens so far)
-StopCheck = Callable[[], bool]
 
 
 def build_projector(projector_type: str, in_dim: int, out_dim: int) -> nn.Sequential:
@@ -42,94 +50,6 @@ def build_projector(projector_type: str, in_dim: int, out_dim: int) -> nn.Sequen
     for _ in range(1, int(match.group(1))):
         layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
     return nn.Sequential(*layers)
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """How to decode. `from_generation_config` fills unset values from the checkpoint's file."""
-
-    max_new_tokens: int = 512
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    eos_token_ids: tuple[int, ...] = ()
-    seed: int | None = None  # sampling only: a fixed seed makes sampled text reproducible
-
-    @classmethod
-    def from_generation_config(cls, gen_config, *, max_new_tokens: int | None = None,
-                               do_sample: bool | None = None, temperature: float | None = None,
-                               top_p: float | None = None, top_k: int | None = None,
-                               seed: int | None = None) -> "GenerationSettings":
-        eos = gen_config.eos_token_id
-        eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
-        default_max = gen_config.max_new_tokens or cls.max_new_tokens
-        settings = cls(
-            max_new_tokens=default_max if max_new_tokens is None else max_new_tokens,
-            # greedy unless asked: robots want repeatable answers (the file says do_sample=true)
-            do_sample=bool(do_sample),
-            temperature=_pick(temperature, gen_config.temperature, 1.0),
-            top_p=_pick(top_p, gen_config.top_p, 1.0),
-            top_k=int(_pick(top_k, gen_config.top_k, 0)),
-            repetition_penalty=_pick(None, gen_config.repetition_penalty, 1.0),
-            eos_token_ids=eos_ids,
-            seed=seed,
-        )
-        settings.validate()
-        return settings
-
-    def validate(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise TaskError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        if self.repetition_penalty <= 0:
-            raise TaskError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if self.do_sample:
-            if not self.temperature > 0:
-                raise TaskError(f"temperature must be > 0 when sampling, got {self.temperature}")
-            if not 0 < self.top_p <= 1:
-                raise TaskError(f"top_p must be in (0, 1], got {self.top_p}")
-            if self.top_k < 0:
-                raise TaskError(f"top_k must be >= 0, got {self.top_k}")
-
-
-def _pick(explicit, from_file, default):
-    if explicit is not None:
-        return explicit
-    return default if from_file is None else from_file
-
-
-@dataclass
-class Generation:
-    """One finished (or cancelled) generation."""
-
-    text: str  # decoded new tokens, special tokens skipped, stripped (as the official notebooks)
-    token_ids: list[int]  # the new tokens only (an end-of-sequence token included when generated)
-    stopped: bool = False  # cancelled by should_stop() before finishing
-    finished_by_eos: bool = False
-    seconds: float = 0.0
-    prompt_length: int = 0  # inputs_embeds length seen by the LLM
-    step_logits: Tensor | None = None  # [n, vocab] raw logits per step, when requested
-
-
-class IncrementalDecoder:
-    """Streams text as tokens arrive without ever emitting half of a multi-byte UTF-8 character.
-
-    Byte-level BPE tokens can split a character; decoding such a prefix yields U+FFFD at the end, so
-    text is only released once it no longer ends in U+FFFD.
-    """
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.text = ""
-
-    def push(self, token_ids: Sequence[int]) -> str | None:
-        """New full text after the given tokens, or None if nothing new is safe to show yet."""
-        decoded = self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
-        if decoded.endswith("\ufffd") or decoded == self.text:
-            return None
-        self.text = decoded
-        return decoded
 
 
 class PamLanguageModel(nn.Module):
@@ -241,9 +161,9 @@ class PamLanguageModel(nn.Module):
         on_text(text_so_far, num_tokens) is called whenever the decoded text grows (UTF-8 safe);
         should_stop() is polled before every step and ends generation early (Generation.stopped).
         """
-        settings.validate()
-        return self._decode(inputs_embeds, settings, tokenizer, on_text=on_text,
-                            should_stop=should_stop, return_logits=return_logits)
+        request = GenerationRequest(inputs_embeds, settings, on_text=on_text, should_stop=should_stop,
+                                    return_logits=return_logits)
+        return self.generate_batch([request], tokenizer)[0]
 
 
     @torch.inference_mode()
@@ -265,57 +185,18 @@ class PamLanguageModel(nn.Module):
                 out[torch.as_tensor(chunk, device=self.device)] = logits.float().index_select(1, columns)
         return out
 
-    def _decode(self, inputs_embeds: Tensor, settings: GenerationSettings, tokenizer, *,
-                on_text: TextCallback | None = None, should_stop: StopCheck | None = None,
-                forced: list[int] | None = None, return_logits: bool = False) -> Generation:
-        from transformers import DynamicCache
+    @torch.inference_mode()
+    def generate_batch(self, requests: Sequence[GenerationRequest], tokenizer) -> list[Generation]:
+        """Generate for several sequences at once (see `BatchDecoder`); results in request order.
 
-        start = time.perf_counter()
-        inputs_embeds = inputs_embeds.to(device=self.device, dtype=self.dtype)
-        eos = set(settings.eos_token_ids)
-        generator = None
-        if settings.do_sample and settings.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(settings.seed)
-        decoder = IncrementalDecoder(tokenizer) if (on_text and tokenizer is not None) else None
-        cache = DynamicCache()
-        new_ids: list[int] = []
-        history = torch.empty(0, dtype=torch.long, device=self.device)  # generated ids, for the penalty
-        step_logits: list[Tensor] = []
-        stopped = finished = False
-        out = self.llm(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        for step in range(settings.max_new_tokens):
-            if should_stop is not None and should_stop():
-                stopped = True
-                break
-            logits = out.logits[:, -1, :].float()
-            if return_logits:
-                step_logits.append(logits[0].clone())
-            if forced is not None:
-                token = torch.tensor([forced[step]], device=self.device)
-            else:
-                token = _next_token(logits, history, settings, generator)
-            history = torch.cat((history, token))
-            token_id = int(token.item())  # one host sync per token: needed for eos and streaming
-            new_ids.append(token_id)
-            if decoder is not None:
-                text = decoder.push(new_ids)
-                if text is not None:
-                    on_text(text.strip(), len(new_ids))
-            if forced is None and token_id in eos:
-                finished = True
-                break
-            if step + 1 < settings.max_new_tokens:
-                out = self.llm(input_ids=token.view(1, 1), past_key_values=cache, use_cache=True,
-                               logits_to_keep=1)
-        text = tokenizer.decode(new_ids, skip_special_tokens=True).strip() if tokenizer is not None else ""
-        if decoder is not None and decoder.text.strip() != text:
-            on_text(text, len(new_ids))  # flush what was held back (a trailing invalid byte sequence)
-        return Generation(
-            text=text, token_ids=new_ids, stopped=stopped, finished_by_eos=finished,
-            seconds=time.perf_counter() - start, prompt_length=int(inputs_embeds.shape[1]),
-            step_logits=torch.stack(step_logits) if return_logits and step_logits else None,
-        )
-
+        Greedy results equal running each request alone; a request that stops (end-of-sequence,
+        its max_new_tokens, its should_stop) leaves the batch and the others go on.
+        """
+        for request in requests:
+            request.settings.validate()
+        if not requests:
+            return []
+        return BatchDecoder(self, requests, tokenizer).run()
 
 def _one(x: Tensor) -> Tensor:
     """Accept [N, C] or [1, N, C]."""
@@ -324,42 +205,3 @@ def _one(x: Tensor) -> Tensor:
             raise ValueError(f"expected one object's tokens, got batch {x.shape[0]}")
         return x[0]
     return x
-
-
-def apply_repetition_penalty(scores: Tensor, history: Tensor, penalty: float) -> Tensor:
-    """transformers' RepetitionPenaltyLogitsProcessor: divide positive, multiply negative scores of
-    tokens already generated."""
-    if penalty == 1.0 or history.numel() == 0:
-        return scores
-    idx = history.view(1, -1)
-    picked = torch.gather(scores, 1, idx)
-    picked = torch.where(picked < 0, picked * penalty, picked / penalty)
-    return scores.scatter(1, idx, picked)
-
-
-def _next_token(logits: Tensor, history: Tensor, settings: GenerationSettings,
-                generator: torch.Generator | None) -> Tensor:
-    scores = apply_repetition_penalty(logits, history, settings.repetition_penalty)
-    if not settings.do_sample:
-        return scores.argmax(dim=-1)
-    # same order as transformers' warpers: temperature, top-k, top-p
-    scores = scores / settings.temperature
-    if 0 < settings.top_k < scores.shape[-1]:
-        kth = torch.topk(scores, settings.top_k, dim=-1).values[..., -1, None]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if settings.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=False, dim=-1)
-        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-        drop_sorted = cumulative <= (1 - settings.top_p)
-        drop_sorted[..., -1:] = False  # always keep the most likely token
-        drop = drop_sorted.scatter(1, order, drop_sorted)
-        scores = scores.masked_fill(drop, float("-inf"))
-    probs = scores.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).view(1)
-
-
-def with_overrides(settings: GenerationSettings, **changes) -> GenerationSettings:
-    """A copy of settings with some fields changed (None values ignored), validated."""
-    out = replace(settings, **{k: v for k, v in changes.items() if v is not None})
-    out.validate()
-    return out

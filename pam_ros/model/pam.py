@@ -19,7 +19,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Hashable, Sequence
 
 import torch
 from torch import Tensor
@@ -28,6 +28,7 @@ from pam_ros.errors import CheckpointError, TaskError
 from pam_ros.model.checkpoint import load_pam_checkpoint
 from pam_ros.model.language import (
     Generation,
+    GenerationRequest,
     GenerationSettings,
     PamLanguageModel,
     StopCheck,
@@ -37,6 +38,7 @@ from pam_ros.model.perceiver import IMAGE_SCALE, VIDEO_FRAME_SCALE, SemanticPerc
 from pam_ros.model.sam2_backbone import DecoderOutput, ImageEncoding, Sam2Backbone, VisualPrompt
 from pam_ros.model.tasks import (
     AFFORDANCE_QUESTION,
+    IMAGE_TOKEN_INDEX,
     VIDEO_FRAMES,
     PreparedPrompt,
     affordance_question,
@@ -97,6 +99,31 @@ class PamGeneration(Generation):
     prompt: str = ""  # the user turn sent to the LLM
     explanation: object | None = None  # tasks.Explanation (category, definition, raw)
     num_frames: int = 1  # frames the LLM saw (16 in video mode)
+
+
+@dataclass
+class DescribeJob:
+    """One question about one object, for `PamModel.describe_batch`."""
+
+    features: object  # RegionFeatures (image task) or a sequence of >= 16 of them (video task)
+    task: str | None = "recognize"
+    prompt: str | None = None  # free text instead of a task
+    history: str | None = None  # video caption: the previous caption
+    on_text: TextCallback | None = None
+    should_stop: StopCheck | None = None
+    settings: GenerationSettings | None = None  # None: the batch's settings
+    # jobs about the same object share its region tokens and the prompt up to them (computed once);
+    # None: the identity of `features` (the same object passed twice is recognised)
+    object_key: Hashable | None = None
+
+
+def _object_key(job: DescribeJob) -> Hashable:
+    if job.object_key is not None:
+        return ("key", job.object_key)
+    if _is_single(job.features):
+        return ("id", id(job.features))
+    return ("ids", tuple(id(f) for f in job.features))
+
 
 
 @dataclass(frozen=True)
@@ -224,25 +251,46 @@ class PamModel:
     @torch.inference_mode()
     def region_embeddings(self, features: RegionFeatures | Sequence[RegionFeatures]) -> Tensor:
         """The LLM tokens that replace `<image>`: one frame (image mode) or PAM's video mode."""
-        if _is_single(features):
-            return self.language.image_region_embeddings(*self.perceive(as_region_features(features), IMAGE_SCALE))
-        frames = [as_region_features(f) for f in features]
-        chosen = select_video_frames(len(frames))
-        # the scale rule is the official `frame_id == 0`: the clip's first frame gets 1/2
-        per_frame = [self.perceive(frames[i], IMAGE_SCALE if i == 0 else VIDEO_FRAME_SCALE) for i in chosen]
-        return self.language.video_region_embeddings(per_frame)
+        return self._region_embeddings_many([features])[0]
 
-    def prepare(self, features: RegionFeatures | Sequence[RegionFeatures], task: str | None = "recognize",
-                *, prompt: str | None = None, history: str | None = None) -> tuple[PreparedPrompt, Tensor]:
-        """Prompt ids and the LLM's inputs_embeds [1, T, H] for a task (or free prompt) on a region."""
+    @torch.inference_mode()
+    def _region_embeddings_many(self, objects: Sequence) -> list[Tensor]:
+        """Region tokens of several objects; image-mode objects go through the perceiver as one batch."""
+        out: list[Tensor | None] = [None] * len(objects)
+        singles = [i for i, f in enumerate(objects) if _is_single(f)]
+        if singles:
+            feats = [as_region_features(objects[i]) for i in singles]
+            dtype = self.perceiver.sem_tokens.weight.dtype
+            embed = torch.stack([f.mid_image_embed.to(device=self.device, dtype=dtype) for f in feats])
+            tokens = torch.stack([f.mid_mask_tokens.to(device=self.device, dtype=dtype) for f in feats])
+            sem, img = self.perceiver(embed, tokens, IMAGE_SCALE)
+            for k, i in enumerate(singles):
+                out[i] = self.language.image_region_embeddings(sem[k], img[k])
+        for i, features in enumerate(objects):
+            if out[i] is not None:
+                continue
+            frames = [as_region_features(f) for f in features]
+            chosen = select_video_frames(len(frames))
+            # the scale rule is the official `frame_id == 0`: the clip's first frame gets 1/2
+            per_frame = [self.perceive(frames[j], IMAGE_SCALE if j == 0 else VIDEO_FRAME_SCALE) for j in chosen]
+            out[i] = self.language.video_region_embeddings(per_frame)
+        return out
+
+    def prompt_for(self, features, task: str | None, prompt: str | None = None,
+                   history: str | None = None) -> PreparedPrompt:
+        """The prompt for a task (or free prompt) on these features; TaskError if they do not fit."""
         video = not _is_single(features)
         if prompt is None:
             if is_video_task(task) and not video:
                 raise TaskError(f"task {task!r} needs a track: give {VIDEO_FRAMES}+ frames' features")
             if video and not is_video_task(task):
                 raise TaskError(f"task {task!r} is an image task: give one frame's features")
-        prepared = prepare_prompt(self.tokenizer, None if prompt is not None else task, prompt=prompt,
-                                  history=history)
+        return prepare_prompt(self.tokenizer, None if prompt is not None else task, prompt=prompt, history=history)
+
+    def prepare(self, features: RegionFeatures | Sequence[RegionFeatures], task: str | None = "recognize",
+                *, prompt: str | None = None, history: str | None = None) -> tuple[PreparedPrompt, Tensor]:
+        """Prompt ids and the LLM's inputs_embeds [1, T, H] for a task (or free prompt) on a region."""
+        prepared = self.prompt_for(features, task, prompt, history)
         region = self.region_embeddings(features)
         return prepared, self.language.embed_prompt(prepared.input_ids, region)
 
@@ -267,15 +315,54 @@ class PamModel:
         Greedy by default; repetition penalty etc. from the checkpoint's generation_config.
         on_text(text_so_far, num_tokens) streams; should_stop() -> True cancels between tokens.
         """
-        settings = self.generation_settings(max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-        prepared, embeds = self.prepare(features, task, prompt=prompt, history=history)
-        out = self.language.generate(embeds, settings, self.tokenizer, on_text=on_text, should_stop=should_stop)
-        result = PamGeneration(**vars(out), task=prepared.task, prompt=prepared.user_turn,
-                               num_frames=1 if _is_single(features) else VIDEO_FRAMES)
-        if prepared.task in EXPLAIN_TASKS:
-            result.explanation = parse_explanation(out.text)
-        return result
+        job = DescribeJob(features, task, prompt=prompt, history=history, on_text=on_text, should_stop=should_stop)
+        return self.describe_batch([job], max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                   temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)[0]
+
+    def describe_batch(self, jobs: Sequence[DescribeJob], *, max_new_tokens: int | None = None,
+                       do_sample: bool = False, temperature: float | None = None, top_p: float | None = None,
+                       top_k: int | None = None, seed: int | None = None,
+                       share_prefix: bool = True) -> list[PamGeneration]:
+        """Answer several jobs (objects and/or tasks) in one batched generation; results in job order.
+
+        Each object's region tokens are computed once (image-mode objects in one perceiver batch);
+        with share_prefix, jobs about the same object also run the prompt up to the end of the
+        region tokens once and reuse its KV cache. Greedy results equal one `describe` per job.
+        Every job is checked before anything runs (a bad task raises TaskError for the batch).
+        """
+        if not jobs:
+            return []
+        default = self.generation_settings(max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                           temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+        prepared = [self.prompt_for(j.features, j.task, j.prompt, j.history) for j in jobs]
+        keys = [_object_key(j) for j in jobs]
+        unique: dict[Hashable, int] = {}
+        objects = []
+        for key, job in zip(keys, jobs):
+            if key not in unique:
+                unique[key] = len(objects)
+                objects.append(job.features)
+        regions = self._region_embeddings_many(objects)
+        requests = []
+        for job, prep, key in zip(jobs, prepared, keys):
+            region = regions[unique[key]]
+            embeds = self.language.embed_prompt(prep.input_ids, region)
+            before = prep.input_ids.index(IMAGE_TOKEN_INDEX)
+            settings = job.settings or default
+            settings.validate()
+            requests.append(GenerationRequest(
+                embeds, settings, on_text=job.on_text, should_stop=job.should_stop,
+                prefix_key=(key, prep.input_ids[:before]) if share_prefix else None,
+                prefix_length=before + region.shape[0]))
+        outs = self.language.generate_batch(requests, self.tokenizer)
+        results = []
+        for job, prep, out in zip(jobs, prepared, outs):
+            result = PamGeneration(**vars(out), task=prep.task, prompt=prep.user_turn,
+                                   num_frames=1 if _is_single(job.features) else VIDEO_FRAMES)
+            if prep.task in EXPLAIN_TASKS:
+                result.explanation = parse_explanation(out.text)
+            results.append(result)
+        return results
 
     @torch.inference_mode()
     def ask(self, objects: RegionFeatures | Sequence[RegionFeatures], query: str, *,
@@ -310,7 +397,7 @@ class PamModel:
         enc = self.encode_image(image)
         dec = self.segment(enc, [prompt])
         feats = self.region_features(dec, 0)
-        return dec, [self.describe(feats, task, **generation) for task in tasks]
+        return dec, self.describe_batch([DescribeJob(feats, task) for task in tasks], **generation)
 
 
 def configure_backbone(backbone: Sam2Backbone, image_encoder: str = "torch",

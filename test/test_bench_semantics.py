@@ -1,0 +1,54 @@
+"""`pam-ros bench semantics`: the same jobs serial and batched, on a random-weight tiny PAM built from
+the shapes kept in pam_ros/bench/shapes.py (numbers are printed, never asserted: only their form and
+the work done are checked here)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from pam_ros.bench.semantics import random_objects, run_semantics_bench
+from pam_ros.bench.shapes import QWEN_SHAPES, random_pam
+from pam_ros.errors import PamError
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return random_pam("tiny")
+
+
+def test_serial_and_batched_do_the_same_work_and_the_last_line_is_the_summary(tiny):
+    lines: list[str] = []
+    result = run_semantics_bench(tiny, objects=2, tasks=("recognize", "caption"), max_new_tokens=3,
+                                 prefill_repeats=1, printer=lines.append)
+    # random weights: every sequence runs to max_new_tokens in both runs, and the output says so
+    assert result.serial.tokens == result.batched.tokens == 2 * 2 * 3
+    assert any("runs to max_new_tokens" in line for line in lines)
+    assert any(line.startswith("prefill: 3 tasks on one object") for line in lines)
+    match = re.fullmatch(r"semantics: serial (\S+) s, batched (\S+) s, ratio Y/X = (\d+\.\d{3})", lines[-1])
+    assert match, lines[-1]
+    assert float(match.group(3)) == pytest.approx(result.batched.seconds / result.serial.seconds, abs=1e-3)
+    # the last object's first answer cannot come after all answers
+    assert 0 < result.batched.last_object_first_answer_s <= result.batched.seconds
+    assert 0 < result.serial.last_object_first_answer_s <= result.serial.seconds
+
+
+def test_random_models_have_the_official_shapes(tiny):
+    assert QWEN_SHAPES["1.5B"]["hidden_size"] == 1536 and QWEN_SHAPES["1.5B"]["num_hidden_layers"] == 28
+    assert QWEN_SHAPES["3B"]["hidden_size"] == 2048 and QWEN_SHAPES["3B"]["num_hidden_layers"] == 36
+    config = tiny.language.llm.config
+    assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (64, 2, 643)
+    # the prompt tokenizer splits PAM's prompts around <image> like the real one
+    prepared = tiny.prompt_for(random_objects(1, tiny.device)[0], "explain")
+    assert prepared.input_ids.count(-200) == 1 and len(prepared.input_ids) < 60
+
+
+def test_bad_bench_input_is_refused(tiny):
+    with pytest.raises(PamError):
+        run_semantics_bench(tiny, objects=0, printer=lambda line: None)
+    with pytest.raises(PamError):
+        run_semantics_bench(tiny, tasks=(), printer=lambda line: None)
+    with pytest.raises(PamError):
+        run_semantics_bench(tiny, tasks=("video_caption",), printer=lambda line: None)
+    with pytest.raises(PamError):
+        random_pam("7B")
