@@ -22,7 +22,9 @@ setup(
         "transformers>=4.45,<5",
         "huggingface_hub>=0.24,<1.0",
         "sam2>=1.1.0",
-        "rosbags>=0.10",
+        "rosbags>=0.11.7",
+        "rosbags-image>=0.10",
+        "opencv-python-headless",
         "mcap",
     ],
     extras_require={

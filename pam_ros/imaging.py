@@ -1,82 +1,108 @@
-"""Image message payloads -> HxWx3 uint8 RGB numpy arrays, without ROS or OpenCV.
+"""Image message payloads -> HxWx3 uint8 RGB numpy arrays, through `rosbags-image` (cv_bridge's
+conversions without a ROS install; OpenCV headless underneath).
 
-Shared by the node (ros/convert.py, from rclpy messages) and the bag replay (from rosbags
-messages): both hand over the plain fields, so a frame decodes to the same pixels in both.
+Shared by the node (ros/convert.py, from rclpy messages) and the bag replay (from rosbags messages):
+both hand over the plain fields, so a frame decodes to the same pixels in both. What the library
+does not cover is kept here: checks that turn a malformed message into a clear ImageDecodeError
+(its raw conversion trusts width/height/data and ignores the row step), row padding, cv_bridge's
+numeric types (8UC3 = bgr8 ...), greyscale/alpha compressed images, and 16-bit to 8-bit output.
 """
 from __future__ import annotations
 
-import io
+from types import SimpleNamespace
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from pam_ros.errors import ImageDecodeError
 
-# encoding -> (channels, bytes per channel, channel order). Order names the colour of each
-# channel; "mono" is grey; cv-style types (8UC3 ...) follow cv_bridge (3 channels = bgr).
-_RAW_LAYOUTS: dict[str, tuple[int, int, str]] = {
-    "rgb8": (3, 1, "rgb"), "bgr8": (3, 1, "bgr"), "rgba8": (4, 1, "rgba"), "bgra8": (4, 1, "bgra"),
-    "mono8": (1, 1, "mono"), "8uc1": (1, 1, "mono"), "8uc3": (3, 1, "bgr"), "8uc4": (4, 1, "bgra"),
-    "rgb16": (3, 2, "rgb"), "bgr16": (3, 2, "bgr"), "rgba16": (4, 2, "rgba"), "bgra16": (4, 2, "bgra"),
-    "mono16": (1, 2, "mono"), "16uc1": (1, 2, "mono"), "16uc3": (3, 2, "bgr"), "16uc4": (4, 2, "bgra"),
-}
-# Packed 4:2:2 (2 bytes per pixel): ROS "yuv422" is UYVY, "yuv422_yuy2" is YUYV.
-_YUV422_LAYOUTS = {"yuv422": "uyvy", "uyvy": "uyvy", "yuv422_yuy2": "yuyv", "yuyv": "yuyv"}
+# cv_bridge reads the numeric OpenCV types with these channel orders; rosbags-image treats them as
+# "generic" data it will not colour-convert.
+_CV_TYPES = {"8uc1": "mono8", "8uc3": "bgr8", "8uc4": "bgra8", "16uc1": "mono16", "16uc3": "bgr16",
+             "16uc4": "bgra16"}
 
-SUPPORTED_ENCODINGS = tuple(sorted(set(_RAW_LAYOUTS) | set(_YUV422_LAYOUTS)))
+
+def _encodings() -> dict:
+    from rosbags.image.image import ENCODINGMAP
+
+    return ENCODINGMAP
+
+
+
+SUPPORTED_ENCODINGS = (
+    "bayer_bggr16", "bayer_bggr8", "bayer_gbrg16", "bayer_gbrg8", "bayer_grbg16", "bayer_grbg8", "bayer_rggb16",
+    "bayer_rggb8", "bgr16", "bgr8", "bgra16", "bgra8", "mono16", "mono8", "nv12", "nv21", "rgb16", "rgb8", "rgba16",
+    "rgba8", "uyvy", "yuv422", "yuv422_yuy2", "yuyv", "8uc1", "8uc3", "8uc4", "16uc1", "16uc3", "16uc4",
+)
 
 
 def decode_image(encoding: str, width: int, height: int, step: int, data: bytes | bytearray | memoryview | np.ndarray,
                  *, is_bigendian: bool = False) -> np.ndarray:
     """sensor_msgs/Image fields -> HxWx3 uint8 RGB (a new array, never a view of `data`).
 
-    16-bit images keep their 8 most significant bits. Raises ImageDecodeError for an unknown
-    encoding, a zero size, a row step too short for the width, or too little data.
+    Raises ImageDecodeError for an unknown encoding, a zero size, a row step too short for the width,
+    or too little data.
     """
+    from rosbags.image import ImageError, image_to_cvimage
+
     key = encoding.strip().lower()
+    key = _CV_TYPES.get(key, key)
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"image has zero size ({width}x{height})")
-    if key in _YUV422_LAYOUTS:
-        if width % 2:
-            raise ImageDecodeError(f"{encoding!r} images need an even width, got {width}")
-        rows = _rows(data, width, height, step, 2, encoding)
-        return _yuv422_to_rgb(rows, _YUV422_LAYOUTS[key])
-    if key not in _RAW_LAYOUTS:
-        raise ImageDecodeError(
-            f"unsupported image encoding {encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})"
-        )
-    channels, depth, order = _RAW_LAYOUTS[key]
-    rows = _rows(data, width, height, step, channels * depth, encoding)
-    if depth == 2:
-        dtype = np.dtype(">u2" if is_bigendian else "<u2")
-        pixels = (rows.copy().view(dtype).reshape(height, width, channels) >> 8).astype(np.uint8)
-    else:
-        pixels = rows.reshape(height, width, channels)
-    if order == "mono":
-        return np.repeat(pixels, 3, axis=2)
-    if order.startswith("bgr"):
-        pixels = pixels[:, :, 2::-1]
-    return np.ascontiguousarray(pixels[:, :, :3])
+    table = _encodings()
+    if key not in table:
+        raise ImageDecodeError(f"unsupported image encoding {encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+    depth, _, _, channels = table[key]
+    pixel_bytes = depth // 8 * channels
+    planar = key in ("nv12", "nv21")  # 4:2:0: a full-size luma plane and a half-height chroma plane
+    rows = height * 3 // 2 if planar else height
+    if planar and (width % 2 or height % 2):
+        raise ImageDecodeError(f"{encoding!r} images need an even width and height, got {width}x{height}")
+    if table[key][3] == 2 and width % 2:
+        raise ImageDecodeError(f"{encoding!r} images need an even width, got {width}")
+    packed = _rows(data, width, rows, step, pixel_bytes, encoding)
+    message = SimpleNamespace(encoding=key, width=width, height=rows if planar else height, step=width * pixel_bytes,
+                              is_bigendian=bool(is_bigendian), data=packed)
+    try:
+        if planar:
+            import cv2
+
+            code = cv2.COLOR_YUV2RGB_NV12 if key == "nv12" else cv2.COLOR_YUV2RGB_NV21
+            rgb = cv2.cvtColor(packed.reshape(rows, width), code)
+        else:
+            rgb = image_to_cvimage(message, "rgb16" if depth == 16 else "rgb8")
+    except (ImageError, ValueError, TypeError) as err:
+        raise ImageDecodeError(f"cannot convert {encoding!r} image to RGB: {err}") from None
+    if rgb.dtype == np.uint16:
+        rgb = (rgb >> 8).astype(np.uint8)  # keep the 8 most significant bits
+    return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
 def decode_compressed(format: str, data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:  # noqa: A002
     """sensor_msgs/CompressedImage (format, data) -> HxWx3 uint8 RGB.
 
-    Any format PIL reads (jpeg, png, ...; image_transport's "bgr8; jpeg compressed bgr8" style
+    Any format OpenCV decodes (jpeg, png, ...; image_transport's "bgr8; jpeg compressed bgr8" style
     strings included: the codec is found from the data itself). compressedDepth is refused.
     """
+    from rosbags.image import compressed_image_to_cvimage
+    from rosbags.image.image import convert_color
+
     if "compresseddepth" in format.replace(" ", "").lower():
         raise ImageDecodeError(f"compressed depth images ({format!r}) are not colour images")
-    payload = _as_bytes(data)
-    if not payload:
+    payload = np.frombuffer(_as_bytes(data), np.uint8)
+    if not payload.size:
         raise ImageDecodeError("compressed image has no data")
     try:
-        with Image.open(io.BytesIO(payload)) as picture:
-            picture.load()
-            rgb = picture.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageDecodeError(f"cannot decode {format or 'compressed'!r} image data ({len(payload)} bytes): {err}") from None
-    return np.asarray(rgb, dtype=np.uint8).copy()
+        pixels = compressed_image_to_cvimage(SimpleNamespace(format=format, data=payload))
+    except AssertionError:  # the library asserts on what OpenCV cannot decode
+        pixels = None
+    if pixels is None:
+        raise ImageDecodeError(f"cannot decode {format or 'compressed'!r} image data ({payload.size} bytes)")
+    if pixels.dtype == np.uint16:
+        pixels = (pixels >> 8).astype(np.uint8)
+    if pixels.ndim == 2:
+        return np.repeat(pixels[:, :, None], 3, axis=2)
+    source = "bgra8" if pixels.shape[2] == 4 else "bgr8"
+    return np.ascontiguousarray(convert_color(pixels, source, "rgb8"))
 
 
 def _as_bytes(data) -> bytes:
@@ -86,7 +112,7 @@ def _as_bytes(data) -> bytes:
 
 
 def _rows(data, width: int, height: int, step: int, pixel_bytes: int, encoding: str) -> np.ndarray:
-    """The pixel bytes of each row (padding at row ends dropped) as a [height, width * pixel_bytes] array."""
+    """The pixel bytes of each row (padding at row ends dropped), contiguous, as a flat uint8 array."""
     row_bytes = width * pixel_bytes
     if step < row_bytes:
         raise ImageDecodeError(
@@ -102,19 +128,4 @@ def _rows(data, width: int, height: int, step: int, pixel_bytes: int, encoding: 
         )
     if buffer.size < step * height:
         buffer = np.concatenate([buffer, np.zeros(step * height - buffer.size, np.uint8)])
-    return buffer[: step * height].reshape(height, step)[:, :row_bytes]
-
-
-def _yuv422_to_rgb(rows: np.ndarray, layout: str) -> np.ndarray:
-    """Packed 4:2:2 -> RGB with the BT.601 full-range equations of image_proc/cv_bridge."""
-    height = rows.shape[0]
-    quads = rows.reshape(height, -1, 4).astype(np.float32)
-    if layout == "uyvy":
-        u, y0, v, y1 = (quads[..., i] for i in range(4))
-    else:
-        y0, u, y1, v = (quads[..., i] for i in range(4))
-    luma = np.stack([y0, y1], axis=-1).reshape(height, -1)
-    u = np.repeat(u, 2, axis=1) - 128.0
-    v = np.repeat(v, 2, axis=1) - 128.0
-    rgb = np.stack([luma + 1.402 * v, luma - 0.344136 * u - 0.714136 * v, luma + 1.772 * u], axis=-1)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(buffer[: step * height].reshape(height, step)[:, :row_bytes]).reshape(-1)

@@ -44,7 +44,8 @@ def test_sixteen_bit_keeps_the_high_byte_in_either_byte_order():
 def test_yuv422_grey_decodes_to_grey():
     uyvy = np.tile(np.array([128, 90, 128, 90], np.uint8), (4, 2))  # 4 rows, 4 pixels: U Y V Y
     out = decode_image("yuv422", 4, 4, 8, uyvy.tobytes())
-    assert out.shape == (4, 4, 3) and np.all(out == 90)
+    # OpenCV's (and so cv_bridge's) BT.601 video-range conversion: Y=90 -> (90 - 16) * 1.164 = 86, grey
+    assert out.shape == (4, 4, 3) and np.all(out == 86)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -76,3 +77,22 @@ def test_bad_compressed_data_is_a_clear_error():
         decode_compressed("png", b"")
     with pytest.raises(ImageDecodeError, match="depth"):
         decode_compressed("16UC1; compressedDepth", b"abc")
+
+
+@pytest.mark.parametrize("encoding, red_at", [("bayer_rggb8", (0, 0)), ("bayer_bggr8", (1, 1)),
+                                              ("bayer_grbg8", (0, 1)), ("bayer_gbrg8", (1, 0))])
+def test_bayer_mosaics_demosaic_to_the_right_colour(encoding, red_at):
+    """A red scene seen through each Bayer pattern (industrial cameras publish these) comes out red."""
+    mosaic = np.zeros((8, 8), np.uint8)
+    mosaic[red_at[0]::2, red_at[1]::2] = 200  # only the red-filtered photosites see light
+    out = decode_image(encoding, 8, 8, 8, mosaic.tobytes())
+    assert out.shape == (8, 8, 3)
+    centre = out[2:6, 2:6].reshape(-1, 3).astype(int)
+    assert np.all(centre[:, 0] >= 150) and np.all(centre[:, 1] <= 30) and np.all(centre[:, 2] <= 30), centre[:4]
+
+
+def test_bayer16_keeps_the_high_byte():
+    mosaic = np.zeros((4, 4), np.uint16)
+    mosaic[0::2, 0::2] = 0xC800  # red photosites, 16-bit
+    out = decode_image("bayer_rggb16", 4, 4, 8, mosaic.tobytes())
+    assert out.dtype == np.uint8 and out[1:3, 1:3, 0].min() >= 150 and out[1:3, 1:3, 1:].max() <= 30

@@ -85,11 +85,11 @@ def _assert_refused_as_inactive(node, state: str) -> None:
     assert not describe.success and f"not active (lifecycle state: {state})" in describe.message
     manage = node.manage(point_prompt("", *DISK_START))
     assert not manage.success and f"lifecycle state: {state}" in manage.message
-    assert list(manage.object_ids) == [""]
-    feedback = []
-    outcome = node.caption_result(node.send_caption(Caption.Goal(object_id="disk", task="caption"), feedback))
-    assert outcome.status == GoalStatus.STATUS_ABORTED
-    assert not outcome.result.success and f"lifecycle state: {state}" in outcome.result.message
+    assert list(manage.object_ids) == [""] and list(manage.status) == [ManageObjects.Response.REFUSED]
+    # a caption goal is rejected (never accepted and then aborted), and the node says why
+    node.send_caption(Caption.Goal(object_id="disk", task="caption"), [], accepted=False)
+    node.process.wait_for_line(f"caption goal rejected: pam_ros_node is not active (lifecycle state: {state})",
+                               timeout_s=10)
 
 
 def test_requests_while_unconfigured_are_refused_clearly(node):
@@ -103,6 +103,9 @@ def test_configure_refuses_a_bad_parameter(node):
     assert node.state() == "unconfigured"
     node.process.wait_for_line("configure failed: parameter image_qos='bogus' is not one of sensor_data, reliable",
                                timeout_s=10)
+    # /diagnostics says ERROR, with the reason, until a configure succeeds
+    values = node.wait_diagnostics(lambda v: v["_level"] == 2, "ERROR diagnostics after the failed configure")
+    assert "configure failed: parameter image_qos='bogus'" in values["_message"], values["_message"]
     # A bad value is refused when set at run time, too.
     assert not node.set_parameters(mask_encoding="rle")[0].successful
     assert all(r.successful for r in node.set_parameters(image_qos="reliable"))
@@ -122,6 +125,8 @@ def test_configure_says_how_to_get_a_missing_model(node):
 def test_configure_then_requests_while_inactive_are_refused(node):
     assert node.transition(Transition.TRANSITION_CONFIGURE) is True
     assert node.state() == "inactive"
+    node.wait_diagnostics(lambda v: v["lifecycle_state"] == "inactive" and v["_level"] == 0,
+                          "OK diagnostics once configured")
     _assert_refused_as_inactive(node, "inactive")
 
 
@@ -133,12 +138,14 @@ def test_activate_loads_the_model(node):
 
 
 def test_warns_once_when_no_image_arrives(node):
-    node.process.wait_for_line("no image received for 2 s", timeout_s=NO_IMAGE_WARN_S + 10)
-    line = next(l for l in node.process.lines if "no image received" in l)
+    node.process.wait_for_line("no image ever received", timeout_s=NO_IMAGE_WARN_S + 10)
+    line = next(l for l in node.process.lines if "no image ever received" in l)
     # A publisher exists (this test's) but sends nothing: the hint is about QoS / type, naming the topic.
-    assert "/image" in line and "image_qos" in line, line
+    assert "/image" in line and "image_qos" in line and "was ever received" in line, line
+    values = node.wait_diagnostics(lambda v: v["_level"] == 1, "WARN diagnostics without images")
+    assert "no image ever received" in values["_message"] and float(values["seconds_since_last_image"]) < 0
     time.sleep(NO_IMAGE_WARN_S + 1.0)
-    assert node.process.count_lines("no image received") == 1
+    assert node.process.count_lines("no image ever received") == 1
 
 
 # --- tracking --------------------------------------------------------------------------------------
@@ -190,7 +197,18 @@ def test_semantics_ride_on_later_objects(node):
     wait_until(caption_ready, 90.0, "the disk's caption to be READY on objects", node.process.output, period_s=0.1)
     disk = [o for o in node.objects[-1].objects if o.object_id == "disk"][0]
     assert "caption" in list(disk.task_names)
-    assert disk.semantics_stamp.sec >= 1_000  # the stamp of a frame it describes
+    # the words describe the frame the disk was added on (frame 0), and carry that frame's stamp
+    assert disk.semantics_stamp == stamp(0)
+
+
+def test_warns_when_images_stop_arriving(node):
+    before = node.process.count_lines("images stopped arriving")
+    node.wait_objects_for(node.publish_frame(frame(0)))
+    wait_until(lambda: node.process.count_lines("images stopped arriving") > before, NO_IMAGE_WARN_S + 10,
+               "the 'images stopped arriving' warning", node.process.output)
+    values = node.wait_diagnostics(lambda v: "stopped arriving" in v["_message"], "WARN diagnostics after images stop")
+    assert values["_level"] == 1 and float(values["seconds_since_last_image"]) >= NO_IMAGE_WARN_S
+    assert "latency_ms.image_age.last" in values and float(values["input_rate_hz"]) >= 0
 
 
 # --- services and action --------------------------------------------------------------------------
@@ -204,7 +222,7 @@ def test_describe_a_prompt_on_the_latest_frame(node):
     assert int(full.sum()) == response.object.mask_area
 
 
-def test_describe_a_tracked_object_and_an_explicit_image(node):
+def test_describe_a_tracked_object_and_an_explicit_image(node, engine):
     by_id = node.describe(Describe.Request(prompt=Prompt(object_id="disk"), tasks=["caption"], max_new_tokens=4))
     assert by_id.success, by_id.message
     assert by_id.object.object_id == "disk" and len(by_id.texts) == 1
@@ -212,7 +230,11 @@ def test_describe_a_tracked_object_and_an_explicit_image(node):
     prompt = Prompt(box=[40.0, 60.0, 110.0, 130.0], has_box=True)
     explicit = node.describe(Describe.Request(image=image, prompt=prompt, tasks=["recognize"], max_new_tokens=4))
     assert explicit.success, explicit.message
-    assert explicit.object.mask.header.frame_id in ("snapshot", "")  # empty mask carries no header
+    expected, _ = engine.describe(frame(3), PromptRequest(box=(40.0, 60.0, 110.0, 130.0)), [])
+    np.testing.assert_array_equal(mask_from_msg(explicit.object, 320, 240), expected.mask)
+    assert explicit.object.mask_area == expected.mask_area
+    if expected.mask_area:  # a mask image carries the request image's header
+        assert explicit.object.mask.header.frame_id == "snapshot"
 
 
 @pytest.mark.parametrize("mutate,expected", [
@@ -240,36 +262,106 @@ def test_caption_action_streams_text_so_far(node):
     assert outcome.status == GoalStatus.STATUS_SUCCEEDED, outcome.result.message
     result = outcome.result
     assert result.success and 0 < result.num_tokens <= 12 and result.seconds > 0
-    assert feedback, "no feedback while generating"
-    counts = [f.num_tokens for f in feedback]
+    running = [f for f in feedback if f.status == "running"]
+    assert running, "no feedback while generating"
+    counts = [f.num_tokens for f in running]
     assert counts == sorted(counts) and counts[-1] == result.num_tokens
-    assert feedback[-1].text == result.text
+    assert running[-1].text == result.text
 
 
-def test_long_caption_does_not_stall_masks_and_cancel_stops_it(node):
+LONG_TOKENS = 1000  # the tiny model ends a detailed caption after 130 to 340 tokens
+
+
+def test_cancel_stops_a_running_caption_and_frees_the_model(node):
+    full = node.caption_result(node.send_caption(
+        Caption.Goal(object_id="disk", task="detailed_caption", max_new_tokens=LONG_TOKENS), []), timeout_s=300)
+    assert full.status == GoalStatus.STATUS_SUCCEEDED and full.result.num_tokens > 40, full.result.message
     feedback = []
-    goal_handle = node.send_caption(Caption.Goal(object_id="disk", task="detailed_caption", max_new_tokens=1000),
-                                    feedback)
-    wait_until(lambda: len(feedback) >= 1, 60.0, "caption feedback", node.process.output)
+    goal_handle = node.send_caption(Caption.Goal(object_id="disk", task="detailed_caption",
+                                                 max_new_tokens=LONG_TOKENS), feedback)
+    wait_until(lambda: any(f.status == "running" and f.num_tokens >= 3 for f in feedback), 60.0,
+               "caption feedback", node.process.output)
     result_future = goal_handle.get_result_async()
     for index in range(2):  # masks keep coming while the caption is being generated
         node.wait_objects_for(node.publish_frame(frame(index)), timeout_s=20.0)
-    assert not result_future.done(), "the caption finished before the frames were tracked (test too weak)"
     node.wait_future(goal_handle.cancel_goal_async(), 30.0, "the cancel response", node.process.output)
     outcome = node.caption_result(goal_handle)
     assert outcome.status == GoalStatus.STATUS_CANCELED, outcome.result.message
-    assert not outcome.result.success and outcome.result.num_tokens < 1000
+    # the same greedy generation, uncancelled, ran to full.num_tokens: cancelling cut it short
+    assert not outcome.result.success and outcome.result.num_tokens < full.result.num_tokens
+    assert outcome.result.text == full.result.text[:len(outcome.result.text)]
+    seen = len(feedback)
+    time.sleep(0.5)
+    assert len(feedback) == seen, "feedback went on after the cancel"
+    assert result_future.done()
+    # the language model is free at once for the next goal
+    started = time.monotonic()
+    nxt = node.caption_result(node.send_caption(Caption.Goal(object_id="disk", task="recognize", max_new_tokens=2),
+                                                []))
+    assert nxt.status == GoalStatus.STATUS_SUCCEEDED and time.monotonic() - started < 30.0
 
 
-def test_caption_action_unknown_object_is_refused(node):
-    outcome = node.caption_result(node.send_caption(Caption.Goal(object_id="ghost", task="caption"), []))
-    assert outcome.status == GoalStatus.STATUS_ABORTED
-    assert "ghost" in outcome.result.message
+def test_caption_goals_queue_in_arrival_order_and_cancel_while_queued(node):
+    first_feedback, second_feedback, third_feedback = [], [], []
+    first = node.send_caption(Caption.Goal(object_id="disk", task="detailed_caption", max_new_tokens=60),
+                              first_feedback)
+    second = node.send_caption(Caption.Goal(object_id="disk", task="caption", max_new_tokens=4), second_feedback)
+    third = node.send_caption(Caption.Goal(object_id="disk", task="caption", max_new_tokens=4), third_feedback)
+    wait_until(lambda: any(f.status == "queued" for f in third_feedback), 30.0, "'queued' feedback",
+               node.process.output)
+    assert min(f.queue_position for f in third_feedback if f.status == "queued") >= 1
+    node.wait_future(third.cancel_goal_async(), 30.0, "the cancel response", node.process.output)
+    third_outcome = node.caption_result(third)
+    assert third_outcome.status == GoalStatus.STATUS_CANCELED
+    assert "while queued" in third_outcome.result.message
+    assert not any(f.status == "running" for f in third_feedback), "a cancelled queued goal never runs"
+    first_outcome, second_outcome = node.caption_result(first, 120), node.caption_result(second, 120)
+    assert first_outcome.status == second_outcome.status == GoalStatus.STATUS_SUCCEEDED
+    assert any(f.status == "queued" for f in second_feedback), "the second goal waited for the first"
+
+
+def test_caption_goals_for_unknown_objects_or_tasks_are_rejected(node):
+    node.send_caption(Caption.Goal(object_id="ghost", task="caption"), [], accepted=False)
+    node.process.wait_for_line("caption goal rejected: unknown object id 'ghost'", timeout_s=10)
+    node.send_caption(Caption.Goal(object_id="disk", task="dance"), [], accepted=False)
+    node.process.wait_for_line("caption goal rejected: unknown task 'dance'", timeout_s=10)
+    _assert_alive(node)
+
+
+def test_describe_answers_within_the_timeout_while_the_model_is_busy(node):
+    assert all(r.successful for r in node.set_parameters(request_timeout_s=0.5))
+    busy = node.send_caption(Caption.Goal(object_id="disk", task="detailed_caption", max_new_tokens=LONG_TOKENS), [])
+    try:
+        started = time.monotonic()
+        response = node.describe(Describe.Request(prompt=Prompt(object_id="disk"), tasks=["caption"],
+                                                  max_new_tokens=4))
+        assert not response.success and "timed out after 0.5 s" in response.message, response.message
+        assert time.monotonic() - started < 10.0
+    finally:
+        node.wait_future(busy.cancel_goal_async(), 30.0, "the cancel response", node.process.output)
+        node.caption_result(busy)
+        assert all(r.successful for r in node.set_parameters(request_timeout_s=20.0))
+    answered = node.describe(Describe.Request(prompt=Prompt(object_id="disk"), tasks=["caption"], max_new_tokens=4))
+    assert answered.success, answered.message
+
+
+def test_parameters_configure_time_refused_while_active_live_ones_apply(node):
+    result = node.set_parameters(image_size=512)[0]
+    assert not result.successful and "read at configure" in result.reason and "cleanup" in result.reason
+    result = node.set_parameters(max_objects=0)[0]
+    assert not result.successful
+    assert all(r.successful for r in node.set_parameters(max_new_tokens=2))
+    try:
+        node.process.wait_for_line("applied now: max_new_tokens=2", timeout_s=10)
+        outcome = node.caption_result(node.send_caption(Caption.Goal(object_id="disk", task="detailed_caption"), []))
+        assert outcome.status == GoalStatus.STATUS_SUCCEEDED and outcome.result.num_tokens == 2
+    finally:
+        assert all(r.successful for r in node.set_parameters(max_new_tokens=MAX_NEW_TOKENS))
 
 
 def _manage_with_frames(node, *prompts, first_index: int):
-    """Call manage_objects; its prompts are applied to the next frame, so keep frames coming."""
-    future = node.manage_client.call_async(ManageObjects.Request(prompts=list(prompts)))
+    """Call manage_objects with wait; its prompts are applied to the next frame, so keep frames coming."""
+    future = node.manage_client.call_async(ManageObjects.Request(prompts=list(prompts), wait=True))
     index = first_index
     deadline = time.monotonic() + 60.0
     while not future.done():
@@ -285,14 +377,35 @@ def test_manage_objects_add_refine_remove(node):
     assert added.success, added.message
     new_id = added.object_ids[0]
     assert new_id.startswith("obj_") and list(added.errors) == [""]
+    assert list(added.status) == [ManageObjects.Response.APPLIED]
     refused, index = _manage_with_frames(node, point_prompt("ghost", 10.0, 10.0, action=Prompt.REFINE),
                                          point_prompt("", math.nan, 1.0), first_index=index)
     assert not refused.success and list(refused.object_ids) == ["", ""]
+    assert list(refused.status) == [ManageObjects.Response.REFUSED] * 2
     assert "ghost" in refused.errors[0] and "finite" in refused.errors[1]
     removed, index = _manage_with_frames(node, Prompt(action=Prompt.REMOVE, object_id=new_id), first_index=index)
     assert removed.success and list(removed.object_ids) == [new_id], removed.message
     header = node.publish_frame(frame(index))
     assert new_id not in [o.object_id for o in node.wait_objects_for(header).objects]
+
+
+def test_manage_objects_answers_at_once_with_ids_and_never_duplicates(node):
+    queued = node.manage(point_prompt("mug", 200.0, 150.0), point_prompt("", 100.0, 100.0),
+                         point_prompt("mug", 10.0, 10.0))
+    assert list(queued.status) == [ManageObjects.Response.QUEUED, ManageObjects.Response.QUEUED,
+                                   ManageObjects.Response.REFUSED], queued.message
+    mug, named = queued.object_ids[0], queued.object_ids[1]
+    assert mug == "mug" and named.startswith("obj_") and queued.object_ids[2] == ""
+    assert "already queued" in queued.errors[2] and not queued.success
+    msg = node.wait_objects_for(node.publish_frame(frame(5)))
+    assert {"mug", named} <= {o.object_id for o in msg.objects}
+    retry = node.manage(point_prompt("mug", 200.0, 150.0))  # a client retrying after a lost answer
+    assert list(retry.status) == [ManageObjects.Response.REFUSED] and "already tracked" in retry.errors[0]
+    msg = node.wait_objects_for(node.publish_frame(frame(6)))
+    assert [o.object_id for o in msg.objects].count("mug") == 1
+    removed, _ = _manage_with_frames(node, Prompt(action=Prompt.REMOVE, object_id="mug"),
+                                     Prompt(action=Prompt.REMOVE, object_id=named), first_index=7)
+    assert removed.success and list(removed.status) == [ManageObjects.Response.APPLIED] * 2
 
 
 def test_bad_topic_input_is_logged_and_tracking_goes_on(node):
@@ -390,29 +503,44 @@ def test_frames_are_dropped_not_queued_under_overload(node):
 # --- lifecycle -------------------------------------------------------------------------------------
 
 def test_deactivate_stops_work_and_activate_resumes(node):
+    active = node.wait_diagnostics(lambda v: any(k.startswith("engine.") for k in v), "active engine diagnostics")
+    assert int(active["engine.objects"]) >= 1
+    running = node.send_caption(Caption.Goal(object_id="disk", task="detailed_caption", max_new_tokens=LONG_TOKENS),
+                                feedback := [])
+    wait_until(lambda: any(f.status == "running" for f in feedback), 60.0, "the caption to run", node.process.output)
     assert node.transition(Transition.TRANSITION_DEACTIVATE, timeout_s=60) is True
     assert node.state() == "inactive"
+    outcome = node.caption_result(running)
+    assert outcome.status == GoalStatus.STATUS_ABORTED and "deactivated" in outcome.result.message
     node.process.wait_for_line("inactive: tracking stopped and the model released", timeout_s=10)
+    values = node.wait_diagnostics(lambda v: v.get("lifecycle_state") == "inactive", "inactive diagnostics")
+    assert not any(k.startswith("engine.") for k in values), "the engine is gone while inactive"
+    assert values["prompts_pending"] == "0"
     header = node.publish_frame(frame(1))
     time.sleep(1.5)
     assert node.objects_for(header) is None, "a frame was processed while inactive"
     describe = node.describe(Describe.Request(prompt=Prompt(object_id="disk")))
     assert not describe.success and "lifecycle state: inactive" in describe.message
-    node.wait_diagnostics(lambda v: v.get("lifecycle_state") == "inactive", "inactive diagnostics")
 
     assert node.transition(Transition.TRANSITION_ACTIVATE, timeout_s=180) is True
     node.wait_subscribed()
     header = node.publish_frame(frame(2))
     msg = node.wait_objects_for(header)
     assert msg.frame_index == 0 and msg.objects == [], "a fresh activation starts with no objects"
+    values = node.wait_diagnostics(lambda v: v.get("lifecycle_state") == "active" and "engine.objects" in v,
+                                   "active diagnostics again")
+    assert values["engine.objects"] == "0" and int(values["frames_processed"]) <= 1, "counters start afresh"
 
 
 def test_reconfigure_for_compressed_input(node):
     from sensor_msgs.msg import CompressedImage
 
     assert node.transition(Transition.TRANSITION_DEACTIVATE, timeout_s=60) is True
-    assert all(r.successful for r in node.set_parameters(image_transport="compressed"))
+    # read at configure: refused while configured (saying how), accepted after cleanup
+    refused = node.set_parameters(image_transport="compressed")[0]
+    assert not refused.successful and "deactivate and clean up first" in refused.reason
     assert node.transition(Transition.TRANSITION_CLEANUP) is True
+    assert all(r.successful for r in node.set_parameters(image_transport="compressed"))
     assert node.transition(Transition.TRANSITION_CONFIGURE) is True
     assert node.transition(Transition.TRANSITION_ACTIVATE, timeout_s=180) is True
     compressed_pub = node.node.create_publisher(CompressedImage, "image/compressed", QoSProfile(depth=10))

@@ -248,42 +248,40 @@ def test_describe_one_shot_and_by_id_without_tracking_it(model):
     pipe.close()
 
 
-def test_streaming_video_caption_uses_the_previous_caption_as_history(model):
-    """A 16-frame window is captioned with no history; the next streaming caption gets it as history."""
-    pipe = make(model, semantics_mode="sync", new_object_tasks=("video_stream_caption",),
-                stream_window_frames=16, max_new_tokens=4)
+def test_streaming_video_caption_runs_every_window_with_the_previous_caption_as_history(model):
+    """Three windows of the default 32 frames through the real pipeline: each captions its own frames
+    (PAM reads 16 of them), with no history first and then the previous window's caption."""
+    pipe = make(model, semantics_mode="sync", new_object_tasks=("video_caption", "video_stream_caption"),
+                max_new_tokens=4)
+    assert pipe.config.stream_window_frames == 32
+    calls = []
+    run_task = pipe._run_task
+
+    def recording_run_task(frames, task, max_new_tokens, **kwargs):
+        history = pipe._stream_history("o", task)  # what _run_task will put in PAM's streaming prompt
+        result = run_task(frames, task, max_new_tokens, **kwargs)
+        calls.append((task, [f.frame_index for f in frames], history, result.text))
+        return result
+
+    pipe._worker._run_task = recording_run_task  # record what the worker runs, change nothing
     pipe.submit_prompt(box_prompt(object_id="o"))
-    sems = [pipe.process(scene(i), i + 1).objects[0].semantics for i in range(16)]
-    assert all("video_stream_caption" not in s.texts for s in sems[:15])
-    first = sems[15]
-    assert first.state == SemanticsState.READY and first.stamp_ns == 16
-    window1 = first.texts["video_stream_caption"]
-    frames = pipe.tracker.features("o")  # the same 16 frames
-    assert len(frames) == 16
-    direct = model.describe(frames, "video_stream_caption", history=None, max_new_tokens=4)
-    assert direct.text == window1
-    follow_up = pipe.caption("o", "video_stream_caption", 4)
-    expected = model.describe(frames, "video_stream_caption", history=window1, max_new_tokens=4)
-    assert follow_up.token_ids == expected.token_ids
-    assert pipe.semantics("o").texts["video_stream_caption"] == follow_up.text  # the narrative moves on
+    texts = []
+    for i in range(96):
+        sem = pipe.process(scene(i % 20), i + 1).objects[0].semantics
+        texts.append(sem.texts.get("video_stream_caption"))
+    streamed = [c for c in calls if c[0] == "video_stream_caption"]
+    assert [c[0] for c in calls].count("video_caption") == 1, "the plain video caption runs once"
+    assert len(streamed) == 3
+    for number, (_, frames, _, _) in enumerate(streamed):
+        window = range(32 * number, 32 * number + 32)
+        assert 16 <= len(frames) <= 32 and set(frames) <= set(window), (number, frames)
+        assert frames[0] == window[0] and frames[-1] == window[-1], "a window spans its own frames"
+    assert streamed[0][2] is None
+    for previous, current in zip(streamed, streamed[1:]):  # each later window continues the narrative
+        assert current[2] == previous[3]
+    assert texts[31] is not None and texts[30] is None, "the first window is captioned on its 32nd frame"
+    assert texts[95] == pipe.semantics("o").texts["video_stream_caption"]
     pipe.close()
-
-
-def test_stream_windows_fire_every_window_with_16_frames():
-    """The default 32-frame window: one caption job per 32 frames, each on 16+ frames of that window."""
-    from pam_ros.engine.scheduler import StreamWindow
-
-    window = StreamWindow(("video_caption", "video_stream_caption"), 32)
-    fired = []
-    for index in range(100):
-        due = window.add(index)
-        if due is not None:
-            fired.append((index, due[0], due[1]))
-    assert [i for i, _, _ in fired] == [31, 63, 95]
-    assert fired[0][1] == ("video_caption", "video_stream_caption")  # the plain video caption runs once
-    assert all(tasks == ("video_stream_caption",) for _, tasks, _ in fired[1:])
-    for index, _, frames in fired:
-        assert len(frames) >= 16 and frames[0] == index - 31 and frames[-1] == index
 
 
 def test_semantics_backlog_is_bounded_while_the_model_is_busy(model):

@@ -43,6 +43,28 @@ def test_every_parameter_is_declared_with_a_description(node):
     assert node.get_parameter("mask_encoding").value == "roi"
 
 
+def test_numeric_parameters_declare_their_range_and_choices_are_listed(node):
+    from rcl_interfaces.msg import ParameterType
+
+    for spec in PARAMETERS:
+        descriptor = node.describe_parameter(spec.name)
+        numeric = descriptor.type in (ParameterType.PARAMETER_INTEGER, ParameterType.PARAMETER_DOUBLE)
+        if numeric:
+            ranges = list(descriptor.integer_range) + list(descriptor.floating_point_range)
+            assert len(ranges) == 1, f"{spec.name} declares no range"
+            assert ranges[0].from_value <= spec.default <= ranges[0].to_value, spec.name
+        if spec.choices:
+            assert all(choice in descriptor.additional_constraints for choice in spec.choices), spec.name
+        assert ("Applies at once." in descriptor.description) != ("Read at configure." in descriptor.description)
+    size = node.describe_parameter("image_size").integer_range[0]
+    assert (size.from_value, size.step) == (0, 64)
+    # rclpy itself refuses a value outside the declared range, before our own checks
+    result = node.set_parameters([Parameter("max_objects", value=100000)])[0]
+    assert not result.successful and node.get_parameter("max_objects").value == 16
+    assert not node.set_parameters([Parameter("top_p", value=1.5)])[0].successful
+    assert not node.set_parameters([Parameter("image_size", value=100)])[0].successful
+
+
 def test_yaml_lists_every_parameter_with_its_default():
     document = yaml.safe_load((ROOT / "config" / "pam_ros.yaml").read_text())
     values = document["/**"]["ros__parameters"]

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -475,12 +475,59 @@ class PerceptionPipeline:
                                      "its prompt is applied on the next frame")
         return frames
 
+    def describe_async(self, image: np.ndarray | None, prompt: PromptRequest, tasks: Sequence[str],
+                       max_new_tokens: int = 0, should_stop: Callable[[], bool] | None = None) -> Future:
+        """describe() on the semantics worker (one request at a time with the other generations).
+
+        The request is checked here (a PamError at once for a bad task, image or prompt); the
+        future resolves to (ObjectResult, [GenerationResult]) or the error found while running.
+        """
+        self._ensure_open()
+        for task in tasks:
+            canonical_task(task)
+        if prompt.object_id and not prompt.points and prompt.box is None:
+            self._tracked_frames(prompt.object_id)
+        elif image is not None:
+            image = check_image(image)
+            visual_prompt(prompt).validate((image.shape[1], image.shape[0]))
+        elif self._latest is None:
+            raise ImageError("no image given and no frame has been received yet")
+        return self._worker.run_request(
+            lambda: self.describe(image, prompt, tasks, max_new_tokens, should_stop=should_stop), name="describe")
+
+    def caption_async(self, object_id: str, task: str, max_new_tokens: int = 0,
+                      on_text: Callable[[str, int], None] | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> Future:
+        """caption() on the semantics worker, after the generations queued before it."""
+        self._ensure_open()
+        canonical_task(task)
+        self._tracked_frames(object_id)
+        return self._worker.run_request(
+            lambda: self.caption(object_id, task, max_new_tokens, on_text=on_text, should_stop=should_stop),
+            name="caption")
+
+    def update_settings(self, **values) -> None:
+        """Change settings that apply live (refresh_period_s, max_new_tokens, greedy, temperature,
+        top_p, discover_period_s); ConfigError and no change when a value is invalid."""
+        live = {"refresh_period_s", "max_new_tokens", "greedy", "temperature", "top_p", "discover_period_s"}
+        unknown = set(values) - live
+        if unknown:
+            raise ConfigError(f"not a live setting: {', '.join(sorted(unknown))} (needs a new pipeline)")
+        candidate = replace(self.config, **values)
+        candidate.validate()
+        self.config = candidate
+        with self._state_lock:
+            self._scheduler.refresh_period_s = candidate.refresh_period_s
+        self._discoveries.period_s = float(candidate.discover_period_s)
+
     def describe(self, image: np.ndarray | None, prompt: PromptRequest, tasks: Sequence[str],
-                 max_new_tokens: int = 0) -> tuple[ObjectResult, list[GenerationResult]]:
+                 max_new_tokens: int = 0, should_stop: Callable[[], bool] | None = None,
+                 ) -> tuple[ObjectResult, list[GenerationResult]]:
         """One-shot: segment (or look up) one object and run `tasks` on it. Not added to tracking.
 
         image None = the latest processed frame. A prompt with only an object_id describes that
-        tracked object from its kept features (no image encoding at all).
+        tracked object from its kept features (no image encoding at all). Runs in the caller's
+        thread; describe_async() runs it on the semantics worker.
         """
         self._ensure_open()
         for task in tasks:
@@ -514,7 +561,7 @@ class PerceptionPipeline:
             obj = segmented.as_result(prompt.object_id)
         results = []
         for task in tasks:
-            res = self._run_task(frames, task, max_new_tokens)
+            res = self._run_task(frames, task, max_new_tokens, should_stop=should_stop)
             res.stamp_ns, res.frame_index = stamp, frame_index
             results.append(res)
         sem = ObjectSemantics(SemanticsState.READY, stamp, frame_index, {r.task: r.text for r in results})

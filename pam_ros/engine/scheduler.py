@@ -32,7 +32,8 @@ class ScheduledWork:
 
 
 class StreamWindow:
-    """Frames of one object's track since its last video caption, thinned to at most 16 kept."""
+    """Frames of one object's track since its last video caption, evenly thinned (16 to 31 kept, the
+    window's first and last included); PAM's video mode then reads 16 of them."""
 
     def __init__(self, tasks: tuple[str, ...], window_frames: int) -> None:
         self.tasks = tasks

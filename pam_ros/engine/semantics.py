@@ -70,6 +70,29 @@ class SemanticsJob:
                 future.set_exception(error)
 
 
+class RequestJob:
+    """A caller's request (describe, caption) run on the worker: work() -> future."""
+
+    def __init__(self, work: Callable[[], object], name: str) -> None:
+        self.work = work
+        self.name = name
+        self.future: Future = Future()
+
+    def run(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return  # cancelled while it waited
+        try:
+            result = self.work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who decides
+            self.future.set_exception(exc)
+        else:
+            self.future.set_result(result)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
 class SemanticsStore:
     """Latest semantics of every object, safe to read from any thread."""
 
@@ -172,6 +195,7 @@ class SemanticsWorker:
         self._calls: deque[tuple[Callable[[], object], Future]] = deque()  # one-off work (queries), first
         self._closed = False
         self._running = 0
+        self._request_count = 0
         self.jobs_done = 0
         self.jobs_failed = 0
         self.jobs_merged = 0
@@ -216,6 +240,24 @@ class SemanticsWorker:
             self._lock.notify_all()
         return future
 
+    def run_request(self, work: Callable[[], object], *, name: str = "request") -> Future:
+        """Run `work()` on the worker (it owns the language model), after the jobs queued before it.
+
+        For callers' requests (describe, caption): one at a time, in arrival order, never merged. The
+        future resolves to work()'s result or exception; cancelling it while queued skips the work.
+        """
+        if self._closed:
+            raise EngineClosedError("the semantics worker is closed")
+        job = RequestJob(work, name)
+        if self._mode == "sync":
+            job.run()
+            return job.future
+        with self._lock:
+            self._request_count += 1
+            self._queued[("", f"{name}-{self._request_count}")] = job
+            self._lock.notify_all()
+        return job.future
+
     def pending(self) -> int:
         """Jobs queued or running."""
         with self._lock:
@@ -243,6 +285,7 @@ class SemanticsWorker:
         for _, future in calls:
             if future.set_running_or_notify_cancel():
                 future.set_exception(EngineClosedError("the pipeline was closed before this request ran"))
+        # a request running now finishes (its caller's should_stop is how it is cut short)
         if self._thread is not None:
             self._thread.join(timeout=30)
 
@@ -265,7 +308,10 @@ class SemanticsWorker:
                     self._running -= 1
                     self._lock.notify_all()
 
-    def _run(self, job: SemanticsJob) -> None:
+    def _run(self, job) -> None:
+        if isinstance(job, RequestJob):
+            job.run()
+            return
         if not job.start():
             return
         if not self._is_tracked(job.object_id):

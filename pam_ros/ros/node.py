@@ -43,13 +43,16 @@ from std_msgs.msg import Header
 from pam_ros.action import Caption
 from pam_ros.engine.discovery import DiscoverRequest
 from pam_ros.engine.types import PromptOutcome
-from pam_ros.errors import PamError
+from pam_ros.errors import EngineClosedError, PamError
+from pam_ros.model.tasks import canonical_task
 from pam_ros.msg import PerceivedObjectArray, Prompt
 from pam_ros.ros import convert
 from pam_ros.ros.clicks import clicked_point_to_request
 from pam_ros.ros.diagnostics import RateMeter, StageTimes, build_status
 from pam_ros.ros.frame_slot import LatestFrameSlot
 from pam_ros.ros.parameters import (
+    ENGINE_LIVE_PARAMETERS,
+    LIVE_PARAMETERS,
     PARAMETERS,
     NodeSettings,
     SettingsError,
@@ -65,6 +68,7 @@ DEFAULT_DESCRIBE_TASKS = ("explain", "caption")
 DEFAULT_CAPTION_TASK = "caption"
 SLOT_POLL_S = 0.1  # how often the idle tracking thread expires held prompts
 DISCOVER_EXTRA_S = 60.0  # discover waits request_timeout_s for a frame plus this for the generator itself
+CAPTION_POLL_S = 0.1  # how often a queued caption goal checks for cancellation
 BAD_INPUT_LOG_PERIOD_S = 5.0  # the same bad-input message is logged at most this often
 
 
@@ -91,10 +95,12 @@ class PamNode(LifecycleNode):
         super().__init__(NODE_NAME, **kwargs)
         declare_parameters(self)
         self.add_on_set_parameters_callback(self._check_parameter_changes)
+        self.add_post_set_parameters_callback(self._apply_live_parameters)
         # "Bad request / bad data" (answered and logged) as opposed to a bug in the node (traceback).
         self._bad_input_errors = (PamError,)
 
         self._settings: NodeSettings | None = None
+        self._failure = ""  # why the last configure/activate failed ("" after a success)
         self._model_spec = None
         # The pipeline is shared by the tracking thread and the service / action threads; users are
         # counted so deactivation can wait for them before freeing the model.
@@ -102,6 +108,8 @@ class PamNode(LifecycleNode):
         self._pipeline_users = 0
         self._pipeline_condition = threading.Condition()
         self._stopping = threading.Event()  # set while deactivating: running captions stop
+        self._caption_lock = threading.Lock()
+        self._caption_waiting: list = []  # caption goals accepted and not yet running, in arrival order
 
         self._slot = LatestFrameSlot()
         self._tracking_thread: threading.Thread | None = None
@@ -150,7 +158,7 @@ class PamNode(LifecycleNode):
         self.create_service(FindObjects, "find_objects", self._on_find_objects, callback_group=self._find_group)
         self._caption_server = ActionServer(
             self, Caption, "caption", execute_callback=self._execute_caption,
-            goal_callback=lambda goal: GoalResponse.ACCEPT,
+            goal_callback=self._accept_caption_goal,
             cancel_callback=lambda goal_handle: CancelResponse.ACCEPT,
             callback_group=self._caption_group)
         period = float(self.get_parameter("diagnostics_period_s").value)
@@ -174,12 +182,11 @@ class PamNode(LifecycleNode):
             spec.validate()
             settings.pipeline_config().validate()
         except ImportError as error:
-            self.get_logger().error(f"configure failed: the engine is not installed ({error})")
-            return TransitionCallbackReturn.FAILURE
+            return self._transition_failed(f"configure failed: the engine is not installed ({error})")
         except PamError as error:  # SettingsError, ConfigError: a setting to fix
-            self.get_logger().error(f"configure failed: {error}")
-            return TransitionCallbackReturn.FAILURE
+            return self._transition_failed(f"configure failed: {error}")
         self._settings, self._model_spec = settings, spec
+        self._failure = ""
         self._objects_pub = self.create_lifecycle_publisher(PerceivedObjectArray, "objects", 10)
         self._overlay_pub = self.create_lifecycle_publisher(
             Image, "overlay", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
@@ -203,10 +210,10 @@ class PamNode(LifecycleNode):
 
             pipeline = PerceptionPipeline.load(self._model_spec, settings.pipeline_config())
         except Exception as error:  # any load failure is reported, the node stays inactive
-            self.get_logger().error(f"activate failed: could not load the model: {error}{self._load_hint(error)}")
             if not isinstance(error, self._bad_input_errors + (OSError, ImportError)):
                 self.get_logger().error(traceback.format_exc())
-            return TransitionCallbackReturn.FAILURE
+            return self._transition_failed(
+                f"activate failed: could not load the model: {error}{self._load_hint(error)}")
         self._reset_counters()
         self._stopping.clear()
         with self._pipeline_condition:
@@ -216,10 +223,17 @@ class PamNode(LifecycleNode):
         self._tracking_thread.start()
         self._subscribe_inputs()
         self._activated_at = time.monotonic()
+        self._failure = ""
         self.get_logger().info(f"active: model loaded in {time.monotonic() - started:.1f} s, image encoder "
                                f"{_image_encoder_text(pipeline)}; "
                                f"waiting for images on {self.resolve_topic_name(self._image_topic_name())}")
         return super().on_activate(state)
+
+    def _transition_failed(self, reason: str) -> TransitionCallbackReturn:
+        """Log a failed transition and keep its reason for /diagnostics (ERROR until one succeeds)."""
+        self._failure = reason
+        self.get_logger().error(reason)
+        return TransitionCallbackReturn.FAILURE
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_work("the node was deactivated")
@@ -293,12 +307,33 @@ class PamNode(LifecycleNode):
         return ""
 
     def _check_parameter_changes(self, parameters) -> SetParametersResult:
+        state = self._state_machine.current_state[1] if hasattr(self, "_state_machine") else "unconfigured"
         for parameter in parameters:
             try:
                 check_parameter_value(parameter.name, parameter.value)
             except SettingsError as error:
                 return SetParametersResult(successful=False, reason=str(error))
+            if state in ("inactive", "active") and parameter.name not in LIVE_PARAMETERS:
+                return SetParametersResult(successful=False, reason=(
+                    f"{parameter.name} is read at configure and the node is {state}: deactivate and clean up "
+                    f"first (ros2 lifecycle set {self.get_fully_qualified_name()} cleanup), then set it and "
+                    f"configure again. Live parameters: {', '.join(LIVE_PARAMETERS)}"))
         return SetParametersResult(successful=True)
+
+    def _apply_live_parameters(self, parameters) -> None:
+        """After a successful set: live parameters take effect now (settings and the running engine)."""
+        settings = self._settings
+        if settings is None:
+            return
+        changed = {p.name: p.value for p in parameters if p.name in LIVE_PARAMETERS}
+        if not changed:
+            return
+        self._settings = settings = settings.with_values(changed)
+        pipeline = self._pipeline
+        engine_values = {name: getattr(settings, name) for name in ENGINE_LIVE_PARAMETERS if name in changed}
+        if pipeline is not None and engine_values:
+            pipeline.update_settings(**engine_values)
+        self.get_logger().info("applied now: " + ", ".join(f"{k}={v!r}" for k, v in changed.items()))
 
     # ------------------------------------------------------------------ inputs
     def _image_topic_name(self) -> str:
@@ -337,7 +372,11 @@ class PamNode(LifecycleNode):
     def _on_image(self, msg) -> None:
         now = time.monotonic()
         self._input_rate.tick(now)
-        if self._no_image_warned and self._last_image_at == 0.0:
+        stamp_ns = convert.stamp_to_ns(msg.header.stamp)
+        if stamp_ns:  # receive time minus header stamp: transport + driver latency (clock offsets included)
+            self._stage_times.record("image_age", (self.get_clock().now().nanoseconds - stamp_ns) * 1e-9)
+        if self._no_image_warned:
+            self._no_image_warned = False
             self.get_logger().info(f"images are arriving on {self.resolve_topic_name(self._image_topic_name())} now")
         self._last_image_at = now
         self._slot.put((msg, now))  # latest frame wins; a replaced frame is counted as dropped
@@ -497,18 +536,33 @@ class PamNode(LifecycleNode):
 
     # ------------------------------------------------------------------ services and action
     def _on_describe(self, request: Describe.Request, response: Describe.Response) -> Describe.Response:
+        """One-shot describe on the semantics worker; answered within request_timeout_s."""
         pipeline = self._acquire_pipeline()
         if pipeline is None:
             response.success, response.message = False, self._inactive_message()
             return response
+        timeout_s = float(self._settings.request_timeout_s)
+        gave_up = threading.Event()
         try:
             has_image = not convert.is_empty_image(request.image)
             image = convert.image_msg_to_rgb(request.image) if has_image else None
             size = (image.shape[1], image.shape[0]) if image is not None else self._latest_size
             prompt = convert.describe_prompt_from_msg(request.prompt, has_image, size)
             tasks = [t.strip() for t in request.tasks if t.strip()] or list(DEFAULT_DESCRIBE_TASKS)
-            obj, generations = pipeline.describe(image, prompt, tasks, int(request.max_new_tokens))
             header = request.image.header if has_image else self._latest_header
+            future = pipeline.describe_async(image, prompt, tasks, int(request.max_new_tokens),
+                                             should_stop=lambda: gave_up.is_set() or self._stopping.is_set())
+            try:
+                obj, generations = self._result_within(future, timeout_s)
+            except concurrent.futures.TimeoutError:
+                gave_up.set()  # a running generation stops at its next token; a queued one never starts
+                future.cancel()
+                response.success = False
+                response.message = (f"describe timed out after {timeout_s:g} s (request_timeout_s): the language "
+                                    f"model is busy with {max(pipeline.stats()['semantics_queue'] - 1, 0)} other "
+                                    "job(s); try again or raise request_timeout_s")
+                self._log_bad_input(response.message)
+                return response
             response.object = convert.object_result_to_msg(obj, header, self._settings.mask_encoding)
             response.texts = [g.text for g in generations]
             response.success = True
@@ -525,10 +579,12 @@ class PamNode(LifecycleNode):
 
     def _on_manage_objects(self, request: ManageObjects.Request,
                            response: ManageObjects.Response) -> ManageObjects.Response:
+        """Queue the prompts at once (each gets its id and a status); with wait, wait for them to apply."""
+        count = len(request.prompts)
         if self._pipeline is None:
             response.success, response.message = False, self._inactive_message()
-            response.object_ids = [""] * len(request.prompts)
-            response.errors = [response.message] * len(request.prompts)
+            response.object_ids, response.errors = [""] * count, [response.message] * count
+            response.status = [ManageObjects.Response.REFUSED] * count
             return response
         if not request.prompts:
             response.success, response.message = False, "no prompts given"
@@ -537,32 +593,38 @@ class PamNode(LifecycleNode):
         errors: list[str] = []
         for msg in request.prompts:
             try:
-                futures.append(self._submit(convert.prompt_msg_to_request(msg), source="manage_objects"))
-                errors.append("" if futures[-1] is not None else self._inactive_message())
+                future = self._submit(convert.prompt_msg_to_request(msg), source="manage_objects")
+                errors.append("" if future is not None else self._inactive_message())
             except PamError as error:
-                futures.append(None)
+                future = None
                 errors.append(str(error))
-        timeout_s = float(self._settings.request_timeout_s) + float(self._settings.prompt_hold_s)
-        concurrent.futures.wait([f for f in futures if f is not None], timeout=timeout_s)
-        object_ids = []
+            futures.append(future)
+        timeout_s = float(self._settings.request_timeout_s)
+        if request.wait:
+            concurrent.futures.wait([f for f in futures if f is not None], timeout=timeout_s)
+        object_ids, status = [], []
         for index, future in enumerate(futures):
-            if future is None:
+            if future is None or (future.done() and not future.result().accepted):
+                errors[index] = errors[index] or future.result().error or "refused"
                 object_ids.append("")
-            elif not future.done():
-                object_ids.append("")
-                errors[index] = (f"not applied within {timeout_s:g} s: no image was processed (is anything "
-                                 f"publishing on {self.resolve_topic_name(self._image_topic_name())}?); "
-                                 "the prompt stays queued for the next frame")
-            elif future.result().accepted:
+                status.append(ManageObjects.Response.REFUSED)
+            elif future.done():
                 object_ids.append(future.result().object_id or future.object_id)
+                status.append(ManageObjects.Response.APPLIED)
             else:
-                object_ids.append("")
-                errors[index] = future.result().error or "refused"
+                object_ids.append(future.object_id)
+                status.append(ManageObjects.Response.QUEUED)
         refused = [f"prompt {i}: {e}" for i, e in enumerate(errors) if e]
-        response.object_ids, response.errors = object_ids, errors
+        response.object_ids, response.errors, response.status = object_ids, errors, status
         response.success = not refused
-        response.message = (f"{len(futures)} prompt(s) applied" if not refused else
-                            f"{len(refused)} of {len(futures)} prompt(s) refused: " + "; ".join(refused))
+        queued = status.count(ManageObjects.Response.QUEUED)
+        applied = status.count(ManageObjects.Response.APPLIED)
+        summary = f"{applied} applied, {queued} queued"
+        if queued and request.wait:
+            summary += (f" (not applied within {timeout_s:g} s: no image was processed; is anything publishing on "
+                        f"{self.resolve_topic_name(self._image_topic_name())}? They stay queued for their frame)")
+        response.message = summary if not refused else (
+            f"{summary}, {len(refused)} of {count} refused: " + "; ".join(refused))
         if refused:
             self._log_bad_input(f"manage_objects: {response.message}")
         return response
@@ -613,29 +675,74 @@ class PamNode(LifecycleNode):
             self._release_pipeline()
         return response
 
+    def _result_within(self, future, timeout_s: float):
+        """future.result() within timeout_s (TimeoutError after), cut short when the node deactivates."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return future.result(timeout=min(CAPTION_POLL_S, max(deadline - time.monotonic(), 0.0)))
+            except concurrent.futures.TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+            if self._stopping.is_set() and future.cancel():
+                raise EngineClosedError("the node was deactivated before the request ran")
+
+    def _accept_caption_goal(self, goal: Caption.Goal) -> GoalResponse:
+        """Reject at once what cannot run: node not active, unknown object, unknown task."""
+        pipeline = self._pipeline
+        reason = ""
+        if pipeline is None or self._stopping.is_set():
+            reason = self._inactive_message()
+        else:
+            try:
+                canonical_task(goal.task.strip() or DEFAULT_CAPTION_TASK)
+                object_id = goal.object_id.strip()
+                if object_id and object_id not in pipeline.object_ids():
+                    known = ", ".join(pipeline.object_ids()) or "none"
+                    reason = f"unknown object id {object_id!r} (tracked: {known})"
+            except PamError as error:
+                reason = str(error)
+        if reason:
+            self._log_bad_input(f"caption goal rejected: {reason}")
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
     def _execute_caption(self, goal_handle) -> Caption.Result:
+        """Caption goals run one at a time on the semantics worker, in arrival order; while one waits it
+        gets "queued" feedback; cancel works queued or running."""
         goal = goal_handle.request
         pipeline = self._acquire_pipeline()
         if pipeline is None:
             goal_handle.abort()
             return Caption.Result(success=False, message=self._inactive_message())
         task = goal.task.strip() or DEFAULT_CAPTION_TASK
+        with self._caption_lock:
+            self._caption_waiting.append(goal_handle)
 
         def publish_text(text: str, num_tokens: int) -> None:
-            goal_handle.publish_feedback(Caption.Feedback(text=text, num_tokens=int(num_tokens)))
+            goal_handle.publish_feedback(Caption.Feedback(status="running", text=text, num_tokens=int(num_tokens)))
 
         def should_stop() -> bool:
             return goal_handle.is_cancel_requested or self._stopping.is_set()
 
         try:
             if goal.object_id.strip():
-                generation = pipeline.caption(goal.object_id.strip(), task, int(goal.max_new_tokens),
-                                              on_text=publish_text, should_stop=should_stop)
+                future = pipeline.caption_async(goal.object_id.strip(), task, int(goal.max_new_tokens),
+                                                on_text=publish_text, should_stop=should_stop)
             else:
                 # A prompt on the latest frame: one-shot describe, the whole text as one feedback.
                 prompt = convert.describe_prompt_from_msg(goal.prompt, has_image=False, image_size=self._latest_size)
-                _, generations = pipeline.describe(None, prompt, [task], int(goal.max_new_tokens))
-                generation = generations[0]
+                future = pipeline.describe_async(None, prompt, [task], int(goal.max_new_tokens),
+                                                 should_stop=should_stop)
+            generation = self._wait_for_caption(goal_handle, future)
+            if generation is None:  # cancelled or stopped while queued
+                if goal_handle.is_cancel_requested:
+                    goal_handle.canceled()
+                    return Caption.Result(success=False, message="cancelled by the client while queued")
+                goal_handle.abort()
+                return Caption.Result(success=False, message="stopped while queued: the node was deactivated")
+            if not goal.object_id.strip():
+                generation = generation[1][0]
                 publish_text(generation.text, len(generation.token_ids))
         except self._bad_input_errors as error:
             self._log_bad_input(f"caption refused: {_error_text(error)}")
@@ -646,6 +753,9 @@ class PamNode(LifecycleNode):
             goal_handle.abort()
             return Caption.Result(success=False, message=f"caption failed: {error}")
         finally:
+            with self._caption_lock:
+                if goal_handle in self._caption_waiting:
+                    self._caption_waiting.remove(goal_handle)
             self._release_pipeline()
         if goal_handle.is_cancel_requested:
             goal_handle.canceled()
@@ -656,6 +766,31 @@ class PamNode(LifecycleNode):
         goal_handle.succeed()
         return convert.generation_to_caption_result(generation)
 
+    def _wait_for_caption(self, goal_handle, future):
+        """Wait for a caption's future; "queued" feedback while it waits. None when cancelled while queued."""
+        last_position = None
+        while True:
+            try:
+                return future.result(timeout=CAPTION_POLL_S)
+            except concurrent.futures.TimeoutError:
+                pass
+            except concurrent.futures.CancelledError:
+                return None
+            if future.running():
+                with self._caption_lock:
+                    if goal_handle in self._caption_waiting:
+                        self._caption_waiting.remove(goal_handle)
+                continue
+            if goal_handle.is_cancel_requested or self._stopping.is_set():
+                if future.cancel():
+                    return None
+                continue  # it just started: should_stop ends it
+            with self._caption_lock:
+                position = self._caption_waiting.index(goal_handle) if goal_handle in self._caption_waiting else 0
+            if position != last_position:
+                last_position = position
+                goal_handle.publish_feedback(Caption.Feedback(status="queued", queue_position=position))
+
     # ------------------------------------------------------------------ monitoring
     def _watch_image_input(self) -> None:
         settings = self._settings
@@ -665,8 +800,15 @@ class PamNode(LifecycleNode):
         if time.monotonic() - since < float(settings.no_image_warn_s):
             return
         self._no_image_warned = True
-        self._last_image_at = 0.0
-        topic = self._image_sub.topic_name
+        self.get_logger().warn(self._no_image_message())
+
+    def _no_image_message(self) -> str:
+        """Why no image is being processed: never received (and the likely cause) or stopped N s ago."""
+        settings = self._settings
+        topic = self._image_sub.topic_name if self._image_sub is not None else self._image_topic_name()
+        if self._last_image_at:
+            return (f"images stopped arriving {time.monotonic() - self._last_image_at:.0f} s ago on {topic} "
+                    f"(after {self._slot.received} received); is the camera still publishing?")
         publishers = self.get_publishers_info_by_topic(topic)
         ours = "best effort (sensor_data)" if settings.image_qos == "sensor_data" else "reliable"
         if not publishers:
@@ -675,10 +817,10 @@ class PamNode(LifecycleNode):
         else:
             kinds = sorted({p.qos_profile.reliability.name.lower() for p in publishers})
             where = (f"{len(publishers)} publisher(s) on {topic} (reliability: {', '.join(kinds)}) but no message "
-                     f"arrived. This node subscribes {ours}; a reliable subscription never receives from a "
-                     f"best-effort camera (set image_qos:=sensor_data), and check the message type "
+                     f"was ever received. This node subscribes {ours}; a reliable subscription never receives from "
+                     f"a best-effort camera (set image_qos:=sensor_data), and check the message type "
                      f"({'CompressedImage' if settings.image_transport == 'compressed' else 'Image'})")
-        self.get_logger().warn(f"no image received for {float(settings.no_image_warn_s):g} s: {where}")
+        return f"no image ever received in {time.monotonic() - self._activated_at:.0f} s: {where}"
 
     def _publish_diagnostics(self) -> None:
         if not self.context.ok():
@@ -689,6 +831,7 @@ class PamNode(LifecycleNode):
             "lifecycle_state": state,
             "input_topic": self._image_sub.topic_name if self._image_sub is not None else "",
             "input_rate_hz": self._input_rate.rate_hz(),
+            "seconds_since_last_image": (time.monotonic() - self._last_image_at) if self._last_image_at else -1.0,
             "processed_rate_hz": self._processed_rate.rate_hz(),
             "frames_received": self._slot.received,
             "frames_processed": self._frames_processed,
@@ -713,10 +856,12 @@ class PamNode(LifecycleNode):
 
             values["gpu_memory_bytes"] = {"allocated": torch.cuda.memory_allocated(device),
                                           "reserved": torch.cuda.memory_reserved(device)}
-        if state != "active":
+        if self._failure and state != "active":
+            level, message = DiagnosticStatus.ERROR, f"{state}: {self._failure}"
+        elif state != "active":
             level, message = DiagnosticStatus.OK, f"{state}: not processing images"
-        elif self._no_image_warned and self._last_image_at == 0.0:
-            level, message = DiagnosticStatus.WARN, "no images received"
+        elif self._no_image_warned:
+            level, message = DiagnosticStatus.WARN, self._no_image_message()
         else:
             level, message = DiagnosticStatus.OK, (f"tracking at {values['processed_rate_hz']:.1f} Hz, "
                                                    f"{values['frames_dropped']} frames dropped")

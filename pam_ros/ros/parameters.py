@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from pam_ros.errors import ConfigError, PamError, SettingsError
 from pam_ros.model.selection import PATH_FIELDS, ModelSpec, check_device_name, check_image_size
@@ -29,6 +29,7 @@ class ParameterSpec:
     default: Any
     description: str
     choices: tuple[str, ...] = ()
+    value_range: tuple[float, float, float] | None = None  # (from, to, step; 0 = any) in the descriptor
 
 
 PARAMETERS: tuple[ParameterSpec, ...] = (
@@ -44,7 +45,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   DTYPE_CHOICES),
     ParameterSpec("image_size", 0,
                   "SAM 2 input size in pixels; 0 = the model's own (1024, as PAM was trained). Smaller is faster "
-                  "(e.g. 512 on small GPUs) but no longer the official PAM computation."),
+                  "(e.g. 512 on small GPUs) but no longer the official PAM computation.",
+                  value_range=(0, 4096, 64)),
     ParameterSpec("image_encoder", "torch",
                   'SAM 2 image encoder: "torch", or "onnxruntime" (TensorRT > CUDA > CPU provider, whichever the '
                   "installed onnxruntime offers; the provider is logged and in /diagnostics).", IMAGE_ENCODER_CHOICES),
@@ -56,33 +58,48 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("new_object_tasks", ["explain", "caption"],
                   "Semantic tasks run once when an object starts being tracked (recognize, explain, caption, "
                   'detailed_caption, *_zh ...); [""] = none. A prompt\'s own tasks override these.'),
-    ParameterSpec("refresh_period_s", 0.0, "Re-run each object's tasks every this many seconds; 0 = never."),
-    ParameterSpec("max_objects", 16, "Most objects tracked at once; further ADD prompts are refused."),
-    ParameterSpec("max_conditioning_frames", 4, "Prompted frames kept per object in the memory bank."),
+    ParameterSpec("refresh_period_s", 0.0, "Re-run each object's tasks every this many seconds; 0 = never.",
+                  value_range=(0.0, 86400.0, 0.0)),
+    ParameterSpec("max_objects", 16, "Most objects tracked at once; further ADD prompts are refused.",
+                  value_range=(1, 256, 1)),
+    ParameterSpec("max_conditioning_frames", 4, "Prompted frames kept per object in the memory bank.",
+                  value_range=(1, 64, 1)),
     ParameterSpec("keep_feature_frames", 16,
-                  "Frames of features kept per object for semantics, at least (video tasks read 16; must be >= 16; up to twice this are held)."),
+                  "Frames of features kept per object for semantics, at least (video tasks read 16; must be >= 16; up to twice this are held).",
+                  value_range=(16, 4096, 1)),
     ParameterSpec("stream_window_frames", 32,
-                  "video_stream_caption: frames per captioned window of a track (>= 16)."),
-    ParameterSpec("max_new_tokens", 48, "Default upper bound on generated tokens per task."),
+                  "video_stream_caption: frames per captioned window of a track (>= 16).",
+                  value_range=(16, 100000, 1)),
+    ParameterSpec("max_new_tokens", 48, "Default upper bound on generated tokens per task.",
+                  value_range=(1, 8192, 1)),
     ParameterSpec("greedy", True, "Greedy decoding (deterministic); false = sample with temperature / top_p."),
-    ParameterSpec("temperature", 0.7, "Sampling temperature (greedy = false)."),
-    ParameterSpec("top_p", 0.8, "Nucleus sampling threshold (greedy = false)."),
+    ParameterSpec("temperature", 0.7, "Sampling temperature (greedy = false).",
+                  value_range=(0.0, 10.0, 0.0)),
+    ParameterSpec("top_p", 0.8, "Nucleus sampling threshold (greedy = false).",
+                  value_range=(0.0, 1.0, 0.0)),
     ParameterSpec("prompt_hold_s", 2.0,
-                  "Longest time a prompt whose stamp names a frame not yet received is held; then it is refused."),
+                  "Longest time a prompt whose stamp names a frame not yet received is held; then it is refused.",
+                  value_range=(0.0, 3600.0, 0.0)),
     # --- discover (segment everything) and clicks ---
     ParameterSpec("discover_period_s", 0.0,
                   "Run `discover` (segment everything, track what is new) every this many seconds; 0 = only when "
-                  "the discover service is called."),
+                  "the discover service is called.",
+                  value_range=(0.0, 86400.0, 0.0)),
     ParameterSpec("discover_every_frames", 0,
                   "Run `discover` on every N-th processed frame (0, N, 2N, ...); 0 = off. Deterministic, unlike "
-                  "discover_period_s."),
+                  "discover_period_s.",
+                  value_range=(0, 1000000, 1)),
     ParameterSpec("discover_points_per_side", 16, "discover: grid of N x N point prompts for SAM 2's automatic mask "
-                  "generator (>= 1)."),
-    ParameterSpec("discover_pred_iou_thresh", 0.8, "discover: keep regions whose predicted IoU is above this, in [0, 1]."),
+                  "generator (>= 1).",
+                  value_range=(1, 128, 1)),
+    ParameterSpec("discover_pred_iou_thresh", 0.8, "discover: keep regions whose predicted IoU is above this, in [0, 1].",
+                  value_range=(0.0, 1.0, 0.0)),
     ParameterSpec("discover_stability_score_thresh", 0.95,
-                  "discover: keep regions with at least this stability score, in [0, 1]."),
+                  "discover: keep regions with at least this stability score, in [0, 1].",
+                  value_range=(0.0, 1.0, 0.0)),
     ParameterSpec("discover_box_nms_thresh", 0.7,
-                  "discover: box IoU above which duplicate regions are dropped, in [0, 1]."),
+                  "discover: box IoU above which duplicate regions are dropped, in [0, 1].",
+                  value_range=(0.0, 1.0, 0.0)),
     ParameterSpec("click_tasks", ["explain", "caption"],
                   "Semantic tasks for an object added by a click on `clicked_point`; [\"\"] = new_object_tasks."),
     # --- node ---
@@ -97,24 +114,32 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   'PerceivedObject.mask: "roi" (cropped to the object\'s roi), "full" (image size) or "none".',
                   MASK_ENCODING_CHOICES),
     ParameterSpec("publish_overlay", True, "Publish `overlay` (coloured masks, ids, labels); drawn only while subscribed."),
-    ParameterSpec("no_image_warn_s", 5.0, "Warn once when no image arrives for this many seconds after activation."),
-    ParameterSpec("diagnostics_period_s", 1.0, "Period of /diagnostics messages (read at start)."),
+    ParameterSpec("no_image_warn_s", 5.0, "Warn once when no image arrives for this many seconds after activation.",
+                  value_range=(0.0, 3600.0, 0.0)),
+    ParameterSpec("diagnostics_period_s", 1.0, "Period of /diagnostics messages (read at start).",
+                  value_range=(0.0, 3600.0, 0.0)),
     ParameterSpec("request_timeout_s", 10.0,
-                  "How long manage_objects waits for its prompts to be applied to a processed frame, and "
-                  "find_objects for its answer."),
+                  "Longest wait of describe, find_objects and of manage_objects with wait=true; then they answer (timed out / QUEUED).",
+                  value_range=(0.0, 3600.0, 0.0)),
     # --- planners: geometry from aligned depth, find_objects ---
     ParameterSpec("use_depth", False,
                   "Subscribe `depth/image` (aligned depth, 16UC1 or 32FC1) and `depth/camera_info` and give each "
                   "object its 3-D geometry (PerceivedObject.has_geometry, position, size, grasp_point)."),
-    ParameterSpec("depth_scale", 0.001, "Metres per unit of a 16UC1 depth image (0.001: millimetres)."),
+    ParameterSpec("depth_scale", 0.001, "Metres per unit of a 16UC1 depth image (0.001: millimetres).",
+                  value_range=(0.0, 1000.0, 0.0)),
     ParameterSpec("depth_slop_ms", 0.0,
-                  "Largest stamp difference between a colour frame and its depth image; 0 = the exact stamp."),
-    ParameterSpec("min_depth_m", 0.1, "Depth readings nearer than this (metres) are invalid."),
-    ParameterSpec("max_depth_m", 10.0, "Depth readings farther than this (metres) are invalid."),
-    ParameterSpec("min_depth_points", 20, "Fewer mask pixels with valid depth than this: no geometry."),
+                  "Largest stamp difference between a colour frame and its depth image; 0 = the exact stamp.",
+                  value_range=(0.0, 10000.0, 0.0)),
+    ParameterSpec("min_depth_m", 0.1, "Depth readings nearer than this (metres) are invalid.",
+                  value_range=(0.0, 1000.0, 0.0)),
+    ParameterSpec("max_depth_m", 10.0, "Depth readings farther than this (metres) are invalid.",
+                  value_range=(0.0, 1000.0, 0.0)),
+    ParameterSpec("min_depth_points", 20, "Fewer mask pixels with valid depth than this: no geometry.",
+                  value_range=(1, 100000000, 1)),
     ParameterSpec("depth_band_m", 0.05,
                   "Mask pixels whose depth is farther than this from the object's median depth are dropped "
-                  "(background the mask bleeds onto)."),
+                  "(background the mask bleeds onto).",
+                  value_range=(0.0, 100.0, 0.0)),
     ParameterSpec("affordance_question", AFFORDANCE_QUESTION,
                   "find_objects: the question asked per object; {query} is replaced by the request's query and "
                   "<image> marks the object's region tokens."),
@@ -123,11 +148,34 @@ PARAMETER_NAMES = tuple(spec.name for spec in PARAMETERS)
 _SPECS = {spec.name: spec for spec in PARAMETERS}
 
 
+# Parameters that take effect when set, in any state; every other one is read at configure.
+LIVE_PARAMETERS = ("refresh_period_s", "max_new_tokens", "greedy", "temperature", "top_p", "publish_overlay",
+                   "mask_encoding", "no_image_warn_s", "request_timeout_s", "discover_period_s")
+ENGINE_LIVE_PARAMETERS = ("refresh_period_s", "max_new_tokens", "greedy", "temperature", "top_p", "discover_period_s")
+
+
+def descriptor(spec: ParameterSpec) -> ParameterDescriptor:
+    """The ParameterDescriptor of a parameter: description, choices, range, and when it applies."""
+    when = " Applies at once." if spec.name in LIVE_PARAMETERS else " Read at configure."
+    choices = f" One of: {', '.join(spec.choices)}." if spec.choices else ""
+    desc = ParameterDescriptor(description=spec.description + choices + when,
+                               additional_constraints=(f"one of: {', '.join(spec.choices)}" if spec.choices else ""))
+    if spec.value_range is not None:
+        low, high, step = spec.value_range
+        if isinstance(spec.default, bool) or not isinstance(spec.default, (int, float)):
+            raise TypeError(f"{spec.name}: a range needs a numeric parameter")
+        if isinstance(spec.default, int):
+            desc.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=int(step))]
+        else:
+            desc.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high),
+                                                            step=float(step))]
+        desc.additional_constraints = f"from {low} to {high}" + (f" in steps of {step}" if step else "")
+    return desc
+
+
 def declare_parameters(node) -> None:
     for spec in PARAMETERS:
-        description = spec.description + (f" One of: {', '.join(spec.choices)}." if spec.choices else "")
-        node.declare_parameter(spec.name, spec.default, ParameterDescriptor(
-            description=description, additional_constraints=description))
+        node.declare_parameter(spec.name, spec.default, descriptor(spec))
 
 
 def check_parameter_value(name: str, value: Any) -> None:
@@ -188,6 +236,10 @@ class NodeSettings:
             return self.__dict__["values"][name]
         except KeyError:
             raise AttributeError(name) from None
+
+    def with_values(self, changed: dict) -> "NodeSettings":
+        """These settings with some values changed (live parameters)."""
+        return NodeSettings({**self.values, **changed})
 
     @property
     def new_object_task_tuple(self) -> tuple[str, ...]:

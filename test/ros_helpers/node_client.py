@@ -135,7 +135,8 @@ class NodeClient(RosClientSession):
         for array in reversed(list(self.diagnostics)):
             for status in array.status:
                 if "perception" in status.name:
-                    return {kv.key: kv.value for kv in status.values} | {"_message": status.message}
+                    return ({kv.key: kv.value for kv in status.values}
+                            | {"_message": status.message, "_level": int.from_bytes(status.level, "little")})
         return {}
 
     def wait_diagnostics(self, condition, what: str, timeout_s: float = 30.0) -> dict[str, str]:
@@ -149,15 +150,17 @@ class NodeClient(RosClientSession):
     def describe(self, request: Describe.Request) -> Describe.Response:
         return self.call(self.describe_client, request, "describe response")
 
-    def manage(self, *prompts: Prompt) -> ManageObjects.Response:
-        return self.call(self.manage_client, ManageObjects.Request(prompts=list(prompts)), "manage_objects response")
+    def manage(self, *prompts: Prompt, wait: bool = False) -> ManageObjects.Response:
+        return self.call(self.manage_client, ManageObjects.Request(prompts=list(prompts), wait=wait),
+                         "manage_objects response")
 
-    def send_caption(self, goal: Caption.Goal, feedback: list):
+    def send_caption(self, goal: Caption.Goal, feedback: list, *, accepted: bool = True):
+        """Send a goal; returns its handle (asserting it was accepted, or rejected when accepted=False)."""
         wait_until(self.caption_client.server_is_ready, 30.0, "the caption action server", self.process.output)
         goal_handle = self.wait_future(
             self.caption_client.send_goal_async(goal, feedback_callback=lambda m: feedback.append(m.feedback)),
             REPLY_TIMEOUT_S, "the caption goal response", self.process.output)
-        assert goal_handle.accepted, "caption goal rejected"
+        assert goal_handle.accepted == accepted, f"caption goal {'rejected' if accepted else 'accepted'}"
         return goal_handle
 
     def caption_result(self, goal_handle, timeout_s: float = REPLY_TIMEOUT_S):
