@@ -192,20 +192,20 @@ def test_feature_history_always_holds_what_pam_video_mode_reads():
 
 # ---- bad input --------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "image",
+    ("image", "message"),
     [
-        np.zeros((48, 64), dtype=np.uint8),
-        np.zeros((48, 64, 3), dtype=np.float64),
-        np.zeros((0, 0, 3), dtype=np.uint8),
-        None,
+        (np.zeros((48, 64), dtype=np.uint8), r"image must have shape \[H, W, 3\] \(RGB\), got \[48, 64\]"),
+        (np.zeros((48, 64, 3), dtype=np.float64), "image must be uint8, got float64"),
+        (np.zeros((0, 0, 3), dtype=np.uint8), r"image is empty: shape \[0, 0, 3\]"),
+        (None, "image must be a numpy array or PIL image, got NoneType"),
     ],
     ids=["gray", "float", "empty", "none"],
 )
-def test_bad_frames_raise_and_tracking_continues(small_backbone, image):
+def test_bad_frames_raise_and_tracking_continues(small_backbone, image, message):
     tracker = StreamingTracker(small_backbone)
     object_id = tracker.add_object(box(5, 15, 20, 30))
     tracker.step(moving_square(0))
-    with pytest.raises(ImageError):
+    with pytest.raises(ImageError, match=message):
         tracker.step(image)
     assert tracker.next_frame_index == 1
     result = tracker.step(moving_square(1))
