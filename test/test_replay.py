@@ -501,7 +501,8 @@ CUBE_BOX = (6.0, 14.0, 24.0, 34.0)  # around the square of scene(0)
 @pytest.fixture(scope="module")
 def tiny_pipelines():
     """A factory of fresh pipelines (new tracking state each) sharing one loaded tiny model."""
-    engine = pytest.importorskip("pam_ros.engine.pipeline", reason="the engine pipeline is not merged yet")
+    from pam_ros.engine import pipeline as engine
+
     config = engine.PipelineConfig(new_object_tasks=("caption",), max_new_tokens=6, semantics_mode="sync")
     # A 256-pixel SAM 2 input keeps CPU time low (same code path as the official 1024).
     loaded = engine.PerceptionPipeline.load(engine.ModelSpec(name="tiny", image_size=256), config)
@@ -658,8 +659,6 @@ def test_shipped_demo_bag_matches_its_generator_and_prompts(tmp_path):
 
 def test_demo_command_writes_overlays_gif_and_says_the_words_are_meaningless(tmp_path, capsys):
     from PIL import Image
-
-    pytest.importorskip("pam_ros.engine.pipeline", reason="the engine pipeline is not merged yet")
 
     from pam_ros.cli import main
 
