@@ -83,9 +83,10 @@ def write_bag(path: Path, storage: str = "mcap", frames: int = 4, *, topic: str 
     return path
 
 
-def write_chunked_mcap(path: Path, frames: int, chunk_size: int = 4096) -> Path:
+def write_chunked_mcap(path: Path, frames: int, chunk_size: int = 4096, finish: bool = True) -> Path:
     """A bare .mcap written by the `mcap` library (one frame per chunk), as another
-    recorder would; images serialized with the same CDR as ROS."""
+    recorder would; images serialized with the same CDR as ROS. finish=False: stop after the last
+    chunk, without the summary and footer (a recorder killed between two chunks)."""
     store = pam_ros_typestore()
     msgdef, _ = store.generate_msgdef("sensor_msgs/msg/Image", ros_version=2)
     with path.open("wb") as stream:
@@ -98,7 +99,8 @@ def write_chunked_mcap(path: Path, frames: int, chunk_size: int = 4096) -> Path:
             data = store.serialize_cdr(message, "sensor_msgs/msg/Image")
             stamp = STAMP0 + t * PERIOD
             writer.add_message(channel, log_time=stamp, data=bytes(data), publish_time=stamp)
-        writer.finish()
+        if finish:
+            writer.finish()
     return path
 
 
@@ -201,6 +203,34 @@ def test_corrupted_chunk_in_an_indexed_mcap_stops_reading_there(tmp_path):
             for record in bag.records():
                 frames.append(bag.decode_image(record))
     assert 2 <= len(frames) < 10
+    assert all(np.array_equal(image.rgb, scene(t)) for t, image in enumerate(frames))
+
+
+def test_sqlite3_bag_damaged_after_it_opened_stops_reading_there(tmp_path):
+    path = write_bag(tmp_path / "in", "sqlite3", frames=12)
+    db = path / "in.db3"
+    with BagInput(path) as bag:
+        assert bag.warning == "" and bag.image_count == 12
+        with db.open("r+b") as storage:  # e.g. a disk error, or another program rewriting it
+            storage.truncate(db.stat().st_size // 2)
+        frames = []
+        with pytest.raises(BagReadError, match=r"bag .*in is damaged: database disk image is malformed"):
+            for record in bag.records():
+                frames.append(bag.decode_image(record))
+    assert len(frames) < 12
+    assert all(np.array_equal(image.rgb, scene(t)) for t, image in enumerate(frames))
+
+
+def test_mcap_that_ends_cleanly_without_its_footer_is_read_to_the_end(tmp_path):
+    """A recorder killed between two chunks: every record is whole, the summary and footer are missing."""
+    path = write_chunked_mcap(tmp_path / "rec.mcap", frames=6, finish=False)
+    with BagInput(path) as bag:
+        assert "has no valid index/footer" in bag.warning and bag.image_count is None
+        frames = []
+        with pytest.raises(BagReadError, match="is incomplete: rec.mcap ends after a complete record but without its index/footer"):
+            for record in bag.records():
+                frames.append(bag.decode_image(record))
+    assert len(frames) == 6, "every message before the end is read"
     assert all(np.array_equal(image.rgb, scene(t)) for t, image in enumerate(frames))
 
 
@@ -632,6 +662,33 @@ def test_truncated_bag_keeps_and_reports_partial_results(tiny_pipelines, tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] is False and summary["frames_read"] == report.frames_read
     assert "INCOMPLETE" in (out / "summary.txt").read_text()
+
+
+def test_sqlite3_bag_damaged_during_the_replay_keeps_and_reports_partial_results(tiny_pipelines, tmp_path):
+    from pam_ros.replay.runner import run_replay
+
+    bag = write_bag(tmp_path / "in", "sqlite3", frames=8)
+    pipeline = tiny_pipelines()
+    process = pipeline.process
+
+    def process_then_damage(image, stamp_ns):  # the bag file breaks while the replay runs
+        result = process(image, stamp_ns)
+        if pipeline.frames_processed == 1:
+            with (bag / "in.db3").open("r+b") as storage:
+                storage.truncate((bag / "in.db3").stat().st_size // 2)
+        return result
+
+    pipeline.process = process_then_damage
+    out = tmp_path / "out"
+    with pytest.raises(BagReadError, match="is damaged: database disk image is malformed") as err:
+        run_replay(bag, out, pipeline, progress=False, prompt_file=cube_prompt_file(tmp_path))
+    report = err.value.report
+    assert not report.complete and "database disk image is malformed" in report.error
+    assert 1 <= report.frames_read < 8 and report.frames_processed == report.frames_read
+    assert [line["frame"] for line in jsonl(out)] == list(range(report.frames_read))
+    with AnyReader([out / "bag"]) as reader:
+        assert reader.topics["/objects"].msgcount == report.frames_read
+    assert json.loads((out / "summary.json").read_text())["complete"] is False
 
 
 # ----- the demo -------------------------------------------------------------------------------------------
