@@ -1,6 +1,8 @@
 """StreamingTracker: parity with PAM's offline video propagation, add/remove, bounded state, bad input."""
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -144,17 +146,33 @@ def long_stream_backbone():
     return Sam2Backbone.from_config(SAM2_CONFIG, SAM2_CHECKPOINT, overrides={"image_size": 128})
 
 
+def live_array_bytes() -> int:
+    """Bytes of every tensor storage and every data-owning numpy array alive in this process, counted
+    from outside the tracker (whatever it holds, however it accounts for it)."""
+    gc.collect()
+    storages, arrays = {}, 0
+    for obj in gc.get_objects():
+        kind = type(obj)  # not isinstance: that reads __class__, which lazy modules answer with warnings
+        if issubclass(kind, torch.Tensor):
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        elif issubclass(kind, np.ndarray) and obj.base is None:
+            arrays += obj.nbytes
+    return sum(storages.values()) + arrays
+
+
 def test_state_stops_growing_on_a_long_stream(long_stream_backbone):
     tracker = StreamingTracker(long_stream_backbone, max_conditioning_frames=3, keep_feature_frames=8)
     first = tracker.add_object(box(5, 15, 20, 30))
     tracker.add_object(point(50, 40))
-    sizes = {}
+    sizes, live_bytes = {}, {}
     for index in range(200):
         if index in (25, 50, 75, 100):
             tracker.refine_object(first, point(12 + (index % 40), 22))
         tracker.step(moving_square(index))
         if index in (45, 130, 199):
             sizes[index] = tracker.state_size()
+            live_bytes[index] = live_array_bytes()
     memory_keys = ("objects", "conditioning_frames", "tracked_frames", "spatial_memories", "memory_bytes")
     assert {k: sizes[130][k] for k in memory_keys} == {k: sizes[199][k] for k in memory_keys}
     assert sizes[45]["tracked_frames"] == sizes[199]["tracked_frames"]
@@ -167,6 +185,12 @@ def test_state_stops_growing_on_a_long_stream(long_stream_backbone):
         assert sizes[index]["feature_bytes"] <= 2 * per_object * frame_bytes
     history = [f.frame_index for f in tracker.features(first)]
     assert history[0] == 0 and history[-1] == 199 and 8 <= len(history) <= 2 * 8 - 1
+    # The process's real memory, not the tracker's own account: from frame 45 on (memory bank full)
+    # it moves only with the feature histories' thinning (at most 7 frames per object), while one
+    # leaked frame per step would add 2 objects x 69..154 frames x 17+ KB.
+    thinning = 2 * (per_object - 8) * frame_bytes
+    assert max(live_bytes[130], live_bytes[199]) - live_bytes[45] <= thinning, live_bytes
+    assert abs(live_bytes[199] - live_bytes[130]) <= thinning, live_bytes
 
 
 def test_feature_history_spans_the_whole_track():
