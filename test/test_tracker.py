@@ -104,7 +104,7 @@ def test_add_and_remove_mid_stream_leave_other_objects_untouched(small_backbone)
         assert (disk.mask != solo[index].mask).sum() <= 5
         if index == 3:
             assert result.by_id()["late"].prompted
-            assert result.by_id()["late"].state in (TrackingState.PROMPTED, TrackingState.LOST)
+            assert result.by_id()["late"].state == TrackingState.PROMPTED  # its object score logit is +1.8
     assert seen[0] == ["corner", "disk"]
     assert seen[3] == ["corner", "disk", "late"]
     assert seen[7] == ["corner", "disk"]
