@@ -1,10 +1,11 @@
 """pam_ros: the Perceive Anything Model (PAM) on ROS 2 robots.
 
 Layers (arrows point down only):
-  pam_ros.model   PAM itself (SAM 2.1 + Semantic Perceiver + Qwen2). No ROS.
-  pam_ros.engine  streaming tracker + asynchronous semantics worker. No ROS.
+  pam_ros.model   PAM itself (SAM 2.1 + Semantic Perceiver + Qwen2), model selection. No ROS.
+  pam_ros.engine  prompt queue (futures), streaming tracker, semantics scheduler + worker, pipeline. No ROS.
   pam_ros.ros     the ROS 2 node (the only place that imports rclpy);
-  pam_ros.replay  rosbag replay; pam_ros.cli the `pam-ros` command.
+  pam_ros.replay  rosbag replay; pam_ros.cli* the `pam-ros` command; pam_ros.bench the benchmarks.
+  pam_ros.errors  the one error root: every error a user can cause is a PamError.
 """
 # The rosidl-generated modules (pam_ros.msg / .srv / .action) are installed in a different
 # directory than these sources (an install prefix, or a colcon install space). extend_path lets

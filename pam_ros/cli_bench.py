@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+from pam_ros.model.tasks import DTYPE_NAMES
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     track.add_argument("--config", default="sam2.1_hiera_t", help="SAM 2.1 config name or YAML path")
     track.add_argument("--checkpoint", default=None, help="SAM 2 .pt (default: random weights, timing only)")
     track.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
-    track.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32")
+    track.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
     track.add_argument("--image-size", type=int, default=256,
                        help="model input size (PAM uses 1024; smaller is faster on CPU)")
     track.add_argument("--frames", type=int, default=20, help="frames per comparison run")
@@ -51,12 +51,13 @@ def _device(name: str) -> str:
 
 def run_track(args: argparse.Namespace) -> int:
     """Entry point for `pam-ros bench track`."""
-    from pam_ros.bench.track import DTYPES, run_track_bench
+    from pam_ros.bench.track import run_track_bench
     from pam_ros.model.sam2_backbone import Sam2Backbone
+    from pam_ros.model.tasks import torch_dtype
 
     overrides = {"image_size": args.image_size} if args.image_size else None
     backbone = Sam2Backbone.from_config(
-        args.config, args.checkpoint, device=_device(args.device), dtype=DTYPES[args.dtype], overrides=overrides
+        args.config, args.checkpoint, device=_device(args.device), dtype=torch_dtype(args.dtype), overrides=overrides
     )
     run_track_bench(
         backbone,

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pam_ros.cli_options import add_model_arguments, model_spec_from_args
 from pam_ros.errors import InputError
 
 log = logging.getLogger("pam_ros.describe")
@@ -63,13 +64,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--history", metavar="TEXT",
                    help="previous caption for video_stream_caption(_zh) (PAM's streaming template; "
                         "default None)")
-    model = p.add_argument_group("model (a downloaded name, or explicit files)")
-    model.add_argument("--model", metavar="NAME", help="downloaded model, e.g. PAM-1.5B, PAM-3B (or 'tiny')")
-    model.add_argument("--sam2-config", metavar="CFG", help="SAM 2.1 config name (sam2.1_hiera_l) or YAML")
-    model.add_argument("--sam2-checkpoint", metavar="PT", help="SAM 2.1 checkpoint (.pt)")
-    model.add_argument("--pam", metavar="DIR", help="PAM checkpoint folder")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    add_model_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
                    help="most tokens to generate per task (default 512)")
     decoding = p.add_mutually_exclusive_group()
@@ -151,15 +146,6 @@ def check_tasks(args) -> list[str]:
     return tasks
 
 
-def model_source(args) -> tuple[str, ...]:
-    explicit = (args.pam, args.sam2_config, args.sam2_checkpoint)
-    if args.model and any(explicit):
-        raise InputError("give either --model NAME or --pam/--sam2-config/--sam2-checkpoint, not both")
-    if args.model:
-        return ("name", args.model)
-    if not all(explicit):
-        raise InputError("no model: give --model NAME, or all of --pam DIR --sam2-config CFG --sam2-checkpoint PT")
-    return ("files", *explicit)
 
 
 def generation_options(args) -> dict:
@@ -178,18 +164,12 @@ def generation_options(args) -> dict:
 
 
 # ------------------------------------------------------------------ running
-def load_model(source: tuple[str, ...], device: str, dtype: str):
-    from pam_ros.model.pam import PamModel
-
-    if source[0] == "name":
-        return PamModel.from_name(source[1], device=device, dtype=dtype)
-    pam_dir, sam2_config, sam2_checkpoint = source[1:]
-    return PamModel.from_pretrained(pam_dir, sam2_config, sam2_checkpoint, device=device, dtype=dtype)
 
 
 def describe(args) -> dict:
     """Everything the command prints, as the --json object."""
     from pam_ros.engine.clip import is_clip_path
+    from pam_ros.engine.describe import segment_object
     from pam_ros.masks import mask_bbox_xywh, mask_to_rle
 
     if is_clip_path(args.image):
@@ -199,11 +179,8 @@ def describe(args) -> dict:
     prompt = build_prompt(args, (width, height))
     tasks = check_tasks(args)
     options, model = checked_options_and_model(args)
-    enc = model.encode_image(image)
-    dec = model.segment(enc, [prompt])
-    features = model.region_features(dec, 0)
-    mask = (dec.mask_logits[0, 0] > 0).cpu().numpy()
-    logit = float(dec.object_score_logits[0, 0])
+    segmented = segment_object(model, image, prompt, frame_index=0)
+    features, mask = segmented.features, segmented.mask
 
     generations = []
     runs = [(t, None) for t in tasks] + ([("prompt", args.prompt)] if args.prompt is not None else [])
@@ -214,8 +191,8 @@ def describe(args) -> dict:
     result = {
         "image": args.image,
         "size": [width, height],
-        "object_score_logit": logit,
-        "score": 1.0 / (1.0 + math.exp(-logit)),
+        "object_score_logit": segmented.object_score_logit,
+        "score": segmented.score,
         "roi": list(mask_bbox_xywh(mask)),
         "mask_rle": mask_to_rle(mask),
         "tasks": results,
@@ -230,11 +207,14 @@ def describe(args) -> dict:
 def checked_options_and_model(args):
     """The last input checks (decoding options, model selection, --prompt), then the model load."""
     options = generation_options(args)
-    source = model_source(args)
+    spec = model_spec_from_args(args)
+    if not spec.name and not spec.uses_paths:
+        raise InputError("no model: give --model NAME, or all of --pam DIR --sam2-config CFG --sam2-checkpoint PT")
     if args.prompt is not None and not args.prompt.strip():
         raise InputError("--prompt is empty")
-    log.info("loading model (%s) on %s, %s", " ".join(source[1:]), args.device, args.dtype)
-    return options, load_model(source, args.device, args.dtype)
+    spec = spec.validate()
+    log.info("loading model %s on %s, %s", spec.label(), spec.device, spec.dtype)
+    return options, spec.load()
 
 
 def describe_clip_command(args) -> dict:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-COMMANDS = ("replay", "demo")
+from pam_ros.cli_options import add_model_arguments, model_spec_from_args
+
 DEFAULT_TASKS = ("explain", "caption")
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
 DEMO_BAG = DEMO_DIR / "demo_bag"
@@ -57,24 +59,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_engine_arguments(parser: argparse.ArgumentParser, default_model: str) -> None:
-    model = parser.add_argument_group("model (a downloaded model's name, or explicit paths)")
-    model.add_argument("--model", default=default_model,
-                       help="downloaded model name, e.g. PAM-1.5B, or 'tiny' (built-in random-weight test model)"
-                            + (f"; default {default_model}" if default_model else "; default tiny"))
-    model.add_argument("--sam2-config", default="", help="SAM 2.1 config name or YAML path")
-    model.add_argument("--sam2-checkpoint", default="", help="SAM 2.1 .pt checkpoint")
-    model.add_argument("--pam", default="", help="PAM checkpoint folder (Hugging Face layout)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     if default_model == "tiny":
-        parser.add_argument("--image-size", type=int, default=None, metavar="N",
-                            help="SAM 2 input size, a multiple of 64 (default: 256 for the built-in tiny "
-                                 "model, whose output is meaningless anyway, so the demo runs in seconds on "
-                                 "a CPU; 0, the config's 1024 as PAM was trained, for any other model)")
+        size_help = ("SAM 2 input size, a multiple of 64 (default: 256 for the built-in tiny model, whose output "
+                     "is meaningless anyway, so the demo runs in seconds on a CPU; 0, the config's 1024 as PAM "
+                     "was trained, for any other model)")
     else:
-        parser.add_argument("--image-size", type=int, default=0, metavar="N",
-                            help="SAM 2 input size, a multiple of 64 (default 0: the config's, 1024 as PAM "
-                                 "was trained; smaller is faster but no longer the official computation)")
+        size_help = ""
+    add_model_arguments(parser, default_model=default_model or "tiny", image_size_help=size_help)
     parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), metavar="TASK",
                         help=f"semantic tasks run for each new object (default: {' '.join(DEFAULT_TASKS)})")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="generated tokens per task (default 48)")
@@ -94,28 +85,22 @@ TINY_DEMO_IMAGE_SIZE = 256
 
 
 def _model_spec(args: argparse.Namespace):
-    from pam_ros.engine.pipeline import ModelSpec
-
-    explicit = any([args.sam2_config, args.sam2_checkpoint, args.pam])
-    if args.image_size is None:  # demo default: fast for the tiny model, official for real weights
-        args.image_size = TINY_DEMO_IMAGE_SIZE if (args.model or "tiny") == "tiny" and not explicit else 0
-    if explicit and args.model:
-        raise _UsageError("give either --model NAME or --sam2-config/--sam2-checkpoint/--pam, not both")
-    if explicit:
-        return ModelSpec(sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
-                         pam_checkpoint=args.pam, device=args.device, dtype=args.dtype,
-                         image_size=args.image_size)
-    return ModelSpec(name=args.model or "tiny", device=args.device, dtype=args.dtype, image_size=args.image_size)
+    """The model these arguments select; the tiny model runs at a 256-pixel input unless told otherwise
+    (its output is meaningless anyway), every real model at its config's size."""
+    spec = model_spec_from_args(args, default_model="tiny")
+    if args.image_size is None and spec.name == "tiny":
+        spec = replace(spec, image_size=TINY_DEMO_IMAGE_SIZE)
+    return spec
 
 
 def _load_pipeline(args: argparse.Namespace):
     from pam_ros.engine.pipeline import PerceptionPipeline, PipelineConfig
 
-    spec = _model_spec(args)
+    spec = _model_spec(args).validate()
     config = PipelineConfig(new_object_tasks=tuple(args.tasks), max_new_tokens=args.max_new_tokens,
                             semantics_mode="sync")
     size = f", SAM 2 input {spec.image_size} px" if spec.image_size else ""
-    print(f"loading model {spec.name or spec.pam_checkpoint} on {spec.device} ({spec.dtype}{size}) ...",
+    print(f"loading model {spec.label()} on {spec.device} ({spec.dtype}{size}) ...",
           file=sys.stderr)
     return spec, PerceptionPipeline.load(spec, config)
 
@@ -151,9 +136,6 @@ def _run_replay(args: argparse.Namespace, *, overlay_pngs: bool | None = None, o
 
     try:
         spec, pipeline = _load_pipeline(args)
-    except _UsageError as err:
-        print(f"pam-ros {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except PamError as err:
         print(f"pam-ros {args.command}: cannot load the model: {err}", file=sys.stderr)
         return 2
@@ -208,6 +190,3 @@ def _run_demo(args: argparse.Namespace) -> int:
             summary.write("\n" + TINY_MODEL_NOTICE + "\n")
     return 0
 
-
-class _UsageError(Exception):
-    pass

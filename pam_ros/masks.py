@@ -1,46 +1,68 @@
-"""Binary masks <-> COCO uncompressed RLE (what `pam-ros describe --json` and the replay output use).
+"""Binary masks: COCO uncompressed RLE, bounding boxes and object scores, as every front end reports them.
 
-COCO's uncompressed RLE runs over the mask in column-major (Fortran) order and always starts with a
-run of background (0) pixels, which is 0 long when the first pixel is foreground.
+The RLE and box computations are sam2's own (`sam2.utils.amg`, the same COCO uncompressed RLE:
+column-major, counts start with background). Only input checks are added here.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 
-def mask_to_rle(mask: np.ndarray) -> dict:
-    """bool/0-1 mask [H, W] -> {"size": [h, w], "counts": [run lengths, background first]}."""
+def _as_tensor(mask: np.ndarray):
+    import torch
+
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D [H, W], got shape {list(mask.shape)}")
-    h, w = mask.shape
-    flat = mask.astype(bool).ravel(order="F")
-    if flat.size == 0:
+    return torch.from_numpy(np.ascontiguousarray(mask.astype(bool)))
+
+
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """bool/0-1 mask [H, W] -> {"size": [h, w], "counts": [run lengths, background first]}."""
+    from sam2.utils.amg import mask_to_rle_pytorch
+
+    tensor = _as_tensor(mask)
+    h, w = tensor.shape
+    if tensor.numel() == 0:
         return {"size": [int(h), int(w)], "counts": []}
-    # positions where the value changes, plus both ends
-    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate(([0], changes, [flat.size]))
-    counts = np.diff(bounds).tolist()
-    if flat[0]:
-        counts = [0] + counts
-    return {"size": [int(h), int(w)], "counts": [int(c) for c in counts]}
+    rle = mask_to_rle_pytorch(tensor[None])[0]
+    return {"size": [int(h), int(w)], "counts": [int(c) for c in rle["counts"]]}
 
 
 def rle_to_mask(rle: dict) -> np.ndarray:
     """Inverse of mask_to_rle: bool [H, W]."""
+    from sam2.utils.amg import rle_to_mask as amg_rle_to_mask
+
     h, w = (int(v) for v in rle["size"])
-    counts = np.asarray(rle["counts"], dtype=np.int64)
-    if counts.sum() != h * w:
-        raise ValueError(f"RLE counts sum to {int(counts.sum())}, expected {h * w} pixels")
-    values = np.arange(counts.size) % 2 == 1  # background runs at even positions
-    flat = np.repeat(values, counts)
-    return flat.reshape((h, w), order="F")
+    counts = [int(c) for c in rle["counts"]]
+    # amg trusts its own encoder; RLE read back from files is checked so a damaged one says so
+    if sum(counts) != h * w or any(c < 0 for c in counts):
+        raise ValueError(f"RLE counts sum to {sum(counts)}, expected {h * w} pixels")
+    return np.ascontiguousarray(amg_rle_to_mask({"size": [h, w], "counts": counts}))
 
 
 def mask_bbox_xywh(mask: np.ndarray) -> tuple[int, int, int, int]:
     """Bounding box [x, y, w, h] of the foreground pixels (zeros for an empty mask)."""
-    ys, xs = np.nonzero(np.asarray(mask))
-    if xs.size == 0:
+    from sam2.utils.amg import batched_mask_to_box
+
+    tensor = _as_tensor(mask)
+    if tensor.numel() == 0 or not bool(tensor.any()):
         return (0, 0, 0, 0)
-    x0, y0 = int(xs.min()), int(ys.min())
-    return (x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1)
+    x0, y0, x1, y1 = (int(v) for v in batched_mask_to_box(tensor[None])[0])
+    return (x0, y0, x1 - x0 + 1, y1 - y0 + 1)
+
+
+def score_from_logit(logit: float) -> float:
+    """The object score reported everywhere: sigmoid(object_score_logit), without overflow."""
+    if logit >= 0:
+        return 1.0 / (1.0 + math.exp(-logit))
+    z = math.exp(logit)  # underflows to 0.0 quietly for very negative logits
+    return z / (1.0 + z)
+
+
+def mask_centroid(mask: np.ndarray) -> tuple[float, float]:
+    """(x, y) mean of the foreground pixels; (0, 0) for an empty mask."""
+    ys, xs = np.nonzero(mask)
+    return (float(xs.mean()), float(ys.mean())) if xs.size else (0.0, 0.0)

@@ -70,3 +70,14 @@ def case_prompt(case: dict):
         return VisualPrompt(box=np.array(case["visual_prompt"], dtype=np.float32))
     return VisualPrompt(points=np.array(case["visual_prompt"], dtype=np.float32),
                         labels=np.array(case["vp_labels"], dtype=np.int64))
+
+
+def teacher_forced_logits(language, inputs_embeds, token_ids):
+    """Raw logits [n, vocab] at every step when `token_ids` are fed back in (the KV-cache decode path)."""
+    import torch
+
+    from pam_ros.model.language import GenerationSettings
+
+    with torch.inference_mode():
+        settings = GenerationSettings(max_new_tokens=len(token_ids))
+        return language._decode(inputs_embeds, settings, None, forced=list(token_ids), return_logits=True).step_logits

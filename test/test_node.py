@@ -19,6 +19,7 @@ from geometry_msgs.msg import Point
 from lifecycle_msgs.msg import Transition
 from PIL import Image as PilImage
 from rclpy.qos import QoSProfile
+from ros_helpers.messages import mask_from_msg
 from ros_helpers.node_client import node_client, point_prompt, stamp, start_node
 from ros_helpers.ros_session import wait_until
 from sensor_msgs.msg import Image
@@ -64,7 +65,8 @@ def node(tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine():
     """The same engine, in this process, for the masks the node must reproduce."""
-    from pam_ros.engine.pipeline import ModelSpec, PerceptionPipeline, PipelineConfig
+    from pam_ros.engine.pipeline import PerceptionPipeline, PipelineConfig
+    from pam_ros.model.selection import ModelSpec
 
     pipeline = PerceptionPipeline.load(ModelSpec(name="tiny", device="cpu", dtype="float32", image_size=IMAGE_SIZE),
                                        PipelineConfig(new_object_tasks=(), semantics_mode="sync"))
@@ -164,7 +166,7 @@ def test_objects_match_the_engine_frame_by_frame(node, engine):
         assert (got.image_width, got.image_height, got.frame_index) == (320, 240, index)
         assert [o.object_id for o in got.objects] == [o.object_id for o in expected.objects] == ["disk"]
         for mine, theirs in zip(got.objects, expected.objects):
-            np.testing.assert_array_equal(convert.mask_from_msg(mine, 320, 240), theirs.mask,
+            np.testing.assert_array_equal(mask_from_msg(mine, 320, 240), theirs.mask,
                                           err_msg=f"mask of {mine.object_id} differs on frame {index}")
             assert (mine.roi.x_offset, mine.roi.y_offset, mine.roi.width, mine.roi.height) == tuple(theirs.roi)
             assert mine.mask_area == theirs.mask_area
@@ -198,7 +200,7 @@ def test_describe_a_prompt_on_the_latest_frame(node):
                                               max_new_tokens=4))
     assert response.success, response.message
     assert len(response.texts) == 2
-    full = convert.mask_from_msg(response.object, 320, 240)
+    full = mask_from_msg(response.object, 320, 240)
     assert int(full.sum()) == response.object.mask_area
 
 

@@ -46,3 +46,24 @@ def test_generated_interfaces_import():
     assert Describe.Request().prompt.action == Prompt.ADD
     assert ManageObjects.Response().object_ids == []
     assert Caption.Feedback().num_tokens == 0
+
+
+HEAVY_MODULES = ("torch", "transformers", "sam2")
+IMPORTED_HEAVY = (
+    "import sys\n"
+    "from pam_ros import cli\n"
+    "try:\n"
+    "    cli.main(sys.argv[1:])\n"
+    "except SystemExit:\n"
+    "    pass\n"
+    f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
+)
+
+
+def test_help_and_download_list_start_without_torch():
+    """`pam-ros --help` and `pam-ros download --list` answer at once: no torch, transformers or sam2."""
+    for args in (["--help"], ["describe", "--help"], ["replay", "--help"], ["bench", "--help"], ["download", "--list"]):
+        out = subprocess.run([sys.executable, "-c", IMPORTED_HEAVY, *args], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().splitlines()[-1] == "[]", (args, out.stdout[-300:])

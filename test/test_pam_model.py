@@ -9,7 +9,8 @@ from pam_tiny_fixture import case_image as load_image
 from pam_tiny_fixture import case_prompt as visual_prompt
 
 from pam_ros.errors import TaskError
-from pam_ros.model.pam import PamModel, RegionFeatures, select_video_frames
+from pam_ros.model.pam import PamModel, RegionFeatures
+from pam_ros.model.tasks import select_video_frames
 
 IMAGE_CASES = {c["case"]: c for c in image_cases()}
 

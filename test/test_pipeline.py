@@ -11,9 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from pam_ros.engine.pipeline import ModelSpec, PerceptionPipeline, PipelineConfig
+from pam_ros.engine.pipeline import PerceptionPipeline, PipelineConfig
 from pam_ros.engine.types import PromptAction, PromptRequest, SemanticsState, TrackingState
 from pam_ros.errors import ConfigError, EngineClosedError, ImageError, TaskError, UnknownObjectError
+from pam_ros.model.selection import ModelSpec
 
 W, H = 96, 72
 
@@ -145,7 +146,7 @@ def test_adds_without_an_id_are_named_on_submission(model):
     """Both front ends name objects through this: the node learns the id before the frame comes."""
     pipe = make(model, semantics_mode="sync", new_object_tasks=())
     first = pipe.submit_prompt(box_prompt())
-    assert first.object_id == "obj_1" and first.box == box_prompt().box
+    assert first.object_id == "obj_1" and first.request.box == box_prompt().box
     pipe.submit_prompt(box_prompt(object_id="obj_2"))  # a user's own id is never given out again
     assert pipe.submit_prompt(PromptRequest(points=((70.0, 60.0),), labels=(1,))).object_id == "obj_3"
     res = pipe.process(scene(0), 1)
@@ -249,8 +250,6 @@ def test_describe_one_shot_and_by_id_without_tracking_it(model):
 
 def test_streaming_video_caption_uses_the_previous_caption_as_history(model):
     """A 16-frame window is captioned with no history; the next streaming caption gets it as history."""
-    from pam_ros.engine.pipeline import _region
-
     pipe = make(model, semantics_mode="sync", new_object_tasks=("video_stream_caption",),
                 stream_window_frames=16, max_new_tokens=4)
     pipe.submit_prompt(box_prompt(object_id="o"))
@@ -259,7 +258,7 @@ def test_streaming_video_caption_uses_the_previous_caption_as_history(model):
     first = sems[15]
     assert first.state == SemanticsState.READY and first.stamp_ns == 16
     window1 = first.texts["video_stream_caption"]
-    frames = [_region(f) for f in pipe.tracker.features("o")]  # the same 16 frames
+    frames = pipe.tracker.features("o")  # the same 16 frames
     assert len(frames) == 16
     direct = model.describe(frames, "video_stream_caption", history=None, max_new_tokens=4)
     assert direct.text == window1
@@ -272,9 +271,9 @@ def test_streaming_video_caption_uses_the_previous_caption_as_history(model):
 
 def test_stream_windows_fire_every_window_with_16_frames():
     """The default 32-frame window: one caption job per 32 frames, each on 16+ frames of that window."""
-    from pam_ros.engine.pipeline import _StreamWindow
+    from pam_ros.engine.scheduler import StreamWindow
 
-    window = _StreamWindow(("video_caption", "video_stream_caption"), 32)
+    window = StreamWindow(("video_caption", "video_stream_caption"), 32)
     fired = []
     for index in range(100):
         due = window.add(index)
@@ -285,3 +284,25 @@ def test_stream_windows_fire_every_window_with_16_frames():
     assert all(tasks == ("video_stream_caption",) for _, tasks, _ in fired[1:])
     for index, _, frames in fired:
         assert len(frames) >= 16 and frames[0] == index - 31 and frames[-1] == index
+
+
+def test_semantics_backlog_is_bounded_while_the_model_is_busy(model):
+    """A refresh period far shorter than a generation queues at most one job per object (the newest
+    features win); the pipeline does not pile up a job, and a copy of the features, per frame."""
+    pipe = make(model, semantics_mode="async", new_object_tasks=("caption",), refresh_period_s=0.001,
+                max_new_tokens=2)
+    pipe.submit_prompt(box_prompt(object_id="a"))
+    pipe.submit_prompt(PromptRequest(object_id="b", box=(60.0, 5.0, 90.0, 30.0)))
+    depths = []
+    with pipe._llm_lock:  # the model is busy for the whole stream
+        for i in range(30):
+            pipe.process(scene(i), i + 1)
+            time.sleep(0.002)  # past the refresh period, on every frame
+            depths.append(pipe.stats()["semantics_queue"])
+    assert max(depths) <= 3, depths  # a job per object queued, plus the one that is waiting for the model
+    assert pipe.stats()["semantics_merged"] >= 40
+    assert pipe.wait_semantics_idle(120)
+    words = [pipe.semantics(oid) for oid in ("a", "b")]
+    assert all(sem.state == SemanticsState.READY for sem in words)
+    assert [sem.stamp_ns for sem in words] == [30, 30], "the merged job describes the newest frame"
+    pipe.close()

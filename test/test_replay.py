@@ -25,10 +25,11 @@ from pam_ros.engine.types import (
 )
 from pam_ros.errors import BagOpenError, BagReadError, PromptFileError, TopicNotFoundError
 from pam_ros.message_fields import header_fields, perceived_object_array_fields
+from pam_ros.model.selection import ModelSpec
 from pam_ros.replay.bag import BagInput
 from pam_ros.replay.bag_writer import BagWriter
 from pam_ros.replay.interfaces import build_message, find_msg_dir, pam_ros_typestore
-from pam_ros.replay.prompts import PromptSchedule, ScheduledPrompt, load_prompt_file
+from pam_ros.replay.prompts import FramePromptSchedule, ScheduledPrompt, load_prompt_file
 
 W, H = 64, 48
 STAMP0 = 1_700_000_000_000_000_000
@@ -364,20 +365,18 @@ def test_unreadable_prompts_files(tmp_path):
         load_prompt_file(write_yaml(tmp_path, "objects: []"))
 
 
-def test_schedule_releases_prompts_at_their_image_in_a_fixed_order():
-    by_frame = ScheduledPrompt(PromptRequest(object_id="a", box=(0, 0, 4, 4)), "file 0", frame=2)
-    by_stamp = ScheduledPrompt(PromptRequest(object_id="b", box=(0, 0, 4, 4)), "file 1", stamp_ns=STAMP0 + 15)
-    schedule = PromptSchedule([by_frame, by_stamp])
-    from_topic = ScheduledPrompt(PromptRequest(object_id="c", box=(0, 0, 4, 4), stamp_ns=0), "topic 0", stamp_ns=0)
-    assert schedule.due(0, STAMP0) == []
-    schedule.add(from_topic)
-    due = schedule.due(1, STAMP0 + 20)
-    assert [p.request.object_id for p in due] == ["b", "c"]
-    assert all(p.request.stamp_ns == STAMP0 + 20 for p in due), "applied to exactly this image"
-    assert [p.request.object_id for p in schedule.due(2, STAMP0 + 30)] == ["a"]
+def test_frame_schedule_releases_file_prompts_at_their_image_in_file_order():
+    first = ScheduledPrompt(PromptRequest(object_id="a", box=(0, 0, 4, 4)), "file 0", frame=2)
+    second = ScheduledPrompt(PromptRequest(object_id="b", box=(0, 0, 4, 4)), "file 1", frame=1)
+    schedule = FramePromptSchedule()
+    schedule.add(first)
+    schedule.add(second)
+    assert schedule.due(0) == []
+    assert [p.request.object_id for p in schedule.due(1)] == ["b"]
     late = ScheduledPrompt(PromptRequest(object_id="d", box=(0, 0, 4, 4)), "file 2", frame=99)
     schedule.add(late)
-    assert schedule.due(3, STAMP0 + 40) == [] and schedule.remaining() == [late]
+    assert [p.request.object_id for p in schedule.due(3)] == ["a"], "an index skipped over is due on the next image"
+    assert schedule.due(4) == [] and schedule.remaining() == [late]
 
 
 # ----- the objects message ----------------------------------------------------------------------------
@@ -535,7 +534,7 @@ def tiny_pipelines():
 
     config = engine.PipelineConfig(new_object_tasks=("caption",), max_new_tokens=6, semantics_mode="sync")
     # A 256-pixel SAM 2 input keeps CPU time low (same code path as the official 1024).
-    loaded = engine.PerceptionPipeline.load(engine.ModelSpec(name="tiny", image_size=256), config)
+    loaded = engine.PerceptionPipeline.load(ModelSpec(name="tiny", image_size=256), config)
     made = [loaded]
 
     def make():

@@ -10,6 +10,7 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point
 from PIL import Image as PilImage
 from rclpy.serialization import deserialize_message, serialize_message
+from ros_helpers.messages import mask_from_msg, request_to_prompt_msg
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -177,7 +178,7 @@ def test_box_is_ignored_without_has_box():
 def test_request_to_prompt_round_trips():
     request = PromptRequest(action=PromptAction.REFINE, object_id="obj_3", points=((1.5, 2.5),), labels=(0,),
                             box=(0.0, 1.0, 8.0, 9.0), tasks=("recognize",), stamp_ns=7_000_000_001)
-    msg = deserialize_message(serialize_message(convert.request_to_prompt_msg(request)), Prompt)
+    msg = deserialize_message(serialize_message(request_to_prompt_msg(request)), Prompt)
     assert convert.prompt_msg_to_request(msg) == request
 
 
@@ -255,14 +256,14 @@ def test_roi_mask_covers_only_the_roi():
     assert set(np.unique(crop)) == {0, 255}
     # pixel (u, v) of the mask is pixel (x + u, y + v) of the image
     np.testing.assert_array_equal(crop > 0, obj.mask[y:y + h, x:x + w])
-    np.testing.assert_array_equal(convert.mask_from_msg(msg, 16, 12), obj.mask)
+    np.testing.assert_array_equal(mask_from_msg(msg, 16, 12), obj.mask)
 
 
 def test_full_mask_has_the_image_size():
     obj = _object(_mask())
     msg = convert.object_result_to_msg(obj, HEADER, "full")
     assert (msg.mask.width, msg.mask.height, msg.mask_full_frame) == (16, 12, True)
-    np.testing.assert_array_equal(convert.mask_from_msg(msg, 16, 12), obj.mask)
+    np.testing.assert_array_equal(mask_from_msg(msg, 16, 12), obj.mask)
 
 
 @pytest.mark.parametrize("encoding", ["roi", "full", "none"])
@@ -303,7 +304,7 @@ def test_frame_result_becomes_an_array_that_serializes():
     assert (again.frame_index, again.frames_received, again.frames_dropped) == (4, 9, 4)
     assert (again.image_width, again.image_height, again.tracking_seconds) == (16, 12, 0.125)
     assert [o.object_id for o in again.objects] == ["a", "b"]
-    np.testing.assert_array_equal(convert.mask_from_msg(again.objects[0], 16, 12), _mask())
+    np.testing.assert_array_equal(mask_from_msg(again.objects[0], 16, 12), _mask())
 
 
 def test_generation_becomes_a_caption_result():

@@ -10,7 +10,8 @@ import yaml
 from rclpy.parameter import Parameter
 from ros_helpers.ros_session import isolate_ros_environment
 
-from pam_ros.ros.parameters import PARAMETER_NAMES, PARAMETERS, SettingsError, read_settings
+from pam_ros.errors import ConfigError
+from pam_ros.ros.parameters import PARAMETER_NAMES, PARAMETERS, read_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,15 +65,16 @@ def test_bad_values_are_refused_when_set(node):
 
 def test_settings_need_a_model_or_both_checkpoints(node):
     settings = read_settings(node)
-    assert settings.model == "PAM-1.5B" and not settings.uses_explicit_paths
+    assert settings.model == "PAM-1.5B" and not settings.model_spec().uses_paths
     assert settings.new_object_task_tuple == ("explain", "caption")
     node.set_parameters([Parameter("sam2_checkpoint", value="/weights/sam2.pt")])
     try:
-        with pytest.raises(SettingsError, match="need sam2_config, sam2_checkpoint and pam_checkpoint"):
-            read_settings(node)
+        with pytest.raises(ConfigError, match=r"no model selected.*missing: sam2_config, pam_checkpoint"):
+            read_settings(node).model_spec().validate()
         node.set_parameters([Parameter("pam_checkpoint", value="/weights/PAM-1.5B"),
                              Parameter("sam2_config", value="configs/sam2.1/sam2.1_hiera_l.yaml")])
-        assert read_settings(node).uses_explicit_paths
+        spec = read_settings(node).model_spec()
+        assert spec.uses_paths and spec.name == ""  # explicit paths win over `model`
     finally:
         node.set_parameters([Parameter(name, value="") for name in ("sam2_config", "sam2_checkpoint", "pam_checkpoint")])
 
@@ -98,7 +100,7 @@ def test_engine_parameters_mirror_the_pipeline_config(node):
 def test_model_parameters_mirror_the_model_spec(node):
     import dataclasses
 
-    from pam_ros.engine.pipeline import ModelSpec
+    from pam_ros.model.selection import ModelSpec
 
     spec_fields = {f.name for f in dataclasses.fields(ModelSpec)}
     node_names = {"model" if name == "name" else name for name in spec_fields}
@@ -128,12 +130,15 @@ def test_model_is_validated_without_loading_it(node):
 
 
 def test_resolved_device_and_dtype(node):
-    settings = read_settings(node)
     import torch
 
+    from pam_ros.model.selection import ModelSpec
+
+    settings = read_settings(node)
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert settings.resolved_device() == expected
-    assert settings.resolved_dtype("cpu") == "float32" and settings.resolved_dtype("cuda:1") == "bfloat16"
+    spec = settings.model_spec()
+    assert (spec.device, spec.dtype) == (expected, "bfloat16" if expected == "cuda" else "float32")
+    assert ModelSpec(device="cuda:1", dtype="auto").with_auto_resolved().dtype == "bfloat16"
 
 
 def test_launch_file_declares_the_arguments():

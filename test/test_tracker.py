@@ -11,7 +11,7 @@ from pam_tiny_fixture import golden as fixture_golden
 
 from pam_ros.engine.tracker import (
     FeatureHistory,
-    FrameFeatures,
+    RegionFeatures,
     StreamingTracker,
     TrackerError,
     UnknownObjectError,
@@ -200,7 +200,7 @@ def test_state_stops_growing_on_a_long_stream(long_stream_backbone):
 def test_feature_history_spans_the_whole_track():
     history = FeatureHistory(capacity=5)
     for index in range(40):
-        history.add(FrameFeatures(index, index, torch.zeros(2, 256), torch.zeros(1), 1.0))
+        history.add(RegionFeatures(torch.zeros(2, 256), torch.zeros(256, 1, 1), index, index, 1.0))
     kept = [f.frame_index for f in history.frames()]
     assert 5 <= len(kept) <= 2 * 5 - 1 and kept[0] == 0 and kept[-1] == 39
     gaps = np.diff(kept[:-1])

@@ -29,8 +29,6 @@ from PIL import Image
 from pam_ros.engine.tracker import StreamingTracker
 from pam_ros.model.sam2_backbone import Sam2Backbone, VisualPrompt
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 @dataclass
 class TrackBenchRow:

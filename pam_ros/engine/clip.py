@@ -12,19 +12,18 @@ per-frame masks are kept as COCO RLE.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from pam_ros.engine.tracker import FrameFeatures, StreamingTracker
+from pam_ros.engine.tracker import StreamingTracker
 from pam_ros.engine.types import TrackingState
 from pam_ros.errors import ClipError, PromptError, TaskError
-from pam_ros.masks import mask_to_rle, rle_to_mask
-from pam_ros.model.pam import VIDEO_FRAMES, select_video_frames
-from pam_ros.model.tasks import canonical_task, is_video_task
+from pam_ros.masks import mask_to_rle, rle_to_mask, score_from_logit
+from pam_ros.model.pam import RegionFeatures
+from pam_ros.model.tasks import VIDEO_FRAMES, canonical_task, is_video_task, select_video_frames
 
 __all__ = ["ClipError", "ClipFrame", "ClipSource", "TrackedClip", "check_clip_tasks", "describe_clip",
            "is_clip_path", "open_clip", "select_video_frames", "track_clip"]
@@ -197,8 +196,8 @@ class TrackedClip:
 
     size_wh: tuple[int, int]
     frames: list[ClipFrame]  # every frame, in order
-    first_features: FrameFeatures  # the prompted frame's (what image tasks describe)
-    video_features: list[FrameFeatures]  # PAM's selected frames (empty for clips under 16 frames)
+    first_features: RegionFeatures  # the prompted frame's (what image tasks describe)
+    video_features: list[RegionFeatures]  # PAM's selected frames (empty for clips under 16 frames)
 
     @property
     def num_frames(self) -> int:
@@ -221,8 +220,8 @@ def track_clip(backbone, frames: Iterable[np.ndarray], prompt, *, num_frames: in
     tracker = StreamingTracker(backbone, keep_feature_frames=2)
     object_id = tracker.add_object(prompt)
     clip_frames: list[ClipFrame] = []
-    kept: dict[int, FrameFeatures] = {}
-    first: FrameFeatures | None = None
+    kept: dict[int, RegionFeatures] = {}
+    first: RegionFeatures | None = None
     size_wh = (0, 0)
     for index, image in enumerate(frames):
         if index >= num_frames:
@@ -239,7 +238,7 @@ def track_clip(backbone, frames: Iterable[np.ndarray], prompt, *, num_frames: in
         frame = ClipFrame(
             index=index,
             object_score_logit=track.object_score_logit,
-            score=_sigmoid(track.object_score_logit),
+            score=score_from_logit(track.object_score_logit),
             state=track.state,
             roi=tuple(track.roi),
             mask_area=track.mask_area,
@@ -252,9 +251,6 @@ def track_clip(backbone, frames: Iterable[np.ndarray], prompt, *, num_frames: in
         raise ClipError(f"the clip has {len(clip_frames)} frames, not the {num_frames} announced")
     return TrackedClip(size_wh, clip_frames, first, [kept[i] for i in sorted(kept)])
 
-
-def _sigmoid(logit: float) -> float:
-    return 1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,23 +1,27 @@
-"""PerceptionPipeline: the one engine that every front end (ROS node, bag replay, CLI) drives.
+"""PerceptionPipeline: the facade every front end (ROS node, bag replay, CLI) drives.
 
-It owns a StreamingTracker (masks, frame by frame) and a SemanticsWorker (words, asynchronously),
-applies prompts on the frame they refer to, and turns the tracker's output into FrameResults that
-carry each object's latest semantics. Front ends only translate its inputs and outputs.
+It wires the pieces and holds none of their logic: the prompt queue (engine.prompts: prompts are
+futures, applied on their frame), the StreamingTracker (masks, frame by frame), the semantics
+scheduler (engine.scheduler: which object needs which task when) and worker (engine.semantics: words,
+asynchronously, bounded backlog), and one-shot describes (engine.describe). Front ends only translate
+its inputs and outputs.
 """
 from __future__ import annotations
 
-import itertools
+import gc
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
+from pam_ros.engine.describe import segment_object
+from pam_ros.engine.prompts import PromptFuture, PromptQueue
+from pam_ros.engine.scheduler import ScheduledWork, SemanticsScheduler
 from pam_ros.engine.semantics import SemanticsJob, SemanticsStore, SemanticsWorker, fill_named_fields
-from pam_ros.engine.tracker import FeatureHistory, FrameFeatures, StreamingTracker
+from pam_ros.engine.tracker import StreamingTracker
 from pam_ros.engine.types import (
     FrameResult,
     GenerationResult,
@@ -30,65 +34,11 @@ from pam_ros.engine.types import (
     TrackingState,
 )
 from pam_ros.errors import ConfigError, EngineClosedError, ImageError, PamError, PromptError, UnknownObjectError
-from pam_ros.masks import mask_bbox_xywh
-from pam_ros.model.tasks import canonical_task, is_video_task
+from pam_ros.masks import mask_centroid
+from pam_ros.model.selection import ModelSpec
+from pam_ros.model.tasks import VIDEO_FRAMES, canonical_task, is_streaming_task, is_video_task
 
 log = logging.getLogger(__name__)
-
-AUTO_ID_PREFIX = "obj_"  # ADD prompts without an object_id get obj_1, obj_2, ... (submit_prompt)
-
-
-@dataclass
-class ModelSpec:
-    """Which weights to load and where: a model name, or explicit checkpoint paths."""
-
-    name: str = ""  # a downloaded model ("PAM-1.5B", "PAM-3B") or "tiny" (built-in, random weights)
-    sam2_config: str = ""  # packaged SAM 2.1 config name or YAML path
-    sam2_checkpoint: str = ""  # official SAM 2.1 .pt
-    pam_checkpoint: str = ""  # PAM Hugging Face folder
-    device: str = "cpu"
-    dtype: str = "float32"
-    # SAM 2 input size; 0 = the config's (1024, what PAM was trained with). Smaller is faster
-    # (e.g. 512 on small GPUs, 256 in CPU tests) but no longer the official PAM computation.
-    image_size: int = 0
-
-    def resolve(self) -> tuple[str, str, str]:
-        """(sam2_config, sam2_checkpoint, pam_dir) of this spec; ConfigError when unusable. Offline."""
-        from pam_ros.model.pam import _check_device, parse_dtype
-        from pam_ros.model.registry import resolve_model
-
-        try:
-            _check_device(self.device)
-            parse_dtype(self.dtype)
-        except PamError as exc:
-            raise ConfigError(str(exc)) from None
-        explicit = {"sam2_config": self.sam2_config, "sam2_checkpoint": self.sam2_checkpoint,
-                    "pam_checkpoint": self.pam_checkpoint}
-        if self.name:
-            if any(explicit.values()):
-                raise ConfigError("give either a model name or the three checkpoint paths "
-                                  "(sam2_config, sam2_checkpoint, pam_checkpoint), not both")
-            try:
-                paths = resolve_model(self.name)
-            except PamError as exc:
-                raise ConfigError(str(exc)) from None
-            return str(paths.sam2_config), str(paths.sam2_checkpoint), str(paths.pam_dir)
-        missing = [k for k, v in explicit.items() if not v]
-        if missing:
-            raise ConfigError("no model selected: set `model` to a downloaded model name (e.g. PAM-1.5B after "
-                              "`pam-ros download PAM-1.5B`, or `tiny` for the built-in test model) or give "
-                              + ", ".join(missing))
-        for key in ("sam2_checkpoint", "pam_checkpoint"):
-            if not Path(explicit[key]).exists():
-                raise ConfigError(f"{key} {explicit[key]!r} does not exist")
-        if self.sam2_config.endswith((".yaml", ".yml")) and not Path(self.sam2_config).exists():
-            raise ConfigError(f"sam2_config {self.sam2_config!r} does not exist")
-        return self.sam2_config, self.sam2_checkpoint, self.pam_checkpoint
-
-    def validate(self) -> None:
-        if self.image_size and (self.image_size < 64 or self.image_size % 64):
-            raise ConfigError(f"image_size must be 0 (the config's) or a multiple of 64, got {self.image_size}")
-        self.resolve()
 
 
 @dataclass
@@ -117,10 +67,9 @@ class PipelineConfig:
             raise ConfigError("max_new_tokens must be >= 1")
         if self.semantics_mode not in ("async", "sync"):
             raise ConfigError("semantics_mode must be 'async' or 'sync'")
-        if self.keep_feature_frames < 16:
-            raise ConfigError("keep_feature_frames must be >= 16 (PAM's video mode reads 16 frames)")
-        if self.stream_window_frames < 16:
-            raise ConfigError("stream_window_frames must be >= 16 (PAM's video mode reads 16 frames)")
+        for name in ("keep_feature_frames", "stream_window_frames"):
+            if getattr(self, name) < VIDEO_FRAMES:
+                raise ConfigError(f"{name} must be >= {VIDEO_FRAMES} (PAM's video mode reads {VIDEO_FRAMES} frames)")
         if self.refresh_period_s < 0 or self.prompt_hold_s < 0:
             raise ConfigError("refresh_period_s and prompt_hold_s must be >= 0")
 
@@ -148,30 +97,12 @@ def visual_prompt(prompt: PromptRequest):
     return VisualPrompt(points=points, labels=labels, box=box)
 
 
-def _region(features):
-    """tracker FrameFeatures -> the model's RegionFeatures."""
-    from pam_ros.model.pam import RegionFeatures
-
-    return RegionFeatures(features.mid_mask_tokens, features.mid_image_embed, features.frame_index)
-
-
-def _centroid(mask: np.ndarray) -> tuple[float, float]:
-    ys, xs = np.nonzero(mask)
-    return (float(xs.mean()), float(ys.mean())) if xs.size else (0.0, 0.0)
-
-
-@dataclass
-class _HeldPrompt:
-    prompt: PromptRequest
-    received_s: float
-
-
 class PerceptionPipeline:
     """Tracking + semantics for one camera stream.
 
-    Threading: `process` (and prompt application) is called by one tracking thread. `describe`,
-    `caption` and `request_refresh` may be called from any thread. The SAM 2 side is shared by the
-    tracking thread and one-shot describes (one lock); the LLM by the semantics worker and callers of
+    Threading: `process` is called by one tracking thread. `submit_prompt`, `describe`, `caption`
+    and `request_refresh` may be called from any thread. The SAM 2 side is shared by the tracking
+    thread and one-shot describes (one lock); the LLM by the semantics worker and callers of
     describe/caption (another lock), so tracking never waits for text.
     """
 
@@ -188,81 +119,44 @@ class PerceptionPipeline:
         self._store = SemanticsStore()
         self._worker = SemanticsWorker(self._run_task, self._store, mode=self.config.semantics_mode,
                                        is_tracked=self._is_tracked)
-        self._held: list[_HeldPrompt] = []
-        self._held_lock = threading.Lock()
-        self._auto_ids = itertools.count(1)  # numbers for ADDs without an id (never reused)
+        self._tracked_ids: frozenset[str] = frozenset()  # snapshot for other threads (set by process)
+        self._prompts = PromptQueue(lambda: self._tracked_ids)
+        self._scheduler = SemanticsScheduler(self.config.new_object_tasks, self.config.refresh_period_s,
+                                             self.config.stream_window_frames)
         self._sam_lock = threading.RLock()
         self._llm_lock = threading.Lock()
-        self._state_lock = threading.Lock()  # guards the small dicts below
+        self._state_lock = threading.Lock()  # guards _last_objects and the scheduler
         self._latest: tuple[np.ndarray, int] | None = None
         self._last_objects: dict[str, ObjectResult] = {}
-        self._last_refresh_s: dict[str, float] = {}
-        self._wanted: dict[str, tuple[str, ...]] = {}  # object id -> tasks to run on its next visible frame
-        self._windows: dict[str, _StreamWindow] = {}  # objects with a streaming video caption
         self._frame_index = 0
         self._closed = False
         self._tracking_s = 0.0
 
     @classmethod
     def load(cls, spec: ModelSpec, config: PipelineConfig | None = None) -> "PerceptionPipeline":
-        """Resolve and load the weights of `spec` (offline), then build the pipeline."""
-        from pam_ros.model.pam import PamModel
-
+        """Load the weights of `spec` (offline), then build the pipeline."""
         if config is not None:
             config.validate()
-        spec.validate()
-        sam2_config, sam2_checkpoint, pam_dir = spec.resolve()
-        overrides = {"image_size": spec.image_size} if spec.image_size else None
-        model = PamModel.from_pretrained(pam_dir, sam2_config, sam2_checkpoint, device=spec.device,
-                                         dtype=spec.dtype, sam2_overrides=overrides)
-        return cls(model, config)
+        return cls(spec.load(), config)
 
     # ----------------------------------------------------------------- prompts
-    def submit_prompt(self, prompt: PromptRequest) -> PromptRequest:
+    def submit_prompt(self, prompt: PromptRequest) -> PromptFuture:
         """Queue a prompt for the first processed frame with stamp >= prompt.stamp_ns (0: the next).
 
-        Returns the request as queued: an ADD without an object_id is named here, on submission
-        (obj_1, obj_2, ... skipping ids tracked or queued), so a caller knows the id before the
-        prompt is applied, and every front end (node, bag replay) names the same objects alike.
+        Safe from any thread. Returns a future resolving to the PromptOutcome; `future.object_id` is
+        known at once: an ADD without an id is named here (obj_1, obj_2, ... skipping ids tracked or
+        queued), so every front end names the same objects alike. After close() the future comes
+        back already refused.
         """
-        self._ensure_open()
-        with self._state_lock:
-            tracked = set(self._last_objects)
-        with self._held_lock:
-            if prompt.action == PromptAction.ADD and not prompt.object_id:
-                taken = tracked | {held.prompt.object_id for held in self._held}
-                prompt = replace(prompt, object_id=self._new_object_id(taken))
-            self._held.append(_HeldPrompt(prompt, time.monotonic()))
-        return prompt
-
-    def _new_object_id(self, taken: set[str]) -> str:
-        while True:
-            candidate = f"{AUTO_ID_PREFIX}{next(self._auto_ids)}"
-            if candidate not in taken:
-                return candidate
+        return self._prompts.submit(prompt)
 
     def expire_held_prompts(self, now_s: float | None = None) -> list[PromptOutcome]:
         """Refuse prompts for a future stamp that waited longer than prompt_hold_s."""
-        now_s = time.monotonic() if now_s is None else now_s
-        expired: list[PromptOutcome] = []
-        with self._held_lock:
-            keep = []
-            for held in self._held:
-                if held.prompt.stamp_ns and now_s - held.received_s > self.config.prompt_hold_s:
-                    expired.append(PromptOutcome(
-                        held.prompt.object_id, False,
-                        f"no frame with stamp >= {held.prompt.stamp_ns} ns arrived within "
-                        f"{self.config.prompt_hold_s:.1f} s; prompt dropped"))
-                else:
-                    keep.append(held)
-            self._held = keep
-        return expired
+        return self._prompts.expire(self.config.prompt_hold_s, now_s)
 
-    def _take_due_prompts(self, stamp_ns: int) -> list[PromptRequest]:
-        with self._held_lock:
-            due = [h.prompt for h in self._held if h.prompt.stamp_ns <= stamp_ns]
-            self._held = [h for h in self._held if h.prompt.stamp_ns > stamp_ns]
-        return due
+    def pending_prompts(self) -> list[PromptFuture]:
+        """Prompts submitted and not yet applied (their frame has not come)."""
+        return self._prompts.pending()
 
     def _apply_prompt(self, prompt: PromptRequest, size_wh: tuple[int, int]) -> PromptOutcome:
         frame = self._frame_index
@@ -272,6 +166,7 @@ class PerceptionPipeline:
                 with self._state_lock:
                     for oid in list(self._last_objects):
                         self._forget(oid)
+                    self._scheduler.clear()
                 return PromptOutcome("", True, frame_index=frame)
             if prompt.action == PromptAction.REMOVE:
                 self._require_tracked(prompt.object_id)
@@ -288,16 +183,8 @@ class PerceptionPipeline:
                 oid = self.tracker.add_object(visual, object_id=prompt.object_id or None)
             else:
                 raise PromptError(f"unknown prompt action {int(prompt.action)}")
-            tasks = tuple(canonical_task(t) for t in (prompt.tasks or self.config.new_object_tasks))
-            streamed = tuple(t for t in tasks if t.startswith("video_stream_caption"))
             with self._state_lock:
-                # Video tasks need a track, not one frame: the streaming caption runs per window,
-                # a plain video caption once the track holds enough frames.
-                self._wanted[oid] = tuple(t for t in tasks if not is_video_task(t))
-                self._windows.pop(oid, None)
-                if streamed or any(is_video_task(t) for t in tasks):
-                    self._windows[oid] = _StreamWindow(tuple(t for t in tasks if is_video_task(t)),
-                                                       self.config.stream_window_frames)
+                self._scheduler.object_added(oid, tuple(prompt.tasks))
             return PromptOutcome(oid, True, frame_index=frame)
         except PamError as exc:
             return PromptOutcome(prompt.object_id, False, str(exc))
@@ -311,8 +198,8 @@ class PerceptionPipeline:
 
     def _forget(self, object_id: str) -> None:
         self._store.remove(object_id)
-        for table in (self._last_objects, self._last_refresh_s, self._wanted, self._windows):
-            table.pop(object_id, None)
+        self._last_objects.pop(object_id, None)
+        self._scheduler.forget(object_id)
 
     def _is_tracked(self, object_id: str) -> bool:
         tracker = self.tracker
@@ -326,13 +213,15 @@ class PerceptionPipeline:
         h, w = image.shape[:2]
         t0 = time.perf_counter()
         with self._sam_lock:
-            outcomes = [self._apply_prompt(p, (w, h)) for p in self._take_due_prompts(stamp_ns)]
+            due = self._prompts.take_due(stamp_ns)
+            outcomes = [self._apply_prompt(f.request, (w, h)) for f in due]
             track = self.tracker.step(image, stamp_ns=stamp_ns)
+            self._tracked_ids = frozenset(self.tracker.object_ids)
         self._tracking_s = time.perf_counter() - t0
         self._latest = (image, stamp_ns)
         frame_index = self._frame_index
         self._frame_index += 1
-        # Prompts that only failed against this frame (the tracker dropped them): report them.
+        # Prompts that only failed against this frame (the tracker dropped them) are refused.
         rejected = dict(track.rejected_prompts)
         if rejected:
             outcomes = [PromptOutcome(o.object_id, False, rejected[o.object_id])
@@ -341,57 +230,43 @@ class PerceptionPipeline:
                 for oid in rejected:
                     if oid not in self.tracker.object_ids:
                         self._forget(oid)
-        self._queue_semantics(track, stamp_ns, frame_index)
+        resolved = []
+        for future, outcome in zip(due, outcomes):
+            future.resolve(PromptOutcome(outcome.object_id, outcome.accepted, outcome.error,
+                                         frame_index if outcome.accepted else -1,
+                                         stamp_ns=stamp_ns if outcome.accepted else 0))
+            resolved.append(future.result())
+        self._schedule_semantics(track)
         objects = []
         with self._state_lock:
             for obj in track.objects:
                 result = ObjectResult(obj.object_id, float(obj.score), float(obj.object_score_logit),
                                       TrackingState(int(obj.state)), int(obj.frames_lost), obj.mask,
-                                      tuple(obj.roi), int(obj.mask_area), _centroid(obj.mask),
+                                      tuple(obj.roi), int(obj.mask_area), mask_centroid(obj.mask),
                                       self._store.get(obj.object_id))
                 self._last_objects[obj.object_id] = result
                 objects.append(result)
-        return FrameResult(frame_index, stamp_ns, w, h, objects, self._tracking_s, outcomes)
+        return FrameResult(frame_index, stamp_ns, w, h, objects, self._tracking_s, resolved)
 
-    def _queue_semantics(self, track, stamp_ns: int, frame_index: int) -> None:
-        now = time.monotonic()
-        period = self.config.refresh_period_s
-        for obj in track.objects:
-            oid = obj.object_id
-            with self._state_lock:
-                window = self._windows.get(oid)
-                due = window.add(obj.features) if window is not None else None
-                if window is not None and window.done:
-                    del self._windows[oid]
-            if due is not None:
-                tasks, frames = due
-                self._worker.submit(SemanticsJob(oid, tasks, frames, frames[-1].stamp_ns,
-                                                 frames[-1].frame_index, self.config.max_new_tokens))
-            with self._state_lock:
-                tasks = self._wanted.pop(oid, None)
-                if tasks is None and period > 0 and now - self._last_refresh_s.get(oid, now) >= period:
-                    tasks = tuple(self._store.get(oid).texts) or self.config.new_object_tasks
-                if tasks and TrackingState(int(obj.state)) == TrackingState.LOST:
-                    self._wanted[oid] = tasks  # describe it when it is visible again
-                    continue
-                if not tasks:
-                    continue
-                self._last_refresh_s[oid] = now
-            self._submit(oid, tasks, self.config.max_new_tokens)
+    def _schedule_semantics(self, track) -> None:
+        observations = [(obj.object_id, obj.state, obj.features) for obj in track.objects]
+        with self._state_lock:
+            work = self._scheduler.due(observations, time.monotonic())
+        for item in work:
+            self._submit_work(item)
 
-    def _submit(self, object_id: str, tasks: Sequence[str], max_new_tokens: int):
-        frames = self.tracker.features(object_id)
+    def _submit_work(self, item: ScheduledWork):
+        frames = list(item.window) if item.is_window else self.tracker.features(item.object_id)
         latest = frames[-1]
-        job = SemanticsJob(object_id, tuple(tasks), frames, latest.stamp_ns, latest.frame_index,
-                           max_new_tokens)
+        job = SemanticsJob(item.object_id, item.tasks, frames, latest.stamp_ns, latest.frame_index,
+                           self.config.max_new_tokens, kind="window" if item.is_window else "image")
         return self._worker.submit(job)
 
     def _stream_history(self, object_id: str, task: str) -> str | None:
         """PAM's streaming caption: the previous window's caption of this object is the history."""
-        canonical = canonical_task(task)
-        if not canonical.startswith("video_stream_caption"):
+        if not is_streaming_task(task):
             return None
-        return self._store.get(object_id).texts.get(canonical)
+        return self._store.get(object_id).texts.get(canonical_task(task))
 
     # ----------------------------------------------------------------- semantics
     def _run_task(self, frames, task: str, max_new_tokens: int, *, on_text=None, should_stop=None,
@@ -401,8 +276,7 @@ class PerceptionPipeline:
         canonical = canonical_task(task)
         if history is None and object_id:
             history = self._stream_history(object_id, canonical)
-        video = is_video_task(canonical)
-        regions = [_region(f) for f in frames] if video else _region(frames[-1])
+        regions = list(frames) if is_video_task(canonical) else frames[-1]
         t0 = time.perf_counter()
         with self._llm_lock:
             if self.model is None:
@@ -422,8 +296,7 @@ class PerceptionPipeline:
         if object_id not in self.tracker.object_ids:
             raise UnknownObjectError(f"unknown object id {object_id!r}")
         with self._state_lock:
-            self._wanted[object_id] = tuple(tasks) or tuple(self._store.get(object_id).texts) \
-                or self.config.new_object_tasks
+            self._scheduler.request(object_id, tuple(tasks))
 
     def caption(self, object_id: str, task: str, max_new_tokens: int = 0,
                 on_text: Callable[[str, int], None] | None = None,
@@ -483,16 +356,9 @@ class PerceptionPipeline:
             with self._sam_lock:
                 if self.model is None:
                     raise EngineClosedError("the pipeline was closed")
-                dec = self.model.segment(self.model.encode_image(image), [visual])
-            mask = (dec.mask_logits[0, 0] > 0).cpu().numpy()
-            logit = float(dec.object_score_logits[0, 0])
-            # shaped like the tracker's per-frame features, so _run_task reads both alike
-            frames = [FrameFeatures(frame_index, stamp, dec.mid_mask_tokens[0], dec.mid_image_embed[0], logit)]
-            area = int(mask.sum())
-            present = logit > 0 and area > 0
-            obj = ObjectResult(prompt.object_id, float(1 / (1 + np.exp(-logit))), logit,
-                               TrackingState.PROMPTED if present else TrackingState.LOST, 0, mask,
-                               mask_bbox_xywh(mask), area, _centroid(mask))
+                segmented = segment_object(self.model, image, visual, frame_index=frame_index, stamp_ns=stamp)
+            frames = [segmented.features]
+            obj = segmented.as_result(prompt.object_id)
         results = []
         for task in tasks:
             res = self._run_task(frames, task, max_new_tokens)
@@ -508,15 +374,12 @@ class PerceptionPipeline:
         return self._worker.wait_idle(timeout_s)
 
     @property
-    def latest_frame(self) -> tuple[np.ndarray, int] | None:
-        return self._latest
-
-    @property
     def frames_processed(self) -> int:
         return self._frame_index
 
     def object_ids(self) -> list[str]:
-        return list(self.tracker.object_ids) if self.tracker is not None else []
+        """Objects tracked after the last processed frame (safe from any thread)."""
+        return sorted(self._tracked_ids)
 
     def semantics(self, object_id: str) -> ObjectSemantics:
         return self._store.get(object_id)
@@ -529,9 +392,11 @@ class PerceptionPipeline:
             "tracking_seconds": self._tracking_s,
             "semantics_seconds": self._worker.last_job_seconds,
             "semantics_queue": self._worker.pending(),
+            "semantics_queue_bound": 2 * self.config.max_objects,
             "semantics_done": self._worker.jobs_done,
             "semantics_failed": self._worker.jobs_failed,
-            "held_prompts": len(self._held),
+            "semantics_merged": self._worker.jobs_merged,
+            "held_prompts": len(self._prompts),
         }
         device = getattr(self.model, "device", None)
         if device is not None and getattr(device, "type", str(device)).startswith("cuda"):
@@ -545,51 +410,20 @@ class PerceptionPipeline:
         if self._closed:
             raise EngineClosedError("the pipeline is closed")
 
-    def close(self) -> None:
-        """Stop the worker and drop the model, freeing GPU memory."""
+    def close(self, reason: str = "the pipeline was closed") -> None:
+        """Refuse queued prompts (with `reason`), stop the worker and drop the model, freeing GPU memory."""
         if self._closed:
             return
         self._closed = True
+        self._prompts.close(f"not applied: {reason}")
         self._worker.close()
         self._store.clear()
         device = getattr(self.model, "device", None)
         with self._sam_lock, self._llm_lock:
             self.model = None
             self.tracker = None
-        import gc
-
         gc.collect()
         if device is not None and getattr(device, "type", str(device)).startswith("cuda"):
             import torch
 
             torch.cuda.empty_cache()
-
-
-class _StreamWindow:
-    """Frames of one object's track since its last video caption, thinned to at most 16 kept."""
-
-    def __init__(self, tasks: tuple[str, ...], window_frames: int) -> None:
-        self.tasks = tasks
-        self.window_frames = window_frames
-        self._frames = FeatureHistory(16)
-        self._count = 0
-
-    def add(self, features) -> tuple[tuple[str, ...], list] | None:
-        """Add a frame; when the window is full, return (tasks, its 16 frames) and start a new one.
-
-        A plain video_caption runs once, on the first full window; the streaming caption on every one.
-        """
-        self._frames.add(features)
-        self._count += 1
-        if self._count < self.window_frames or len(self._frames) < 16:
-            return None
-        frames = self._frames.frames()
-        tasks = self.tasks
-        self.tasks = tuple(t for t in tasks if t.startswith("video_stream_caption"))
-        self._frames = FeatureHistory(16)
-        self._count = 0
-        return (tasks, frames) if tasks else None
-
-    @property
-    def done(self) -> bool:
-        return not self.tasks

@@ -2,22 +2,23 @@
 
 The tracker hands over each object's decoder features (never the image), so language never re-runs
 the image encoder. The worker owns the LLM: one generation at a time, in its own thread, so tracking
-never waits for text. In "sync" mode (bag replay) jobs run in the caller's thread instead, which makes
-the output deterministic.
+never waits for text; its backlog is bounded (one queued job per object and kind, newer work merged
+in). In "sync" mode (bag replay) jobs run in the caller's thread instead, which makes the output
+deterministic. The store keeps every object's latest words for any thread to read.
 """
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from pam_ros.engine.types import GenerationResult, ObjectSemantics, SemanticsState
-from pam_ros.errors import EngineClosedError, UnknownObjectError
-from pam_ros.model.tasks import parse_explanation
+from pam_ros.errors import ConfigError, EngineClosedError, UnknownObjectError
+from pam_ros.model.tasks import CAPTION_PRIORITY, parse_explanation
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,42 @@ class SemanticsJob:
 
     object_id: str
     tasks: tuple[str, ...]
-    snapshot: object  # the tracker's per-object feature snapshot (opaque here)
+    snapshot: object  # the object's RegionFeatures: its kept frames, or a video window's
     stamp_ns: int
     frame_index: int
     max_new_tokens: int
+    kind: str = "image"  # "image" (latest frame / whole track) or "window" (a stream window)
     future: Future = field(default_factory=Future)
+    merged_futures: list = field(default_factory=list)  # futures of later jobs merged into this one
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.object_id, self.kind)
+
+    def merge(self, newer: "SemanticsJob") -> None:
+        """Take a newer job for the same object into this queued one: newest features, joined tasks."""
+        self.tasks = self.tasks + tuple(t for t in newer.tasks if t not in self.tasks)
+        self.snapshot, self.stamp_ns, self.frame_index = newer.snapshot, newer.stamp_ns, newer.frame_index
+        self.max_new_tokens = max(self.max_new_tokens, newer.max_new_tokens)
+        self.merged_futures.append(newer.future)
+        self.merged_futures.extend(newer.merged_futures)
+
+    def _futures(self) -> list[Future]:
+        return [self.future] + self.merged_futures
+
+    def start(self) -> bool:
+        """Mark the futures running; False when every caller cancelled."""
+        return any([f.set_running_or_notify_cancel() for f in self._futures()])
+
+    def succeed(self, results) -> None:
+        for future in self._futures():
+            if not future.done():
+                future.set_result(results)
+
+    def fail(self, error: BaseException) -> None:
+        for future in self._futures():
+            if not future.done():
+                future.set_exception(error)
 
 
 class SemanticsStore:
@@ -111,8 +143,7 @@ def fill_named_fields(sem: ObjectSemantics) -> None:
             if recognize in texts:
                 sem.category = texts[recognize].strip()
                 break
-    for cap in ("caption", "caption_zh", "detailed_caption", "detailed_caption_zh",
-                "video_caption", "video_caption_zh", "video_stream_caption", "video_stream_caption_zh"):
+    for cap in CAPTION_PRIORITY:
         if cap in texts:
             sem.caption = texts[cap]
             break
@@ -121,22 +152,28 @@ def fill_named_fields(sem: ObjectSemantics) -> None:
 class SemanticsWorker:
     """Runs SemanticsJobs one at a time, in a thread ("async") or inline ("sync").
 
-    A failing job is reported on its future and in the store (FAILED + message); the worker goes on.
+    The backlog is bounded: at most one queued job per object and kind (image tasks / a video
+    window). A new job for an object whose job has not started yet is merged into it (the newest
+    features win, the tasks are joined, both callers get the one result); a job already running
+    finishes. A failing job is reported on its future and in the store (FAILED + message); the
+    worker goes on.
     """
 
     def __init__(self, run_task: RunTask, store: SemanticsStore, *, mode: str = "async",
                  is_tracked: Callable[[str], bool] = lambda _id: True) -> None:
         if mode not in ("async", "sync"):
-            raise ValueError(f"semantics mode must be 'async' or 'sync', not {mode!r}")
+            raise ConfigError(f"semantics mode must be 'async' or 'sync', not {mode!r}")
         self._run_task = run_task
         self._store = store
         self._mode = mode
         self._is_tracked = is_tracked
-        self._queue: queue.Queue[SemanticsJob | None] = queue.Queue()
+        self._lock = threading.Condition()
+        self._queued: OrderedDict[tuple[str, str], SemanticsJob] = OrderedDict()
         self._closed = False
-        self._busy = threading.Event()
+        self._running = 0
         self.jobs_done = 0
         self.jobs_failed = 0
+        self.jobs_merged = 0
         self.last_job_seconds = 0.0
         self._thread: threading.Thread | None = None
         if mode == "async":
@@ -153,51 +190,62 @@ class SemanticsWorker:
         self._store.mark_pending(job.object_id)
         if self._mode == "sync":
             self._run(job)
-        else:
-            self._queue.put(job)
+            return job.future
+        with self._lock:
+            queued = self._queued.get(job.key)
+            if queued is None:
+                self._queued[job.key] = job
+                self._lock.notify_all()
+                return job.future
+            queued.merge(job)
+            self.jobs_merged += 1
         return job.future
 
     def pending(self) -> int:
-        return self._queue.qsize() + (1 if self._busy.is_set() else 0)
+        """Jobs queued or running."""
+        with self._lock:
+            return len(self._queued) + self._running
+
+    def queued(self) -> int:
+        with self._lock:
+            return len(self._queued)
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self.pending():
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        return True
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._queued and not self._running, timeout_s)
 
     def close(self) -> None:
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            jobs = list(self._queued.values())
+            self._queued.clear()
+            self._lock.notify_all()
         # Fail what is still queued, so that nobody waits forever on a future.
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None and not job.future.done():
-                job.future.set_exception(EngineClosedError("the pipeline was closed before this job ran"))
+        for job in jobs:
+            job.fail(EngineClosedError("the pipeline was closed before this job ran"))
         if self._thread is not None:
-            self._queue.put(None)
             self._thread.join(timeout=30)
 
     def _loop(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            self._busy.set()
+            with self._lock:
+                self._lock.wait_for(lambda: self._queued or self._closed)
+                if self._closed:
+                    return
+                _, job = self._queued.popitem(last=False)
+                self._running += 1
             try:
                 self._run(job)
             finally:
-                self._busy.clear()
+                with self._lock:
+                    self._running -= 1
+                    self._lock.notify_all()
 
     def _run(self, job: SemanticsJob) -> None:
-        if not job.future.set_running_or_notify_cancel():
+        if not job.start():
             return
         if not self._is_tracked(job.object_id):
-            job.future.set_exception(UnknownObjectError(
+            job.fail(UnknownObjectError(
                 f"object {job.object_id!r} is no longer tracked; its semantics were not computed"))
             return
         t0 = time.perf_counter()
@@ -212,10 +260,10 @@ class SemanticsWorker:
             message = f"semantics for {job.object_id!r} failed: {type(exc).__name__}: {exc}"
             log.error(message)
             self._store.set_error(job.object_id, message)
-            job.future.set_exception(exc)
+            job.fail(exc)
             return
         finally:
             self.last_job_seconds = time.perf_counter() - t0
         self.jobs_done += 1
         self._store.set_result(job.object_id, job, results)
-        job.future.set_result(results)
+        job.succeed(results)

@@ -40,32 +40,24 @@ Not thread-safe: one caller (the engine's tracking loop) drives it.
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
+from sam2.utils.amg import batched_mask_to_box
 
+from pam_ros.engine.ids import ObjectIdNamer
 from pam_ros.engine.types import TrackingState
 from pam_ros.errors import PromptError, TrackerError, UnknownObjectError
+from pam_ros.masks import score_from_logit
+from pam_ros.model.pam import RegionFeatures
 from pam_ros.model.sam2_backbone import ImageEncoding, Sam2Backbone, TrackStepOutput, VisualPrompt
-
 
 # --------------------------------------------------------------------------------------------
 # Values handed out
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FrameFeatures:
-    """PAM's per-object decoder features for one frame (what the Semantic Perceiver reads)."""
-
-    frame_index: int
-    stamp_ns: int
-    mid_mask_tokens: torch.Tensor  # [2, 256]
-    mid_image_embed: torch.Tensor  # [256, 64, 64]
-    object_score_logit: float
-
 
 @dataclass
 class ObjectTrack:
@@ -82,7 +74,7 @@ class ObjectTrack:
     roi: tuple[int, int, int, int]  # x, y, w, h of the mask's bounding box (zeros if empty)
     mask_area: int
     stability: float  # stability score of the token-0 mask (PAM quirk 2)
-    features: FrameFeatures
+    features: RegionFeatures
 
 
 @dataclass
@@ -101,7 +93,7 @@ class TrackingResult:
 
 
 class FeatureHistory:
-    """Bounded, evenly spread history of an object's `FrameFeatures`.
+    """Bounded, evenly spread history of an object's `RegionFeatures`.
 
     Keeps the first frame, every `stride`-th frame after it and the latest frame. When more than
     `2 * capacity - 1` frames would be kept, every second sampled frame is dropped and the stride
@@ -114,12 +106,12 @@ class FeatureHistory:
         if capacity < 2:
             raise TrackerError(f"keep_feature_frames must be at least 2, got {capacity}")
         self.capacity = capacity
-        self._sampled: list[tuple[int, FrameFeatures]] = []  # (ordinal in the track, features)
-        self._latest: tuple[int, FrameFeatures] | None = None
+        self._sampled: list[tuple[int, RegionFeatures]] = []  # (ordinal in the track, features)
+        self._latest: tuple[int, RegionFeatures] | None = None
         self._stride = 1
         self._seen = 0
 
-    def add(self, features: FrameFeatures) -> None:
+    def add(self, features: RegionFeatures) -> None:
         if self._latest is not None and self._latest[0] % self._stride == 0:
             self._sampled.append(self._latest)
         self._latest = (self._seen, features)
@@ -128,13 +120,13 @@ class FeatureHistory:
             self._stride *= 2
             self._sampled = [entry for entry in self._sampled if entry[0] % self._stride == 0]
 
-    def frames(self) -> list[FrameFeatures]:
+    def frames(self) -> list[RegionFeatures]:
         kept = [features for _, features in self._sampled]
         if self._latest is not None:
             kept.append(self._latest[1])
         return kept
 
-    def latest(self) -> FrameFeatures | None:
+    def latest(self) -> RegionFeatures | None:
         return None if self._latest is None else self._latest[1]
 
     def __len__(self) -> int:
@@ -219,7 +211,7 @@ class StreamingTracker:
         self._maskmem_pos_enc: list[torch.Tensor] | None = None
         self._next_frame = 0
         self._last_size_wh: tuple[int, int] | None = None
-        self._auto_ids = itertools.count(1)
+        self._namer = ObjectIdNamer()
 
     # ---- object management ---------------------------------------------------------------
     @property
@@ -234,7 +226,7 @@ class StreamingTracker:
     def add_object(self, prompt: VisualPrompt, object_id: str | None = None, *, frame: int | None = None) -> str:
         """Start tracking a new object from `prompt`, applied on `frame` (default: the next frame).
 
-        Returns the object id (generated as "obj-N" when not given).
+        Returns the object id (obj_N, engine.ids, when not given).
         """
         if object_id is not None and object_id in self._objects:
             raise TrackerError(f"object id {object_id!r} is already tracked")
@@ -277,7 +269,7 @@ class StreamingTracker:
         self._next_frame = 0
         self._last_size_wh = None
 
-    def features(self, object_id: str) -> list[FrameFeatures]:
+    def features(self, object_id: str) -> list[RegionFeatures]:
         """The kept per-frame PAM features of an object, oldest first (empty before its first frame)."""
         return self._get(object_id).history.frames()
 
@@ -359,10 +351,7 @@ class StreamingTracker:
 
     # ---- internals -----------------------------------------------------------------------
     def _new_id(self) -> str:
-        while True:
-            candidate = f"obj-{next(self._auto_ids)}"
-            if candidate not in self._objects:
-                return candidate
+        return self._namer.next_id(self._objects)
 
     def _get(self, object_id: str) -> _TrackedObject:
         try:
@@ -499,18 +488,10 @@ class StreamingTracker:
         )
         stability = torch.stack([outputs[i][0].readout.stability[outputs[i][1]] for i in ids])
         masks = self.backbone.upsample_to_image(low_res, enc.orig_hw)[:, 0] > 0
-        # Bounding boxes on the device, then a single transfer for masks and numbers.
-        rows = masks.any(dim=2)
-        cols = masks.any(dim=1)
-        height, width = enc.orig_hw
-        row_index = torch.arange(height, device=masks.device)
-        col_index = torch.arange(width, device=masks.device)
-        y0 = torch.where(rows, row_index, height).amin(dim=1)
-        y1 = torch.where(rows, row_index, -1).amax(dim=1)
-        x0 = torch.where(cols, col_index, width).amin(dim=1)
-        x1 = torch.where(cols, col_index, -1).amax(dim=1)
+        # Bounding boxes on the device (sam2's batched_mask_to_box), then one transfer for masks and numbers.
+        boxes = batched_mask_to_box(masks).long()
         area = masks.flatten(1).sum(dim=1)
-        numbers = torch.stack([x0, y0, x1, y1, area], dim=1).cpu().numpy()
+        numbers = torch.cat([boxes, area[:, None]], dim=1).cpu().numpy()
         score_values = scores.reshape(-1).float().cpu().numpy()
         stability_values = stability.float().cpu().numpy()
         masks_np = masks.cpu().numpy()
@@ -533,11 +514,11 @@ class StreamingTracker:
             mid_embed = step.readout.image_embed[index].clone()
             if feature_device is not None:
                 mid_tokens, mid_embed = mid_tokens.to(feature_device), mid_embed.to(feature_device)
-            features = FrameFeatures(
-                frame_index=frame,
-                stamp_ns=stamp_ns,
+            features = RegionFeatures(
                 mid_mask_tokens=mid_tokens,
                 mid_image_embed=mid_embed,
+                frame_index=frame,
+                stamp_ns=stamp_ns,
                 object_score_logit=logit,
             )
             obj.history.add(features)
@@ -547,7 +528,7 @@ class StreamingTracker:
                     state=state,
                     prompted=prompted,
                     object_score_logit=logit,
-                    score=1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0,
+                    score=score_from_logit(logit),
                     frames_lost=obj.frames_lost,
                     low_res_logits=low_res[k],
                     mask=masks_np[k],

@@ -53,6 +53,7 @@ class PromptRequest:
     box: tuple[float, float, float, float] | None = None
     tasks: tuple[str, ...] = ()
     stamp_ns: int = 0
+    source: str = ""  # where it came from, for log lines and reports ("topic", "file entry 3", ...)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class PromptOutcome:
     accepted: bool
     error: str = ""
     frame_index: int = -1  # the processed frame it was applied on (-1: not applied)
+    request: PromptRequest | None = None  # the prompt as queued (an id-less ADD carries its given id)
+    stamp_ns: int = 0  # stamp of the frame it was applied on (0: not applied)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -19,10 +19,10 @@ from torch import Tensor, nn
 
 from pam_ros.errors import CheckpointError, TaskError
 from pam_ros.model.checkpoint import PamCheckpoint, load_module_weights
+from pam_ros.model.tasks import IMAGE_TOKEN_INDEX
 
 log = logging.getLogger(__name__)
 
-IMAGE_TOKEN_INDEX = -200  # the `<image>` placeholder id in PAM's input_ids
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 # config.json keys that belong to LLaVA/PAM or to the file itself, not to Qwen2Config
 _NON_QWEN_KEYS = ("model_type", "architectures", "transformers_version", "torch_dtype", "dtype")
@@ -110,7 +110,6 @@ class Generation:
     seconds: float = 0.0
     prompt_length: int = 0  # inputs_embeds length seen by the LLM
     step_logits: Tensor | None = None  # [n, vocab] raw logits per step, when requested
-    extra: dict = field(default_factory=dict)
 
 
 class IncrementalDecoder:
@@ -246,12 +245,6 @@ class PamLanguageModel(nn.Module):
         return self._decode(inputs_embeds, settings, tokenizer, on_text=on_text,
                             should_stop=should_stop, return_logits=return_logits)
 
-    @torch.inference_mode()
-    def teacher_forced_logits(self, inputs_embeds: Tensor, token_ids: Sequence[int]) -> Tensor:
-        """Raw logits [n, vocab] at every step when `token_ids` are fed back in (KV cache path)."""
-        settings = GenerationSettings(max_new_tokens=len(token_ids))
-        return self._decode(inputs_embeds, settings, None, forced=list(token_ids),
-                            return_logits=True).step_logits
 
     def _decode(self, inputs_embeds: Tensor, settings: GenerationSettings, tokenizer, *,
                 on_text: TextCallback | None = None, should_stop: StopCheck | None = None,

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -36,26 +35,30 @@ from pam_ros.model.language import (
 from pam_ros.model.perceiver import IMAGE_SCALE, VIDEO_FRAME_SCALE, SemanticPerceiver
 from pam_ros.model.sam2_backbone import DecoderOutput, ImageEncoding, Sam2Backbone, VisualPrompt
 from pam_ros.model.tasks import (
+    VIDEO_FRAMES,
     PreparedPrompt,
     is_video_task,
     parse_explanation,
     prepare_prompt,
+    select_video_frames,
+    torch_dtype,
 )
 
 log = logging.getLogger(__name__)
 
-VIDEO_FRAMES = 16  # PAM's video mode always looks at 16 frames of the track
 EXPLAIN_TASKS = ("explain", "explain_zh")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
 class RegionFeatures:
-    """One object in one frame, as the Semantic Perceiver consumes it (kept by the tracker)."""
+    """One object in one frame, as the Semantic Perceiver consumes it: the one per-frame feature type
+    that the tracker keeps, one-shot describes produce and the model reads."""
 
     mid_mask_tokens: Tensor  # [2, 256] PAM quirk 2: [selected mask token, mask token 0]
     mid_image_embed: Tensor  # [256, 64, 64] the decoder's image output (quirk 3)
-    frame_index: int = 0  # index of the frame in its stream / clip (informational)
+    frame_index: int = 0  # index of the frame in its stream / clip
+    stamp_ns: int = 0  # stamp of that frame (0 when unknown)
+    object_score_logit: float = 0.0  # SAM 2's object score on that frame
 
     def __post_init__(self) -> None:
         if self.mid_mask_tokens.ndim == 3:
@@ -70,16 +73,10 @@ class RegionFeatures:
 
 
 def as_region_features(item) -> RegionFeatures:
-    """RegionFeatures from anything carrying mid_mask_tokens / mid_image_embed (e.g. the tracker's
-    FrameFeatures), so the engine can hand its kept features over as they are."""
-    if isinstance(item, RegionFeatures):
-        return item
-    try:
-        return RegionFeatures(item.mid_mask_tokens, item.mid_image_embed, int(getattr(item, "frame_index", 0)))
-    except AttributeError:
-        raise TaskError(
-            f"expected region features (mid_mask_tokens + mid_image_embed), got {type(item).__name__}"
-        ) from None
+    """Check that `item` is a RegionFeatures (a clear TaskError for anything else)."""
+    if not isinstance(item, RegionFeatures):
+        raise TaskError(f"expected RegionFeatures (mid_mask_tokens + mid_image_embed), got {type(item).__name__}")
+    return item
 
 
 def _is_single(features) -> bool:
@@ -96,22 +93,8 @@ class PamGeneration(Generation):
     num_frames: int = 1  # frames the LLM saw (16 in video mode)
 
 
-def select_video_frames(num_frames: int) -> list[int]:
-    """PAM's frame selection: the first frame plus 15 spread over the rest (quirk 5)."""
-    if num_frames < VIDEO_FRAMES:
-        raise TaskError(f"PAM's video mode needs at least {VIDEO_FRAMES} frames, got {num_frames}")
-    rest = np.linspace(1, num_frames - 1, VIDEO_FRAMES - 1, dtype=int)
-    return [0] + [int(i) for i in rest]
 
 
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        if dtype not in DTYPES.values():
-            raise CheckpointError(f"unsupported dtype {dtype}; use one of {', '.join(DTYPES)}")
-        return dtype
-    if dtype not in DTYPES:
-        raise CheckpointError(f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
 
 
 class PamModel:
@@ -142,8 +125,8 @@ class PamModel:
         inside a full PAM save (`model.vision_tower.sam2_model_predictor.*`) is used if present; with
         one, that copy is dropped on purpose (the official path never reads it).
         """
-        dtype = parse_dtype(dtype)
-        device = _check_device(device)
+        dtype = torch_dtype(dtype)
+        device = check_device(device)
         ckpt = load_pam_checkpoint(pam_dir)
         sam2_copy = ckpt.sam2_state_dict
         if sam2_checkpoint is not None:
@@ -275,7 +258,7 @@ class PamModel:
         return dec, [self.describe(feats, task, **generation) for task in tasks]
 
 
-def _check_device(device: str | torch.device) -> torch.device:
+def check_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:

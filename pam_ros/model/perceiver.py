@@ -82,10 +82,6 @@ class SemanticPerceiver(nn.Module):
         model.pe_layer.float()
         return model.eval()
 
-    @property
-    def image_token_dim(self) -> int:
-        return self.embed_dim * 4
-
     def _image_pe(self, h: int, w: int, like: Tensor) -> Tensor:
         pe = self.pe_layer((h, w)).unsqueeze(0)  # [1, C, H, W]
         return pe.flatten(2).permute(0, 2, 1).to(dtype=like.dtype, device=like.device)

@@ -1,4 +1,6 @@
-"""PAM's task prompts, its chat template, prompt tokenisation and parsing of the answers.
+"""PAM's prompts and facts, in one place: task prompts and kinds, the chat template, special ids, the
+16 video frames and their selection, the caption priority, compute dtypes; prompt tokenisation and the
+parsing of answers.
 
 The prompt strings are the official ones, character for character, from the PAM notebooks
 (Perceive-Anything/PAM: notebooks/image_infer_example.ipynb, video_infer_example.ipynb and
@@ -10,11 +12,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pam_ros.errors import TaskError
+from pam_ros.errors import ConfigError, TaskError
 
 IMAGE_PLACEHOLDER = "<image>"
-IMAGE_TOKEN_INDEX = -200
+IMAGE_TOKEN_INDEX = -200  # the `<image>` placeholder id in PAM's input_ids (LLaVA's convention)
 HISTORY_FIELD = "{history}"
+VIDEO_FRAMES = 16  # PAM's video mode always looks at 16 frames of the track
+# Compute dtypes by the names that CLI options and node parameters use (torch dtypes: torch_dtype()).
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 TASK_PROMPTS: dict[str, str] = {
     "recognize": "<image>\nClassify this subject and provide its label.",
@@ -39,7 +44,11 @@ OFFICIAL_ALIASES: dict[str, str] = {
     "video_cap_en": "video_caption", "video_cap_ch": "video_caption_zh",
 }
 VIDEO_TASKS = frozenset(n for n in TASK_PROMPTS if n.startswith("video_"))
-IMAGE_TASKS = frozenset(n for n in TASK_PROMPTS if n not in VIDEO_TASKS)
+# tasks whose prompt carries the previous window's caption: they run on every window of a stream
+STREAMING_TASKS = frozenset(n for n in TASK_PROMPTS if HISTORY_FIELD in TASK_PROMPTS[n])
+# which task's text becomes an object's `caption` when several ran (first present wins)
+CAPTION_PRIORITY = ("caption", "caption_zh", "detailed_caption", "detailed_caption_zh", "video_caption",
+                    "video_caption_zh", "video_stream_caption", "video_stream_caption_zh")
 # the official streaming notebook fills {history} with "None" for the first window, in both languages
 NO_HISTORY = "None"
 
@@ -67,6 +76,35 @@ def canonical_task(name: str) -> str:
 
 def is_video_task(name: str) -> bool:
     return canonical_task(name) in VIDEO_TASKS
+
+
+def is_streaming_task(name: str) -> bool:
+    """A streaming video caption: runs on every window, with the previous window's caption as history."""
+    return canonical_task(name) in STREAMING_TASKS
+
+
+def select_video_frames(num_frames: int) -> list[int]:
+    """PAM's frame selection: the first frame plus 15 spread over the rest (fixture quirk 5)."""
+    import numpy as np
+
+    if num_frames < VIDEO_FRAMES:
+        raise TaskError(f"PAM's video mode needs at least {VIDEO_FRAMES} frames, got {num_frames}")
+    rest = np.linspace(1, num_frames - 1, VIDEO_FRAMES - 1, dtype=int)
+    return [0] + [int(i) for i in rest]
+
+
+def torch_dtype(dtype):
+    """torch dtype for a name in DTYPE_NAMES (or a torch dtype among them); ConfigError otherwise."""
+    import torch
+
+    table = {name: getattr(torch, name) for name in DTYPE_NAMES}
+    if isinstance(dtype, torch.dtype):
+        if dtype not in table.values():
+            raise ConfigError(f"unsupported dtype {dtype}; use one of {', '.join(DTYPE_NAMES)}")
+        return dtype
+    if dtype not in table:
+        raise ConfigError(f"unsupported dtype {dtype!r}; use one of {', '.join(DTYPE_NAMES)}")
+    return table[dtype]
 
 
 def task_prompt(name: str, *, history: str | None = None) -> str:

@@ -1,9 +1,11 @@
 """Reading rosbag2 bags (MCAP or sqlite3 storage) for the replay: image frames and prompts.
 
-The `rosbags` reader does the work. When an MCAP file has no valid summary/footer (a recorder
-killed mid-write leaves exactly that), its records are read sequentially instead (with the `mcap`
-stream reader), so everything written before the damage is still replayed; the damage itself
-then surfaces as a BagReadError at the point where reading stops.
+`rosbags.highlevel.AnyReader` does the work: it opens the bag and builds the types to decode with from
+the definitions the bag embeds (ROS 2 Jazzy + pam_ros for bags that embed none). When an MCAP file has
+no valid summary/footer (a recorder killed mid-write leaves exactly that), no rosbags reader opens it,
+so its records are read sequentially instead (with the `mcap` stream reader), so everything written
+before the damage is still replayed; the damage itself then surfaces as a BagReadError at the point
+where reading stops.
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ import numpy as np
 from mcap.exceptions import EndOfFile, McapError
 from mcap.records import Channel, Footer, Message, Schema
 from mcap.stream_reader import StreamReader
+from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.interfaces import Connection, MessageDefinitionFormat
-from rosbags.rosbag2 import Reader, ReaderError
+from rosbags.rosbag2 import ReaderError
 from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
@@ -33,8 +36,8 @@ from pam_ros.replay.interfaces import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, PROMPT_
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
 # Errors a damaged storage file raises from deep inside the readers (rosbags reads sqlite3 bags with
 # apsw, whose errors do not derive from the sqlite3 module's).
-_DAMAGE_ERRORS = (ReaderError, McapError, apsw.Error, sqlite3.DatabaseError, struct.error, EOFError, OSError,
-                  ValueError, KeyError, IndexError)
+_DAMAGE_ERRORS = (AnyReaderError, ReaderError, McapError, apsw.Error, sqlite3.DatabaseError, struct.error,
+                  EOFError, OSError, ValueError, KeyError, IndexError)
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ class BagInput:
     def __init__(self, path: str | Path, image_topic: str | None = None) -> None:
         self.path = Path(path)
         self.warning = ""  # non-empty: how the bag was read despite damage (shown in the summary)
-        self._reader: Reader | None = None
+        self._reader: AnyReader | None = None
         self._salvage_file: Path | None = None
         self._connections: list[Connection] = []
         self._stores: dict[tuple[MessageDefinitionText, str], Typestore] = {}
@@ -261,8 +264,9 @@ class BagInput:
 
     # ----- decoding ------------------------------------------------------------------------------
     def _store_for(self, definition: MessageDefinitionText | None, msgtype: str) -> Typestore:
-        """The types to decode a message with: the bag's embedded definition when it has one (it is
-        what the recorder used), else ROS 2 Jazzy + pam_ros."""
+        """Types for a message read sequentially from a damaged MCAP (AnyReader builds them for every
+        readable bag, but cannot open one without a footer): the embedded definition when there is one
+        (it is what the recorder used), else ROS 2 Jazzy + pam_ros."""
         if definition is None:
             return pam_ros_typestore()
         key = (definition, msgtype)
@@ -282,6 +286,8 @@ class BagInput:
         return self._stores[key]
 
     def _deserialize(self, record: BagRecord):
+        if self._reader is not None:
+            return self._reader.deserialize(record.raw, record.msgtype)
         return self._store_for(record.definition, record.msgtype).deserialize_cdr(record.raw, record.msgtype)
 
     def decode_image(self, record: BagRecord) -> DecodedImage:
@@ -328,10 +334,10 @@ class BagInput:
         self.close()
 
 
-def _open_reader(target: Path) -> tuple[Reader | None, str]:
-    """An opened rosbags Reader, or None and why it failed."""
+def _open_reader(target: Path) -> tuple[AnyReader | None, str]:
+    """An opened rosbags AnyReader, or None and why it failed."""
     try:
-        reader = Reader(target)
+        reader = AnyReader([target], default_typestore=pam_ros_typestore())
         reader.open()
     except _DAMAGE_ERRORS as err:
         return None, _reason(err)

@@ -45,9 +45,6 @@ class BagWriter:
         self._connections[topic] = conn
         self.counts[topic] = 0
 
-    def has_topic(self, topic: str) -> bool:
-        return topic in self._connections
-
     def write_fields(self, topic: str, log_time_ns: int, fields: dict) -> None:
         conn = self._connections[topic]
         message = build_message(self.store, conn.msgtype, fields)

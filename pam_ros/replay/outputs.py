@@ -13,7 +13,6 @@ import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from pam_ros.engine.types import FrameResult, PromptOutcome, TrackingState
@@ -173,7 +172,3 @@ class ReplayOutputs:
                                                  encoding="utf-8")
         (self.out_dir / SUMMARY_TEXT).write_text(text + "\n", encoding="utf-8")
 
-
-def overlay_frames(out_dir: Path) -> list[np.ndarray]:
-    """The overlay PNGs of a replay, in frame order (for the demo's GIF)."""
-    return [np.asarray(Image.open(p).convert("RGB")) for p in sorted((out_dir / OVERLAY_DIR).glob("frame_*.png"))]

@@ -13,13 +13,14 @@ File format (README "Prompts file"):
         points: [[80, 100], [30, 20]]
         labels: [1, 0]           # 1 = on the object, 0 = background; default: all 1
 
-Scheduling is by bag position only (never by wall-clock time), so a replay is deterministic:
-a prompt is submitted just before the first image it applies to.
+Scheduling is by bag position only (never by wall-clock time), so a replay is deterministic: a
+`frame:` entry is submitted just before that image; a `stamp_ns:` entry (and every prompt message in
+the bag) goes to the engine's prompt queue, which applies it to the first image with that stamp or later.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -39,11 +40,6 @@ class ScheduledPrompt:
     source: str  # "file entry 3" / "topic /prompts message 0" (for reports)
     frame: int | None = None
     stamp_ns: int | None = None
-
-    def is_due(self, image_index: int, image_stamp_ns: int) -> bool:
-        if self.frame is not None:
-            return image_index >= self.frame
-        return image_stamp_ns >= (self.stamp_ns or 0)
 
     def describe_target(self) -> str:
         return f"frame {self.frame}" if self.frame is not None else f"stamp_ns {self.stamp_ns}"
@@ -142,28 +138,22 @@ def _numbers(value: object, where: str, name: str) -> list[float]:
     return numbers
 
 
-class PromptSchedule:
-    """Prompts waiting for their image, released in a fixed order (file entries first, in file
-    order, then bag messages in bag order), so the same bag and file give the same submissions."""
+class FramePromptSchedule:
+    """File prompts addressed by image index (`frame:`), released in file order just before their
+    image. Prompts addressed by stamp go straight to the engine's prompt queue instead."""
 
-    def __init__(self, file_prompts: list[ScheduledPrompt]) -> None:
-        self._pending: list[ScheduledPrompt] = list(file_prompts)
+    def __init__(self) -> None:
+        self._pending: list[ScheduledPrompt] = []
 
     def add(self, prompt: ScheduledPrompt) -> None:
         self._pending.append(prompt)
 
-    def due(self, image_index: int, image_stamp_ns: int) -> list[ScheduledPrompt]:
-        """Remove and return the prompts that apply to this image. Each request's stamp_ns is set to
-        the image's stamp (or kept, for bag prompts that name an earlier stamp), so the engine
-        applies it to this very frame."""
-        ready = [p for p in self._pending if p.is_due(image_index, image_stamp_ns)]
-        self._pending = [p for p in self._pending if not p.is_due(image_index, image_stamp_ns)]
-        return [
-            p if p.request.stamp_ns and p.request.stamp_ns <= image_stamp_ns
-            else replace(p, request=replace(p.request, stamp_ns=image_stamp_ns))
-            for p in ready
-        ]
+    def due(self, image_index: int) -> list[ScheduledPrompt]:
+        """Remove and return the prompts for this image (or an earlier index that was skipped)."""
+        ready = [p for p in self._pending if p.frame is not None and image_index >= p.frame]
+        self._pending = [p for p in self._pending if p not in ready]
+        return ready
 
     def remaining(self) -> list[ScheduledPrompt]:
-        """Prompts whose image never came (frame or stamp past the end of the bag)."""
+        """Prompts whose image never came (index past the end of the bag)."""
         return list(self._pending)

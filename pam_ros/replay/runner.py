@@ -1,7 +1,8 @@
 """The replay loop: every image of a bag, in order, through the perception pipeline.
 
-Deterministic by construction: one thread, bag order, prompts released by bag position (never by
-wall-clock time), and a pipeline in semantics_mode="sync" (the caller builds it). No frame is
+Deterministic by construction: one thread, bag order, prompts handed to the engine's queue at their
+bag position (by image index for the file's `frame` entries; never by wall-clock time), and a
+pipeline in semantics_mode="sync" (the caller builds it). No frame is
 dropped: each image is processed or counted as skipped with its reason, and frames.jsonl gets a
 line for every one.
 """
@@ -9,19 +10,19 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from pam_ros.engine.types import PromptOutcome, TrackingState
-from pam_ros.errors import BagReadError, ImageError, PamError
+from pam_ros.errors import BagReadError, ImageError
 from pam_ros.imaging import ImageDecodeError
 from pam_ros.render import printable
 from pam_ros.replay.bag import BagInput, BagRecord
 from pam_ros.replay.outputs import ReplayOutputs
-from pam_ros.replay.prompts import PromptSchedule, ScheduledPrompt, load_prompt_file
+from pam_ros.replay.prompts import FramePromptSchedule, load_prompt_file
 
 if TYPE_CHECKING:
     from pam_ros.engine.pipeline import PerceptionPipeline
@@ -92,7 +93,13 @@ def run_replay(bag_path: str | Path, out_dir: str | Path, pipeline: "PerceptionP
         except BaseException:
             outputs.close()
             raise
-        schedule = PromptSchedule(file_prompts)
+        schedule = FramePromptSchedule()
+        for prompt in file_prompts:
+            if prompt.frame is not None:
+                schedule.add(prompt)
+            else:  # a stamp: the engine's queue holds it until that frame
+                _submit(pipeline, replace(prompt.request, stamp_ns=prompt.stamp_ns or 0, source=prompt.source),
+                        report)
         started = time.perf_counter()
         bar = tqdm(total=bag.image_count, unit="frame", desc="replay", disable=not progress,
                    file=sys.stderr, dynamic_ncols=True, leave=True)
@@ -114,6 +121,9 @@ def run_replay(bag_path: str | Path, out_dir: str | Path, pipeline: "PerceptionP
             report.seconds = time.perf_counter() - started
             report.prompts_never_applied = [
                 {"source": p.source, "target": p.describe_target()} for p in schedule.remaining()
+            ] + [
+                {"source": f.request.source, "target": f"stamp_ns {f.request.stamp_ns}" if f.request.stamp_ns
+                 else "the next image"} for f in pipeline.pending_prompts()
             ]
             try:
                 outputs.close()
@@ -135,7 +145,16 @@ def run_replay(bag_path: str | Path, out_dir: str | Path, pipeline: "PerceptionP
     return report
 
 
-def _replay_records(bag: BagInput, pipeline, schedule: PromptSchedule, outputs: ReplayOutputs,
+def _submit(pipeline, request, report: ReplayReport) -> None:
+    """Hand a prompt to the engine's queue; refusals come back on the frame it is applied to (or at once)."""
+    report.prompts_submitted += 1
+    future = pipeline.submit_prompt(request)
+    if future.done() and not future.result().accepted:
+        report.prompts_refused.append({"frame": None, "object_id": future.object_id,
+                                       "error": f"{request.source}: {future.result().error}"})
+
+
+def _replay_records(bag: BagInput, pipeline, schedule: FramePromptSchedule, outputs: ReplayOutputs,
                     report: ReplayReport, bar) -> None:
     prompt_index = 0
     for record in bag.records():
@@ -148,14 +167,14 @@ def _replay_records(bag: BagInput, pipeline, schedule: PromptSchedule, outputs: 
             except ValueError as err:
                 report.prompt_messages_unusable.append({"source": source, "error": str(err)})
                 continue
-            schedule.add(ScheduledPrompt(request=request, source=source, stamp_ns=request.stamp_ns))
+            _submit(pipeline, replace(request, source=source), report)
             continue
         _replay_image(record, bag, pipeline, schedule, outputs, report)
         bar.update(1)
         bar.set_postfix(objects=len(report.objects), skipped=report.frames_skipped, refresh=False)
 
 
-def _replay_image(record: BagRecord, bag: BagInput, pipeline, schedule: PromptSchedule,
+def _replay_image(record: BagRecord, bag: BagInput, pipeline, schedule: FramePromptSchedule,
                   outputs: ReplayOutputs, report: ReplayReport) -> None:
     report.frames_read += 1
     outputs.copy_input(record)
@@ -166,13 +185,13 @@ def _replay_image(record: BagRecord, bag: BagInput, pipeline, schedule: PromptSc
         _skip(record, 0, "undecodable", str(err), outputs, report)
         return
     submitted_outcomes: list[PromptOutcome] = []
-    for prompt in schedule.due(record.image_index, image.stamp_ns):
+    for prompt in schedule.due(record.image_index):
         report.prompts_submitted += 1
-        try:
-            pipeline.submit_prompt(prompt.request)
-        except (PamError, ValueError) as err:
-            submitted_outcomes.append(PromptOutcome(object_id=prompt.request.object_id, accepted=False,
-                                                    error=f"{prompt.source}: {err}"))
+        # the image's own stamp, so the engine applies it to this very frame
+        future = pipeline.submit_prompt(replace(prompt.request, stamp_ns=image.stamp_ns, source=prompt.source))
+        if future.done() and not future.result().accepted:
+            submitted_outcomes.append(PromptOutcome(future.object_id, False,
+                                                    f"{prompt.source}: {future.result().error}"))
     try:
         result = pipeline.process(image.rgb, image.stamp_ns)
     except ImageError as err:

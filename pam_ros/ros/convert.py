@@ -4,7 +4,7 @@ What the messages say is decided in the ROS-free modules shared with the bag rep
 and the replay cannot drift: pam_ros.imaging decodes image payloads, pam_ros.message_fields turns
 results into message field values and Prompt messages into PromptRequests. This module only moves
 values between those and rclpy message objects (no cv_bridge: it is not available from pip).
-Every malformed input raises a ValueError subclass with a message a user can act on.
+Every malformed input raises a PamError subclass (pam_ros.errors) with a message a user can act on.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from typing import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import Point
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -128,16 +127,6 @@ def _check_inside(points: Sequence[tuple[float, float]], box, image_size: tuple[
         raise PromptConversionError(f"box {list(box)} does not overlap the {width}x{height} image")
 
 
-def request_to_prompt_msg(request: PromptRequest, frame_id: str = "") -> Prompt:
-    """The reverse of prompt_msg_to_request (for clients and tests)."""
-    msg = Prompt(action=int(request.action), object_id=request.object_id, tasks=list(request.tasks))
-    msg.header = Header(stamp=ns_to_stamp(request.stamp_ns), frame_id=frame_id)
-    msg.points = [Point(x=float(x), y=float(y), z=0.0) for x, y in request.points]
-    msg.point_labels = [int(label) for label in request.labels]
-    if request.box is not None:
-        msg.box = [float(v) for v in request.box]
-        msg.has_box = True
-    return msg
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -191,17 +180,6 @@ def frame_result_to_msg(result: FrameResult, header: Header, mask_encoding: str 
     return fill_message(PerceivedObjectArray(), fields)
 
 
-def mask_from_msg(obj: PerceivedObject, image_width: int, image_height: int) -> np.ndarray:
-    """PerceivedObject.mask (either encoding) -> full-frame bool HxW (for clients and tests)."""
-    full = np.zeros((image_height, image_width), dtype=bool)
-    if obj.mask.width == 0 or obj.mask.height == 0:
-        return full
-    pixels = np.frombuffer(obj.mask.data, np.uint8).reshape(obj.mask.height, obj.mask.step)[:, :obj.mask.width] > 0
-    if obj.mask_full_frame:
-        return pixels.copy()
-    x, y = obj.roi.x_offset, obj.roi.y_offset
-    full[y:y + obj.mask.height, x:x + obj.mask.width] = pixels
-    return full
 
 
 def generation_to_caption_result(generation: GenerationResult, message: str = "") -> Caption.Result:

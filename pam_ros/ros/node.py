@@ -16,10 +16,12 @@ pam_ros.engine.pipeline.PerceptionPipeline.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import sys
 import threading
 import time
 import traceback
+from dataclasses import replace
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -48,7 +50,6 @@ from pam_ros.ros.parameters import (
     declare_parameters,
     read_settings,
 )
-from pam_ros.ros.prompt_tickets import PendingPrompts, PromptTicket
 from pam_ros.srv import Describe, ManageObjects
 
 NODE_NAME = "pam_ros_node"
@@ -73,7 +74,7 @@ class PamNode(LifecycleNode):
         declare_parameters(self)
         self.add_on_set_parameters_callback(self._check_parameter_changes)
         # "Bad request / bad data" (answered and logged) as opposed to a bug in the node (traceback).
-        self._bad_input_errors = (PamError, ValueError, KeyError)
+        self._bad_input_errors = (PamError,)
 
         self._settings: NodeSettings | None = None
         self._model_spec = None
@@ -85,9 +86,6 @@ class PamNode(LifecycleNode):
         self._stopping = threading.Event()  # set while deactivating: running captions stop
 
         self._slot = LatestFrameSlot()
-        self._prompt_inbox: list[PromptTicket] = []
-        self._prompt_inbox_lock = threading.Lock()
-        self._pending = PendingPrompts()
         self._tracking_thread: threading.Thread | None = None
         self._latest_header = Header()
         self._latest_size: tuple[int, int] | None = None
@@ -151,7 +149,7 @@ class PamNode(LifecycleNode):
         except ImportError as error:
             self.get_logger().error(f"configure failed: the engine is not installed ({error})")
             return TransitionCallbackReturn.FAILURE
-        except ValueError as error:  # SettingsError, the engine's ConfigError
+        except PamError as error:  # SettingsError, ConfigError: a setting to fix
             self.get_logger().error(f"configure failed: {error}")
             return TransitionCallbackReturn.FAILURE
         self._settings, self._model_spec = settings, spec
@@ -222,17 +220,13 @@ class PamNode(LifecycleNode):
             if self._tracking_thread.is_alive():
                 self.get_logger().error("the tracking thread did not stop within 30 s")
             self._tracking_thread = None
-        self._pending.fail_all(f"not applied: {reason}")
-        with self._prompt_inbox_lock:
-            inbox, self._prompt_inbox = self._prompt_inbox, []
-        for ticket in inbox:
-            ticket.resolve(PromptOutcome(object_id="", accepted=False, error=f"not applied: {reason}"))
         with self._pipeline_condition:
             pipeline, self._pipeline = self._pipeline, None  # no new users from here on
             if not self._pipeline_condition.wait_for(lambda: self._pipeline_users == 0, timeout=30.0):
                 self.get_logger().warn("requests still running after 30 s; closing the model anyway")
         if pipeline is not None:
-            pipeline.close()  # stops the semantics worker, drops the model, empties the CUDA cache
+            # refuses queued prompts, stops the semantics worker, drops the model, empties the CUDA cache
+            pipeline.close(reason)
 
     def _destroy_publishers(self) -> None:
         for name in ("_objects_pub", "_overlay_pub"):
@@ -299,22 +293,27 @@ class PamNode(LifecycleNode):
         self._slot.put((msg, now))  # latest frame wins; a replaced frame is counted as dropped
 
     def _on_prompt(self, msg: Prompt) -> None:
-        if self._pipeline is None:
-            self.get_logger().warn("prompt ignored: the node is not active")
-            return
         try:
             request = convert.prompt_msg_to_request(msg)
-        except ValueError as error:
+        except PamError as error:
             self._log_bad_input(f"prompt refused: {error}")
             return
-        self._submit(request, source="topic")
+        future = self._submit(request, source="topic")
+        if future is None:
+            self.get_logger().warn("prompt ignored: the node is not active")
 
-    def _submit(self, request, source: str) -> PromptTicket:
-        """Queue a prompt for the tracking thread (the only caller of pipeline.submit_prompt)."""
-        ticket = PromptTicket(request=request, source=source)
-        with self._prompt_inbox_lock:
-            self._prompt_inbox.append(ticket)
-        return ticket
+    def _submit(self, request, source: str):
+        """Hand a prompt to the engine's queue; its future, or None when the node is not active."""
+        pipeline = self._acquire_pipeline()
+        if pipeline is None:
+            return None
+        try:
+            future = pipeline.submit_prompt(replace(request, source=source))
+        finally:
+            self._release_pipeline()
+        if future.done():  # refused at once (duplicate id, closing): say so now
+            self._log_outcome(future.result())
+        return future
 
     # ------------------------------------------------------------------ tracking thread
     def _tracking_loop(self, pipeline) -> None:
@@ -323,7 +322,6 @@ class PamNode(LifecycleNode):
             if self._stopping.is_set():
                 break
             try:
-                self._hand_over_prompts(pipeline)
                 self._report_outcomes(pipeline.expire_held_prompts())
                 if frame is not None:
                     self._track_frame(pipeline, *frame)
@@ -332,14 +330,6 @@ class PamNode(LifecycleNode):
                     break
                 self.get_logger().error(f"tracking error (frame skipped):\n{traceback.format_exc()}")
 
-    def _hand_over_prompts(self, pipeline) -> None:
-        with self._prompt_inbox_lock:
-            tickets, self._prompt_inbox = self._prompt_inbox, []
-        for ticket in tickets:
-            self._pending.add(ticket)
-            # The engine names an ADD without an id (as it does for the bag replay); the ticket keeps
-            # the request as queued, so the outcome, which carries that id, finds it.
-            ticket.request = pipeline.submit_prompt(ticket.request)
 
     def _track_frame(self, pipeline, msg, received_at: float) -> None:
         started = time.monotonic()
@@ -400,13 +390,17 @@ class PamNode(LifecycleNode):
         return draw_overlay(image, result)
 
     def _report_outcomes(self, outcomes) -> None:
-        for outcome, ticket in self._pending.resolve(outcomes):
-            source = ticket.source if ticket is not None else "engine"
-            action = ticket.request.action.name if ticket is not None else "prompt"
-            if outcome.accepted:
-                self.get_logger().info(f"{action} {outcome.object_id} applied on frame {outcome.frame_index} ({source})")
-            else:
-                self.get_logger().warn(f"{action} {outcome.object_id or ''} refused ({source}): {outcome.error}")
+        for outcome in outcomes:
+            self._log_outcome(outcome)
+
+    def _log_outcome(self, outcome: PromptOutcome) -> None:
+        request = outcome.request
+        action = request.action.name if request is not None else "prompt"
+        source = (request.source if request is not None else "") or "engine"
+        if outcome.accepted:
+            self.get_logger().info(f"{action} {outcome.object_id} applied on frame {outcome.frame_index} ({source})")
+        else:
+            self.get_logger().warn(f"{action} {outcome.object_id or ''} refused ({source}): {outcome.error}")
 
     def _log_bad_input(self, message: str) -> None:
         """Warn about bad input; the same message at most every BAD_INPUT_LOG_PERIOD_S."""
@@ -471,39 +465,36 @@ class PamNode(LifecycleNode):
         if not request.prompts:
             response.success, response.message = False, "no prompts given"
             return response
-        tickets: list[PromptTicket | None] = []
+        futures: list = []
         errors: list[str] = []
-        for index, msg in enumerate(request.prompts):
+        for msg in request.prompts:
             try:
-                tickets.append(self._submit(convert.prompt_msg_to_request(msg), source="manage_objects"))
-                errors.append("")
-            except ValueError as error:
-                tickets.append(None)
+                futures.append(self._submit(convert.prompt_msg_to_request(msg), source="manage_objects"))
+                errors.append("" if futures[-1] is not None else self._inactive_message())
+            except PamError as error:
+                futures.append(None)
                 errors.append(str(error))
         timeout_s = float(self._settings.request_timeout_s) + float(self._settings.prompt_hold_s)
-        deadline = time.monotonic() + timeout_s
-        for ticket in tickets:
-            if ticket is not None:
-                ticket.done.wait(max(0.0, deadline - time.monotonic()))
+        concurrent.futures.wait([f for f in futures if f is not None], timeout=timeout_s)
         object_ids = []
-        for index, ticket in enumerate(tickets):
-            if ticket is None:
+        for index, future in enumerate(futures):
+            if future is None:
                 object_ids.append("")
-            elif not ticket.done.is_set():
+            elif not future.done():
                 object_ids.append("")
                 errors[index] = (f"not applied within {timeout_s:g} s: no image was processed (is anything "
                                  f"publishing on {self.resolve_topic_name(self._image_topic_name())}?); "
                                  "the prompt stays queued for the next frame")
-            elif ticket.outcome.accepted:
-                object_ids.append(ticket.outcome.object_id or ticket.request.object_id)
+            elif future.result().accepted:
+                object_ids.append(future.result().object_id or future.object_id)
             else:
                 object_ids.append("")
-                errors[index] = ticket.outcome.error or "refused"
+                errors[index] = future.result().error or "refused"
         refused = [f"prompt {i}: {e}" for i, e in enumerate(errors) if e]
         response.object_ids, response.errors = object_ids, errors
         response.success = not refused
-        response.message = (f"{len(tickets)} prompt(s) applied" if not refused else
-                            f"{len(refused)} of {len(tickets)} prompt(s) refused: " + "; ".join(refused))
+        response.message = (f"{len(futures)} prompt(s) applied" if not refused else
+                            f"{len(refused)} of {len(futures)} prompt(s) refused: " + "; ".join(refused))
         if refused:
             self._log_bad_input(f"manage_objects: {response.message}")
         return response
@@ -591,7 +582,7 @@ class PamNode(LifecycleNode):
             "frames_bad": self._bad_frames,
             "overlays_drawn": self._overlays_drawn,
             "queue_depth": self._slot.depth,
-            "prompts_pending": len(self._pending),
+            "prompts_pending": len(pipeline.pending_prompts()) if pipeline is not None else 0,
         }
         for stage, (last, mean) in self._stage_times.snapshot().items():
             values[f"latency_ms.{stage}"] = {"last": last * 1e3, "mean": mean * 1e3}

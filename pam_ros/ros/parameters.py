@@ -10,12 +10,14 @@ from typing import Any
 
 from rcl_interfaces.msg import ParameterDescriptor
 
-from pam_ros.errors import SettingsError
+from pam_ros.errors import ConfigError, SettingsError
+from pam_ros.model.selection import PATH_FIELDS, ModelSpec, check_device_name, check_image_size
+from pam_ros.model.tasks import DTYPE_NAMES, VIDEO_FRAMES
 
 IMAGE_QOS_CHOICES = ("sensor_data", "reliable")
 IMAGE_TRANSPORT_CHOICES = ("raw", "compressed")
 MASK_ENCODING_CHOICES = ("roi", "full", "none")
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+DTYPE_CHOICES = ("auto",) + DTYPE_NAMES
 DEFAULT_MODEL = "PAM-1.5B"
 
 
@@ -100,14 +102,23 @@ def check_parameter_value(name: str, value: Any) -> None:
         raise SettingsError(f"parameter {name}={value!r} must be > 0")
     if name in ("refresh_period_s", "prompt_hold_s") and not value >= 0:
         raise SettingsError(f"parameter {name}={value!r} must be >= 0")
-    if name in ("keep_feature_frames", "stream_window_frames") and not value >= 16:
-        raise SettingsError(f"parameter {name}={value!r} must be >= 16 (PAM's video mode reads 16 frames)")
-    if name == "image_size" and (value < 0 or value % 16):
-        raise SettingsError(f"parameter image_size={value!r} must be 0 (the model's own) or a positive multiple of 16")
+    if name in ("keep_feature_frames", "stream_window_frames") and not value >= VIDEO_FRAMES:
+        raise SettingsError(f"parameter {name}={value!r} must be >= {VIDEO_FRAMES} (PAM's video mode reads "
+                            f"{VIDEO_FRAMES} frames)")
+    if name == "image_size":
+        _check_with(check_image_size, name, value)
     if name == "top_p" and not 0 < value <= 1:
         raise SettingsError(f"parameter top_p={value!r} must be in (0, 1]")
-    if name == "device" and not (value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())):
-        raise SettingsError(f'parameter device={value!r}: use "auto", "cpu", "cuda" or "cuda:N"')
+    if name == "device":
+        _check_with(check_device_name, name, value)
+
+
+def _check_with(rule, name: str, value: Any) -> None:
+    """Apply an engine rule to a parameter; its ConfigError becomes a SettingsError naming the parameter."""
+    try:
+        rule(value)
+    except ConfigError as error:
+        raise SettingsError(f"parameter {error}") from None
 
 
 @dataclass(frozen=True)
@@ -123,35 +134,15 @@ class NodeSettings:
             raise AttributeError(name) from None
 
     @property
-    def uses_explicit_paths(self) -> bool:
-        return bool(self.sam2_checkpoint or self.pam_checkpoint or self.sam2_config)
-
-    @property
     def new_object_task_tuple(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.new_object_tasks if t.strip() and t.strip().lower() != "none")
 
-    def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-
-    def resolved_dtype(self, device: str) -> str:
-        if self.dtype != "auto":
-            return self.dtype
-        return "bfloat16" if device.startswith("cuda") else "float32"
-
-    def model_spec(self):
-        from pam_ros.engine.pipeline import ModelSpec
-
-        device = self.resolved_device()
-        if self.uses_explicit_paths:
-            return ModelSpec(sam2_config=self.sam2_config, sam2_checkpoint=self.sam2_checkpoint,
-                             pam_checkpoint=self.pam_checkpoint, device=device, dtype=self.resolved_dtype(device),
-                             image_size=int(self.image_size))
-        return ModelSpec(name=self.model, device=device, dtype=self.resolved_dtype(device),
-                         image_size=int(self.image_size))
+    def model_spec(self) -> ModelSpec:
+        """The model to load: the explicit paths when any is set (then `model` is ignored), else `model`;
+        device/dtype "auto" resolved."""
+        paths = {key: self.values[key] for key in PATH_FIELDS}
+        return ModelSpec(name="" if any(paths.values()) else self.model, **paths, device=self.device,
+                         dtype=self.dtype, image_size=int(self.image_size)).with_auto_resolved()
 
     def pipeline_config(self):
         from pam_ros.engine.pipeline import PipelineConfig
@@ -177,11 +168,4 @@ def read_settings(node) -> NodeSettings:
     values = {name: node.get_parameter(name).value for name in PARAMETER_NAMES}
     for name, value in values.items():
         check_parameter_value(name, value)
-    paths = ("sam2_config", "sam2_checkpoint", "pam_checkpoint")
-    explicit = [name for name in paths if values[name]]
-    if explicit and len(explicit) < len(paths):
-        raise SettingsError(f"explicit model paths need sam2_config, sam2_checkpoint and pam_checkpoint (got only "
-                            f"{', '.join(explicit)}); or set model to a downloaded model name instead")
-    if not explicit and not values["model"]:
-        raise SettingsError('set parameter model (e.g. "PAM-1.5B" or "tiny") or sam2_checkpoint + pam_checkpoint')
     return NodeSettings(values)

@@ -1,0 +1,44 @@
+"""The `pam-ros` argument groups that several commands share: which model, on which device.
+
+One group, so `describe`, `replay`, `demo` and the benches spell and check model selection alike
+(the rule itself is pam_ros.model.selection.ModelSpec). Imports no torch.
+"""
+from __future__ import annotations
+
+import argparse
+
+from pam_ros.model.tasks import DTYPE_NAMES
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, default_model: str = "",
+                        image_size_help: str = "") -> argparse._ArgumentGroup:
+    """--model | --sam2-config --sam2-checkpoint --pam, and --device, --dtype, --image-size."""
+    group = parser.add_argument_group("model (a downloaded model's name, or the three checkpoint paths)")
+    default_note = f"; default {default_model}" if default_model else ""
+    group.add_argument("--model", metavar="NAME", default="",
+                       help="downloaded model, e.g. PAM-1.5B or PAM-3B (`pam-ros download NAME`), or 'tiny' "
+                            "(built-in random-weight test model)" + default_note)
+    group.add_argument("--sam2-config", metavar="CFG", default="",
+                       help="SAM 2.1 config name (sam2.1_hiera_l) or YAML path")
+    group.add_argument("--sam2-checkpoint", metavar="PT", default="", help="SAM 2.1 checkpoint (.pt)")
+    group.add_argument("--pam", metavar="DIR", default="", help="PAM checkpoint folder (Hugging Face layout)")
+    group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    group.add_argument("--dtype", default="float32", choices=DTYPE_NAMES + ("auto",),
+                       help="compute dtype (default float32; auto = bfloat16 on CUDA)")
+    group.add_argument("--image-size", type=int, default=None, metavar="N",
+                       help=image_size_help or "SAM 2 input size, a multiple of 64 (default: the config's, 1024 "
+                                               "as PAM was trained; smaller is faster but no longer the "
+                                               "official computation)")
+    return group
+
+
+def model_spec_from_args(args: argparse.Namespace, *, default_model: str = "", default_image_size: int = 0):
+    """The ModelSpec these arguments select (not yet validated): --model, else the three paths, else
+    the command's default model."""
+    from pam_ros.model.selection import ModelSpec
+
+    uses_paths = any([args.sam2_config, args.sam2_checkpoint, args.pam])
+    name = args.model or ("" if uses_paths else default_model)
+    image_size = args.image_size if args.image_size is not None else default_image_size
+    return ModelSpec(name=name, sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
+                     pam_checkpoint=args.pam, device=args.device, dtype=args.dtype, image_size=image_size)
