@@ -24,7 +24,10 @@ setup(
         "rosbags>=0.10",
         "mcap",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "mcap-ros2-support", "ruff==0.14.0"]},
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "mcap-ros2-support", "ruff==0.14.0"],
+        "fleet": ["ray>=2.52"],  # pam-ros replay of many bags on Ray (--workers N > 1)
+    },
     entry_points={
         "console_scripts": [
             "pam-ros = pam_ros.cli:main",

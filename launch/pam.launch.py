@@ -32,11 +32,12 @@ PARAMETER_ARGUMENTS = {
     "max_objects": "most objects tracked at once",
     "max_new_tokens": "default token limit per task",
     "refresh_period_s": "re-run semantics every N s (0 = never)",
+    "discover_period_s": "segment everything and track what is new every N s (0 = on request)",
     "autostart": "true: configure + activate on start",
 }
 BOOLEAN_PARAMETERS = {"publish_overlay", "autostart"}
 INTEGER_PARAMETERS = {"max_objects", "max_new_tokens", "image_size"}
-FLOAT_PARAMETERS = {"refresh_period_s"}
+FLOAT_PARAMETERS = {"refresh_period_s", "discover_period_s"}
 
 
 def _default_params_file() -> str:

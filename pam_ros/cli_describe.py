@@ -4,6 +4,7 @@
         [--prompt TEXT] [--history TEXT] [--model NAME | --sam2-config CFG --sam2-checkpoint PT --pam DIR]
         [--device D] [--dtype T] [--max-new-tokens N] [--greedy | --temperature T --top-p P]
         [--json] [--save-overlay PNG]
+    pam-ros describe IMAGE --everything [...]   every region of the image (pam_ros.cli_everything)
 
 IMAGE may also be a clip: a directory of frames (sorted by file name), an animated GIF, or a video
 file when PyAV is installed. The prompt applies to the first frame and the object is tracked through
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pam_ros import cli_everything
 from pam_ros.cli_options import add_model_arguments, model_spec_from_args
 from pam_ros.errors import InputError
 
@@ -73,7 +75,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, help="nucleus sampling threshold (with --temperature)")
     p.add_argument("--seed", type=int, help="seed for sampling")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--save-overlay", metavar="PNG", help="write the image with the mask drawn on it")
+    p.add_argument("--save-overlay", "--overlay", dest="save_overlay", metavar="PNG",
+                   help="write the image with the mask (with --everything: every region) drawn on it")
+    cli_everything.add_arguments(p)
     p.set_defaults(run=run)
     return p
 
@@ -172,6 +176,9 @@ def describe(args) -> dict:
     from pam_ros.engine.describe import segment_object
     from pam_ros.masks import mask_bbox_xywh, mask_to_rle
 
+    cli_everything.check_arguments(args)
+    if args.everything:
+        return cli_everything.describe_everything(args)
     if is_clip_path(args.image):
         return describe_clip_command(args)
     image = load_rgb_image(args.image)
@@ -309,6 +316,8 @@ def run(args) -> int:
         return code
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
+    elif args.everything:
+        cli_everything.print_everything(result)
     else:
         print_text(result)
     return 0

@@ -10,6 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from pam_ros import cli_everything
 from pam_ros.cli_options import add_model_arguments, model_spec_from_args
 
 DEFAULT_TASKS = ("explain", "caption")
@@ -35,16 +36,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Replay every image of a rosbag2 bag through SAM 2.1 tracking + PAM semantics, in "
                     "order and deterministically. Writes OUT/bag (MCAP: input images, /objects, /overlay), "
                     "OUT/frames.jsonl (one line per input image) and OUT/summary.txt.")
-    replay.add_argument("bag", type=Path, help="bag directory (with metadata.yaml), or a .mcap / .db3 file")
+    replay.add_argument("bag", type=Path, nargs="+",
+                        help="bag directory (with metadata.yaml), or a .mcap / .db3 file; several bags: each "
+                             "one's outputs go to OUT/<bag name>/, with OUT/summary.txt + summary.json over all")
     replay.add_argument("--out", type=Path, required=True, help="output directory")
     replay.add_argument("--image-topic", default=None,
                         help="sensor_msgs/Image or CompressedImage topic (default: the only image topic)")
     replay.add_argument("--prompts", type=Path, default=None,
                         help="prompts YAML file (see README: 'prompts:' list with frame or stamp_ns, "
-                             "object_id, box, points + labels, tasks, action)")
+                             "object_id, box, points + labels, tasks, action); with several bags a FILE "
+                             "applies to each bag, a folder holds <bag name>.yaml per bag")
     replay.add_argument("--overwrite", action="store_true", help="replace earlier replay outputs in OUT")
     replay.add_argument("--overlay-pngs", action="store_true", help="also save OUT/overlays/frame_NNNNN.png")
     _add_engine_arguments(replay, default_model="")
+    fleet = replay.add_argument_group("several bags (see README: 'Many bags at once')")
+    fleet.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="1 (default): bags one after another in this process; N > 1: N Ray workers, each "
+                            "loading the model once and taking the next bag when free")
+    fleet.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="join this running Ray cluster (e.g. HEAD_IP:6379, after `ray start --head`); "
+                            "default: start a local Ray instance for this command and stop it after")
+    fleet.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
+                       help="GPUs reserved per Ray worker (default 1 when --device is CUDA, else 0)")
     replay.set_defaults(run=run)
 
     demo = subparsers.add_parser(
@@ -72,12 +85,28 @@ def _add_engine_arguments(parser: argparse.ArgumentParser, default_model: str) -
     parser.add_argument("--mask-encoding", default="roi", choices=("roi", "full", "none"),
                         help="masks in /objects: roi-sized (default), full-frame, or none")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli_everything.add_discover_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `replay` or `demo`; returns the process exit code."""
     if args.command == "demo":
         return _run_demo(args)
+    if len(args.bag) > 1:
+        from pam_ros.cli_fleet import run_fleet_command
+
+        return run_fleet_command(args)
+    from pam_ros.replay.fleet import prompt_file_for, unique_names
+
+    if args.workers != 1 or args.ray_address:
+        print("note: one bag is replayed in this process (--workers and --ray-address are for several bags)",
+              file=sys.stderr)
+    args.bag = args.bag[0]
+    if args.prompts is not None and args.prompts.is_dir():  # a folder of <bag name>.yaml
+        folder, args.prompts = args.prompts, prompt_file_for(args.prompts, unique_names([args.bag])[0])
+        if args.prompts is None:
+            print(f"warning: no {unique_names([args.bag])[0]}.yaml in {folder}: only the bag's recorded prompts "
+                  f"are used", file=sys.stderr)
     return _run_replay(args)
 
 
@@ -93,12 +122,18 @@ def _model_spec(args: argparse.Namespace):
     return spec
 
 
+def _pipeline_config(args: argparse.Namespace):
+    from pam_ros.engine.pipeline import PipelineConfig
+
+    return PipelineConfig(new_object_tasks=tuple(args.tasks), max_new_tokens=args.max_new_tokens,
+                          semantics_mode="sync", **cli_everything.discover_config(args))
+
+
 def _load_pipeline(args: argparse.Namespace):
-    from pam_ros.engine.pipeline import PerceptionPipeline, PipelineConfig
+    from pam_ros.engine.pipeline import PerceptionPipeline
 
     spec = _model_spec(args).validate()
-    config = PipelineConfig(new_object_tasks=tuple(args.tasks), max_new_tokens=args.max_new_tokens,
-                            semantics_mode="sync")
+    config = _pipeline_config(args)
     size = f", SAM 2 input {spec.image_size} px" if spec.image_size else ""
     print(f"loading model {spec.label()} on {spec.device} ({spec.dtype}{size}) ...",
           file=sys.stderr)
@@ -108,7 +143,7 @@ def _load_pipeline(args: argparse.Namespace):
 def _check_inputs(args: argparse.Namespace, overwrite: bool) -> str:
     """Check the bag, topic, prompts file and output directory before loading a model (which may
     take a minute): the error text, or "" when all is well."""
-    from pam_ros.errors import ReplayError
+    from pam_ros.errors import InputError, ReplayError
     from pam_ros.replay.bag import BagInput
     from pam_ros.replay.outputs import check_out_dir
     from pam_ros.replay.prompts import load_prompt_file
@@ -119,7 +154,8 @@ def _check_inputs(args: argparse.Namespace, overwrite: bool) -> str:
         if args.prompts:
             load_prompt_file(args.prompts)
         check_out_dir(args.out, overwrite)
-    except ReplayError as err:
+        cli_everything.discover_config(args)
+    except (ReplayError, InputError) as err:
         return str(err)
     return ""
 

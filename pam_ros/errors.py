@@ -36,6 +36,10 @@ class ConfigError(PamError, ValueError):
     """A model or engine setting is invalid (missing file, unknown device, model not downloaded...)."""
 
 
+class RegionSettingsError(ConfigError):
+    """A setting of the segment-everything generator is out of range (points per side, thresholds, caps)."""
+
+
 # ---------------------------------------------------------------- engine
 class EngineClosedError(PamError, RuntimeError):
     """The pipeline was closed (node deactivated); no more work is accepted."""

@@ -77,3 +77,12 @@ def pam_model():
     from pam_ros.model.pam import PamModel
 
     return PamModel.from_pretrained(PAM_DIR, SAM2_CONFIG, SAM2_CHECKPOINT, device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def small_pam_model():
+    """The whole tiny PAM with SAM 2 at a 256-pixel input (fast; not the official 1024 computation)."""
+    from pam_ros.model.pam import PamModel
+
+    return PamModel.from_pretrained(PAM_DIR, SAM2_CONFIG, SAM2_CHECKPOINT, device="cpu", dtype=torch.float32,
+                                    sam2_overrides={"image_size": 256})

@@ -19,7 +19,7 @@ from ros_helpers.message_compare import assert_messages_equal, message_differenc
 from ros_helpers.ros_session import RosClientSession, start_helper_script, wait_until
 
 from pam_ros.action import Caption
-from pam_ros.srv import Describe, ManageObjects
+from pam_ros.srv import Describe, Discover, ManageObjects
 
 # Own namespace: other test modules of this session serve describe / manage_objects / caption too.
 NAMESPACE = "/interface_test"
@@ -90,6 +90,7 @@ def _call(session, server, srv_type, name, request):
 @pytest.mark.parametrize("srv_type,name,build_request,build_response", [
     (Describe, "describe", samples.describe_request, samples.describe_response),
     (ManageObjects, "manage_objects", samples.manage_objects_request, samples.manage_objects_response),
+    (Discover, "discover", samples.discover_request, samples.discover_response),
 ])
 def test_service_end_to_end(session, echo_server, srv_type, name, build_request, build_response):
     response = _call(session, echo_server, srv_type, name, build_request())

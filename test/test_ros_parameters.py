@@ -88,6 +88,10 @@ def test_engine_parameters_mirror_the_pipeline_config(node):
 
     engine_defaults = {f.name: f.default for f in dataclasses.fields(PipelineConfig)}
     del engine_defaults["semantics_mode"]
+    # the generator's settings are one RegionSettings in the engine, four discover_* parameters here
+    generator = engine_defaults.pop("discover_settings").resolved()
+    for name in ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh"):
+        assert node.get_parameter(f"discover_{name}").value == getattr(generator, name), name
     for name, default in engine_defaults.items():
         assert node.has_parameter(name), f"PipelineConfig.{name} has no node parameter"
         value = node.get_parameter(name).value

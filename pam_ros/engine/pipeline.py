@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pam_ros.engine.describe import segment_object
+from pam_ros.engine.discovery import DiscoverFuture, DiscoverOutcome, DiscoverQueue, DiscoverRequest, select_new_regions
 from pam_ros.engine.prompts import PromptFuture, PromptQueue
 from pam_ros.engine.scheduler import ScheduledWork, SemanticsScheduler
 from pam_ros.engine.semantics import SemanticsJob, SemanticsStore, SemanticsWorker, fill_named_fields
@@ -35,6 +36,7 @@ from pam_ros.engine.types import (
 )
 from pam_ros.errors import ConfigError, EngineClosedError, ImageError, PamError, PromptError, UnknownObjectError
 from pam_ros.masks import mask_centroid
+from pam_ros.model.regions import RegionSettings, automatic_mask_generator, find_regions
 from pam_ros.model.selection import ModelSpec
 from pam_ros.model.tasks import VIDEO_FRAMES, canonical_task, is_streaming_task, is_video_task
 
@@ -57,6 +59,11 @@ class PipelineConfig:
     # video_stream_caption: every `stream_window_frames` frames of a track are captioned (16 of them,
     # evenly spread) with the previous window's caption as history -> a running narrative.
     stream_window_frames: int = 32
+    # discover (engine.discovery): segment everything every discover_period_s seconds or every
+    # discover_every_frames frames (0 = only on request), with these generator settings.
+    discover_period_s: float = 0.0
+    discover_every_frames: int = 0
+    discover_settings: RegionSettings = RegionSettings()
 
     def validate(self) -> None:
         for task in self.new_object_tasks:
@@ -72,6 +79,9 @@ class PipelineConfig:
                 raise ConfigError(f"{name} must be >= {VIDEO_FRAMES} (PAM's video mode reads {VIDEO_FRAMES} frames)")
         if self.refresh_period_s < 0 or self.prompt_hold_s < 0:
             raise ConfigError("refresh_period_s and prompt_hold_s must be >= 0")
+        if self.discover_period_s < 0 or self.discover_every_frames < 0:
+            raise ConfigError("discover_period_s and discover_every_frames must be >= 0 (0 = off)")
+        self.discover_settings.resolved()
 
 
 def check_image(image: np.ndarray) -> np.ndarray:
@@ -121,6 +131,11 @@ class PerceptionPipeline:
                                        is_tracked=self._is_tracked)
         self._tracked_ids: frozenset[str] = frozenset()  # snapshot for other threads (set by process)
         self._prompts = PromptQueue(lambda: self._tracked_ids)
+        self._discoveries = DiscoverQueue(period_s=self.config.discover_period_s,
+                                          every_frames=self.config.discover_every_frames)
+        self._discover_s = 0.0
+        self._region_generator = None  # built on the first discover, then reused
+        self._discover_runs = 0
         self._scheduler = SemanticsScheduler(self.config.new_object_tasks, self.config.refresh_period_s,
                                              self.config.stream_window_frames)
         self._sam_lock = threading.RLock()
@@ -215,9 +230,14 @@ class PerceptionPipeline:
         with self._sam_lock:
             due = self._prompts.take_due(stamp_ns)
             outcomes = [self._apply_prompt(f.request, (w, h)) for f in due]
+            discovered, discover_s = self._discover_regions(image, stamp_ns)
+            if discovered:  # the regions' ADD prompts, due on this very frame
+                found = self._prompts.take_due(stamp_ns)
+                due += found
+                outcomes += [self._apply_prompt(f.request, (w, h)) for f in found]
             track = self.tracker.step(image, stamp_ns=stamp_ns)
             self._tracked_ids = frozenset(self.tracker.object_ids)
-        self._tracking_s = time.perf_counter() - t0
+        self._tracking_s = time.perf_counter() - t0 - discover_s
         self._latest = (image, stamp_ns)
         frame_index = self._frame_index
         self._frame_index += 1
@@ -236,6 +256,11 @@ class PerceptionPipeline:
                                          frame_index if outcome.accepted else -1,
                                          stamp_ns=stamp_ns if outcome.accepted else 0))
             resolved.append(future.result())
+        for future, outcome, added in discovered:
+            outcome.frame_index, outcome.stamp_ns = frame_index, stamp_ns
+            outcome.object_ids = [f.result().object_id for f in added if f.done() and f.result().accepted]
+            log.info("discover (%s): %s", future.request.source, outcome.message)
+            future.resolve(outcome)
         self._schedule_semantics(track)
         objects = []
         with self._state_lock:
@@ -247,6 +272,71 @@ class PerceptionPipeline:
                 self._last_objects[obj.object_id] = result
                 objects.append(result)
         return FrameResult(frame_index, stamp_ns, w, h, objects, self._tracking_s, resolved)
+
+    # ----------------------------------------------------------------- discover
+    def discover(self, request: DiscoverRequest = DiscoverRequest()) -> DiscoverFuture:
+        """Segment everything on the next processed frame and track what is new (engine.discovery).
+
+        Safe from any thread; the future resolves to a DiscoverOutcome once that frame is processed.
+        """
+        self._ensure_open()
+        for task in request.tasks:
+            canonical_task(task)
+        return self._discoveries.submit(request)
+
+    def _discover_regions(self, image: np.ndarray, stamp_ns: int) -> tuple[list, float]:
+        """Run the discover requests due on this frame: [(future, outcome, the ADD prompt futures)], seconds.
+
+        Called with the SAM lock held, before the tracker steps: the new objects start on this frame.
+        """
+        futures = self._discoveries.take_due(self._frame_index, time.monotonic())
+        if not futures:
+            return [], 0.0
+        tracked = len(self.tracker.object_ids)
+        if tracked + len(self._prompts) >= self.config.max_objects:  # no slot: do not run the generator
+            for future in futures:
+                future.resolve(DiscoverOutcome(False, error=f"max_objects ({self.config.max_objects}) reached: "
+                                                            f"{tracked} objects tracked; nothing discovered"))
+            log.info("discover: max_objects (%d) reached; not run", self.config.max_objects)
+            return [], 0.0
+        t0 = time.perf_counter()
+        try:
+            settings = self.config.discover_settings.resolved()
+            if self._region_generator is None:
+                self._region_generator = automatic_mask_generator(self.model.backbone.sam, settings)
+            found = find_regions(self.model.backbone, image, settings, max_regions=None,
+                                 generator=self._region_generator)
+        except PamError as exc:
+            for future in futures:
+                future.resolve(DiscoverOutcome(False, error=f"discover failed: {exc}"))
+            return [], time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self._discover_s, self._discover_runs = seconds, self._discover_runs + 1
+        with self._state_lock:
+            taken = [self._last_objects[oid].mask for oid in self.tracker.object_ids if oid in self._last_objects]
+        discovered = []
+        for future in futures:
+            request = future.request
+            free = self.config.max_objects - len(self.tracker.object_ids) - len(self._prompts)
+            if free <= 0:
+                future.resolve(DiscoverOutcome(
+                    False, error=f"max_objects ({self.config.max_objects}) reached: "
+                                 f"{len(self.tracker.object_ids)} objects tracked; nothing discovered",
+                    regions_found=len(found.regions), seconds=seconds))
+                continue
+            selection = select_new_regions(found.regions, taken, free_slots=free,
+                                           max_new=request.max_new_objects, min_area=request.min_area)
+            added = [self._prompts.submit(PromptRequest(PromptAction.ADD, box=region.box_xyxy(),
+                                                        tasks=tuple(request.tasks), stamp_ns=stamp_ns))
+                     for region in selection.chosen]
+            taken += [region.mask for region in selection.chosen]
+            outcome = DiscoverOutcome(True, regions_found=len(found.regions),
+                                      skipped_overlap=selection.skipped_overlap,
+                                      skipped_small=selection.skipped_small,
+                                      skipped_full=selection.skipped_full, seconds=seconds,
+                                      regions=list(selection.chosen))
+            discovered.append((future, outcome, added))
+        return discovered, seconds
 
     def _schedule_semantics(self, track) -> None:
         observations = [(obj.object_id, obj.state, obj.features) for obj in track.objects]
@@ -397,6 +487,9 @@ class PerceptionPipeline:
             "semantics_failed": self._worker.jobs_failed,
             "semantics_merged": self._worker.jobs_merged,
             "held_prompts": len(self._prompts),
+            "discover_seconds": self._discover_s,
+            "discover_runs": self._discover_runs,
+            "discover_queue": len(self._discoveries),
         }
         device = getattr(self.model, "device", None)
         if device is not None and getattr(device, "type", str(device)).startswith("cuda"):
@@ -416,12 +509,14 @@ class PerceptionPipeline:
             return
         self._closed = True
         self._prompts.close(f"not applied: {reason}")
+        self._discoveries.close(f"not run: {reason}")
         self._worker.close()
         self._store.clear()
         device = getattr(self.model, "device", None)
         with self._sam_lock, self._llm_lock:
             self.model = None
             self.tracker = None
+            self._region_generator = None  # it holds the SAM 2 model too
         gc.collect()
         if device is not None and getattr(device, "type", str(device)).startswith("cuda"):
             import torch

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -73,13 +74,17 @@ class ReplayReport:
 def run_replay(bag_path: str | Path, out_dir: str | Path, pipeline: "PerceptionPipeline", *,
                image_topic: str | None = None, prompt_file: str | Path | None = None,
                overwrite: bool = False, overlay_pngs: bool = False, mask_encoding: str = "roi",
-               progress: bool = True, model_name: str = "") -> ReplayReport:
+               progress: bool = True, model_name: str = "",
+               on_frame: Callable[[int], None] | None = None) -> ReplayReport:
     """Replay one bag into out_dir and return the report (also written to OUT/summary.*).
 
     Errors found before anything is written (bag unreadable, topic missing, bad prompts file,
     outputs already there) raise BagOpenError / TopicNotFoundError / PromptFileError /
     OutputExistsError. Damage found part-way raises BagReadError after every output has been
     closed; its `.report` holds the partial report (complete=False).
+
+    on_frame(frames_read) is called after each image (the progress of a fleet replay); raising
+    KeyboardInterrupt from it stops the replay as Ctrl-C does, outputs closed and kept.
     """
     file_prompts = load_prompt_file(prompt_file) if prompt_file else []
     with BagInput(bag_path, image_topic) as bag:
@@ -105,7 +110,7 @@ def run_replay(bag_path: str | Path, out_dir: str | Path, pipeline: "PerceptionP
                    file=sys.stderr, dynamic_ncols=True, leave=True)
         failure: BaseException | None = None
         try:
-            _replay_records(bag, pipeline, schedule, outputs, report, bar)
+            _replay_records(bag, pipeline, schedule, outputs, report, bar, on_frame)
             report.complete = True
         except BagReadError as err:
             report.error = str(err)
@@ -155,7 +160,7 @@ def _submit(pipeline, request, report: ReplayReport) -> None:
 
 
 def _replay_records(bag: BagInput, pipeline, schedule: FramePromptSchedule, outputs: ReplayOutputs,
-                    report: ReplayReport, bar) -> None:
+                    report: ReplayReport, bar, on_frame: Callable[[int], None] | None = None) -> None:
     prompt_index = 0
     for record in bag.records():
         if record.kind == "prompt":
@@ -172,6 +177,8 @@ def _replay_records(bag: BagInput, pipeline, schedule: FramePromptSchedule, outp
         _replay_image(record, bag, pipeline, schedule, outputs, report)
         bar.update(1)
         bar.set_postfix(objects=len(report.objects), skipped=report.frames_skipped, refresh=False)
+        if on_frame is not None:
+            on_frame(report.frames_read)
 
 
 def _replay_image(record: BagRecord, bag: BagInput, pipeline, schedule: FramePromptSchedule,

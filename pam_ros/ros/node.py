@@ -1,9 +1,11 @@
 """`pam_ros_node`: the Perceive Anything Model as a ROS 2 lifecycle node.
 
 Topics, services and the action use relative names so namespaces and remapping work:
-  subscribes  image (sensor_msgs/Image) or image/compressed (parameter image_transport), prompts (pam_ros/Prompt)
+  subscribes  image (sensor_msgs/Image) or image/compressed (parameter image_transport), prompts (pam_ros/Prompt),
+              clicked_point (geometry_msgs/PointStamped: a click in pixels starts tracking an object)
   publishes   objects (pam_ros/PerceivedObjectArray), overlay (sensor_msgs/Image), /diagnostics
-  services    describe (pam_ros/Describe), manage_objects (pam_ros/ManageObjects)
+  services    describe (pam_ros/Describe), manage_objects (pam_ros/ManageObjects),
+              discover (pam_ros/Discover: segment everything on the next frame, track what is new)
   action      caption (pam_ros/Caption)
 Lifecycle: configure reads and validates the parameters; activate loads the model and starts tracking;
 deactivate stops tracking and frees the model (GPU memory); cleanup / shutdown release everything.
@@ -25,6 +27,7 @@ from dataclasses import replace
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -36,10 +39,12 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from pam_ros.action import Caption
+from pam_ros.engine.discovery import DiscoverRequest
 from pam_ros.engine.types import PromptOutcome
 from pam_ros.errors import PamError
 from pam_ros.msg import PerceivedObjectArray, Prompt
 from pam_ros.ros import convert
+from pam_ros.ros.clicks import clicked_point_to_request
 from pam_ros.ros.diagnostics import RateMeter, StageTimes, build_status
 from pam_ros.ros.frame_slot import LatestFrameSlot
 from pam_ros.ros.parameters import (
@@ -50,12 +55,13 @@ from pam_ros.ros.parameters import (
     declare_parameters,
     read_settings,
 )
-from pam_ros.srv import Describe, ManageObjects
+from pam_ros.srv import Describe, Discover, ManageObjects
 
 NODE_NAME = "pam_ros_node"
 DEFAULT_DESCRIBE_TASKS = ("explain", "caption")
 DEFAULT_CAPTION_TASK = "caption"
 SLOT_POLL_S = 0.1  # how often the idle tracking thread expires held prompts
+DISCOVER_EXTRA_S = 60.0  # discover waits request_timeout_s for a frame plus this for the generator itself
 BAD_INPUT_LOG_PERIOD_S = 5.0  # the same bad-input message is logged at most this often
 
 
@@ -105,6 +111,7 @@ class PamNode(LifecycleNode):
 
         self._image_sub = None
         self._prompt_sub = None
+        self._click_sub = None
         self._objects_pub = None
         self._overlay_pub = None
 
@@ -112,6 +119,7 @@ class PamNode(LifecycleNode):
         self._prompt_group = MutuallyExclusiveCallbackGroup()
         self._describe_group = MutuallyExclusiveCallbackGroup()
         self._manage_group = MutuallyExclusiveCallbackGroup()
+        self._discover_group = MutuallyExclusiveCallbackGroup()
         self._caption_group = ReentrantCallbackGroup()
         self._timer_group = MutuallyExclusiveCallbackGroup()
 
@@ -121,6 +129,7 @@ class PamNode(LifecycleNode):
         self.create_service(Describe, "describe", self._on_describe, callback_group=self._describe_group)
         self.create_service(ManageObjects, "manage_objects", self._on_manage_objects,
                             callback_group=self._manage_group)
+        self.create_service(Discover, "discover", self._on_discover, callback_group=self._discover_group)
         self._caption_server = ActionServer(
             self, Caption, "caption", execute_callback=self._execute_caption,
             goal_callback=lambda goal: GoalResponse.ACCEPT,
@@ -276,9 +285,11 @@ class PamNode(LifecycleNode):
                                                    callback_group=self._image_group)
         self._prompt_sub = self.create_subscription(Prompt, "prompts", self._on_prompt, 10,
                                                     callback_group=self._prompt_group)
+        self._click_sub = self.create_subscription(PointStamped, "clicked_point", self._on_clicked_point, 10,
+                                                   callback_group=self._prompt_group)
 
     def _unsubscribe_inputs(self) -> None:
-        for name in ("_image_sub", "_prompt_sub"):
+        for name in ("_image_sub", "_prompt_sub", "_click_sub"):
             subscription = getattr(self, name)
             if subscription is not None:
                 self.destroy_subscription(subscription)
@@ -301,6 +312,18 @@ class PamNode(LifecycleNode):
         future = self._submit(request, source="topic")
         if future is None:
             self.get_logger().warn("prompt ignored: the node is not active")
+
+    def _on_clicked_point(self, msg: PointStamped) -> None:
+        try:
+            request = clicked_point_to_request(msg, self._settings.click_task_tuple, self._latest_size)
+        except PamError as error:
+            self._log_bad_input(f"click refused: {error}")
+            return
+        future = self._submit(request, source="clicked_point")
+        if future is None:
+            self.get_logger().warn("click ignored: the node is not active")
+        else:
+            self.get_logger().info(f"click at ({msg.point.x:g}, {msg.point.y:g}) -> {future.object_id}")
 
     def _submit(self, request, source: str):
         """Hand a prompt to the engine's queue; its future, or None when the node is not active."""
@@ -497,6 +520,34 @@ class PamNode(LifecycleNode):
                             f"{len(refused)} of {len(futures)} prompt(s) refused: " + "; ".join(refused))
         if refused:
             self._log_bad_input(f"manage_objects: {response.message}")
+        return response
+
+    def _on_discover(self, request: Discover.Request, response: Discover.Response) -> Discover.Response:
+        pipeline = self._acquire_pipeline()
+        if pipeline is None:
+            response.success, response.message = False, self._inactive_message()
+            return response
+        try:
+            tasks = tuple(t.strip() for t in request.tasks if t.strip())
+            future = pipeline.discover(DiscoverRequest(int(request.max_new_objects), int(request.min_area), tasks))
+        except self._bad_input_errors as error:
+            response.success, response.message = False, f"discover refused: {_error_text(error)}"
+            self._log_bad_input(response.message)
+            return response
+        finally:
+            self._release_pipeline()
+        timeout_s = float(self._settings.request_timeout_s) + DISCOVER_EXTRA_S
+        try:
+            outcome = future.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            response.success = False
+            response.message = (f"no frame was processed within {timeout_s:g} s (is anything publishing on "
+                                f"{self.resolve_topic_name(self._image_topic_name())}?); the request stays queued")
+            return response
+        response.success, response.message = outcome.accepted, outcome.message
+        response.object_ids = list(outcome.object_ids)
+        if not outcome.accepted:
+            self._log_bad_input(f"discover: {outcome.message}")
         return response
 
     def _execute_caption(self, goal_handle) -> Caption.Result:

@@ -61,6 +61,22 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("top_p", 0.8, "Nucleus sampling threshold (greedy = false)."),
     ParameterSpec("prompt_hold_s", 2.0,
                   "Longest time a prompt whose stamp names a frame not yet received is held; then it is refused."),
+    # --- discover (segment everything) and clicks ---
+    ParameterSpec("discover_period_s", 0.0,
+                  "Run `discover` (segment everything, track what is new) every this many seconds; 0 = only when "
+                  "the discover service is called."),
+    ParameterSpec("discover_every_frames", 0,
+                  "Run `discover` on every N-th processed frame (0, N, 2N, ...); 0 = off. Deterministic, unlike "
+                  "discover_period_s."),
+    ParameterSpec("discover_points_per_side", 16, "discover: grid of N x N point prompts for SAM 2's automatic mask "
+                  "generator (>= 1)."),
+    ParameterSpec("discover_pred_iou_thresh", 0.8, "discover: keep regions whose predicted IoU is above this, in [0, 1]."),
+    ParameterSpec("discover_stability_score_thresh", 0.95,
+                  "discover: keep regions with at least this stability score, in [0, 1]."),
+    ParameterSpec("discover_box_nms_thresh", 0.7,
+                  "discover: box IoU above which duplicate regions are dropped, in [0, 1]."),
+    ParameterSpec("click_tasks", ["explain", "caption"],
+                  "Semantic tasks for an object added by a click on `clicked_point`; [\"\"] = new_object_tasks."),
     # --- node ---
     ParameterSpec("autostart", True, "Configure and activate on start (false: wait for lifecycle transitions)."),
     ParameterSpec("image_transport", "raw",
@@ -100,11 +116,15 @@ def check_parameter_value(name: str, value: Any) -> None:
                 "diagnostics_period_s", "request_timeout_s", "no_image_warn_s", "temperature"}
     if name in positive and not value > 0:
         raise SettingsError(f"parameter {name}={value!r} must be > 0")
-    if name in ("refresh_period_s", "prompt_hold_s") and not value >= 0:
+    if name in ("refresh_period_s", "prompt_hold_s", "discover_period_s", "discover_every_frames") and not value >= 0:
         raise SettingsError(f"parameter {name}={value!r} must be >= 0")
     if name in ("keep_feature_frames", "stream_window_frames") and not value >= VIDEO_FRAMES:
         raise SettingsError(f"parameter {name}={value!r} must be >= {VIDEO_FRAMES} (PAM's video mode reads "
                             f"{VIDEO_FRAMES} frames)")
+    if name == "discover_points_per_side" and not value >= 1:
+        raise SettingsError(f"parameter {name}={value!r} must be >= 1")
+    if name.startswith("discover_") and name.endswith("_thresh") and not 0 <= value <= 1:
+        raise SettingsError(f"parameter {name}={value!r} must be in [0, 1]")
     if name == "image_size":
         _check_with(check_image_size, name, value)
     if name == "top_p" and not 0 < value <= 1:
@@ -146,6 +166,7 @@ class NodeSettings:
 
     def pipeline_config(self):
         from pam_ros.engine.pipeline import PipelineConfig
+        from pam_ros.model.regions import RegionSettings
 
         return PipelineConfig(
             new_object_tasks=self.new_object_task_tuple,
@@ -160,7 +181,19 @@ class NodeSettings:
             top_p=float(self.top_p),
             semantics_mode="async",  # the node never lets semantics block tracking
             prompt_hold_s=float(self.prompt_hold_s),
+            discover_period_s=float(self.discover_period_s),
+            discover_every_frames=int(self.discover_every_frames),
+            discover_settings=RegionSettings(
+                points_per_side=int(self.discover_points_per_side),
+                pred_iou_thresh=float(self.discover_pred_iou_thresh),
+                stability_score_thresh=float(self.discover_stability_score_thresh),
+                box_nms_thresh=float(self.discover_box_nms_thresh)),
         )
+
+    @property
+    def click_task_tuple(self) -> tuple[str, ...]:
+        """click_tasks without empty entries; () = the pipeline's new_object_tasks."""
+        return tuple(t for t in self.click_tasks if t)
 
 
 def read_settings(node) -> NodeSettings:

@@ -24,7 +24,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 
 from pam_ros.action import Caption
-from pam_ros.srv import Describe, ManageObjects
+from pam_ros.srv import Describe, Discover, ManageObjects
 from ros_helpers import interface_samples as samples
 from ros_helpers.message_compare import message_differences
 
@@ -41,6 +41,7 @@ class InterfaceEchoServer(Node):
             self._keep.append(self.create_subscription(msg_type, f"echo_in/{name}", publisher.publish, QoSProfile(depth=10)))
         self.create_service(Describe, "describe", self._describe)
         self.create_service(ManageObjects, "manage_objects", self._manage_objects)
+        self.create_service(Discover, "discover", self._discover)
         self._caption = ActionServer(self, Caption, "caption", execute_callback=self._execute_caption,
                                      goal_callback=lambda goal: GoalResponse.ACCEPT,
                                      cancel_callback=lambda goal_handle: CancelResponse.ACCEPT,
@@ -59,6 +60,9 @@ class InterfaceEchoServer(Node):
     def _manage_objects(self, request, response):
         return self._answer(request, samples.manage_objects_request(), samples.manage_objects_response(),
                             ManageObjects.Response)
+
+    def _discover(self, request, response):
+        return self._answer(request, samples.discover_request(), samples.discover_response(), Discover.Response)
 
     def _execute_caption(self, goal_handle):
         goal = goal_handle.request

@@ -12,7 +12,7 @@ from std_msgs.msg import Header
 
 from pam_ros.action import Caption
 from pam_ros.msg import PerceivedObject, PerceivedObjectArray, Prompt
-from pam_ros.srv import Describe, ManageObjects
+from pam_ros.srv import Describe, Discover, ManageObjects
 
 # Goals whose task is this make the helper server stream feedback until the goal is cancelled.
 ENDLESS_TASK = "endless_caption"
@@ -103,6 +103,15 @@ def manage_objects_response() -> ManageObjects.Response:
                                   errors=["point 2 outside the 640x480 image", "unknown object id 'spoon_2'"])
 
 
+def discover_request() -> Discover.Request:
+    return Discover.Request(max_new_objects=3, min_area=400, tasks=["recognize", "caption"])
+
+
+def discover_response() -> Discover.Response:
+    return Discover.Response(success=True, message="2 new object(s) from 9 region(s) on frame 12 (0.31 s)",
+                             object_ids=["obj_4", "obj_5"])
+
+
 def caption_goal(task: str = "detailed_caption") -> Caption.Goal:
     return Caption.Goal(object_id="mug_1", prompt=prompt(), task=task, max_new_tokens=64)
 
@@ -129,6 +138,8 @@ ECHO_TOPICS = {
     "describe_response": (Describe.Response, describe_response),
     "manage_objects_request": (ManageObjects.Request, manage_objects_request),
     "manage_objects_response": (ManageObjects.Response, manage_objects_response),
+    "discover_request": (Discover.Request, discover_request),
+    "discover_response": (Discover.Response, discover_response),
     "caption_goal": (Caption.Goal, caption_goal),
     "caption_result": (Caption.Result, caption_result),
     "caption_feedback": (Caption.Feedback, caption_feedback),
