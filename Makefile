@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint demo interfaces clean bench
+.PHONY: setup test lint demo interfaces clean bench gpu-check
 
 setup:
 	@bash scripts/setup.sh
@@ -26,6 +26,11 @@ demo: setup
 
 bench: setup
 	$(PY) -m pam_ros.cli bench track
+
+# On a machine with an NVIDIA GPU: the benchmarks at real size on CUDA (bf16/fp16, torch.compile on/off,
+# ONNX Runtime CUDA/TensorRT), printed as one table. Fails with a message when there is no GPU.
+gpu-check: setup
+	PAM_ROS_PY=$(PY) bash scripts/gpu_check.sh
 
 clean:
 	rm -rf build install log demo_out

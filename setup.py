@@ -26,6 +26,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "mcap-ros2-support", "ruff==0.14.0"],
+        # SAM 2's image encoder on ONNX Runtime: CPU build, or the CUDA/TensorRT build on robots
+        "onnx": ["onnxruntime", "onnx"],
+        "gpu": ["onnxruntime-gpu", "onnx"],
         "fleet": ["ray>=2.52"],  # pam-ros replay of many bags on Ray (--workers N > 1)
     },
     entry_points={

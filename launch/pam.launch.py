@@ -25,6 +25,9 @@ PARAMETER_ARGUMENTS = {
     "device": "auto | cpu | cuda | cuda:N",
     "dtype": "auto | float32 | bfloat16 | float16",
     "image_size": "SAM 2 input size (0 = the model's 1024)",
+    "image_encoder": "torch | onnxruntime (TensorRT > CUDA > CPU)",
+    "image_encoder_onnx": "exported encoder .onnx ('' = export once into the cache)",
+    "compile": "true | false: torch.compile the encoder and memory attention",
     "image_transport": "raw (Image on image_topic) | compressed (CompressedImage on image_topic/compressed)",
     "image_qos": "sensor_data (best effort) | reliable",
     "mask_encoding": "roi | full | none",
@@ -35,7 +38,7 @@ PARAMETER_ARGUMENTS = {
     "discover_period_s": "segment everything and track what is new every N s (0 = on request)",
     "autostart": "true: configure + activate on start",
 }
-BOOLEAN_PARAMETERS = {"publish_overlay", "autostart"}
+BOOLEAN_PARAMETERS = {"publish_overlay", "autostart", "compile"}
 INTEGER_PARAMETERS = {"max_objects", "max_new_tokens", "image_size"}
 FLOAT_PARAMETERS = {"refresh_period_s", "discover_period_s"}
 

@@ -5,7 +5,9 @@ torch and the models load only when a bench runs, so `pam-ros --help` stays fast
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from pam_ros.cli_options import add_encoder_arguments
 from pam_ros.model.tasks import DTYPE_NAMES
 
 
@@ -33,8 +35,50 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     track.add_argument("--long-frames", default="100,10000",
                        help="frame counts after which the long stream's state is printed ('' to skip)")
     track.add_argument("--no-upstream", action="store_true", help="skip the SAM2VideoPredictor runs")
+    track.add_argument("--summary", type=Path, default=None, metavar="TSV",
+                       help="also append one tab-separated line per streaming row to TSV (scripts/gpu_check.sh)")
+    track.add_argument("--warmup-frames", type=int, default=None, metavar="N",
+                       help="untimed frames first (default: 10 with --compile or --image-encoder onnxruntime, "
+                            "whose first frames compile / build TensorRT engines; else 0)")
+    add_encoder_arguments(track)
     track.set_defaults(run=run_track)
+
+    encoder = kinds.add_parser(
+        "encoder",
+        help="SAM 2 image encoder: torch vs ONNX Runtime, ms per frame",
+        description="Milliseconds per frame of SAM 2's image encoder in torch and in ONNX Runtime (each execution "
+                    "provider that fits the device: TensorRT, CUDA, CPU), measured in one run on the same weights "
+                    "and input, with their ratio and the thread counts. Random weights unless --checkpoint is given "
+                    "(timing depends on shapes only). Numbers are printed, never asserted.",
+    )
+    encoder.add_argument("--size", choices=("tiny", "real"), default="tiny",
+                         help="tiny: SAM 2.1 hiera-tiny; real: hiera-large, the SAM 2 PAM uses (default tiny)")
+    encoder.add_argument("--config", default=None, help="SAM 2.1 config name or YAML path (overrides --size)")
+    encoder.add_argument("--checkpoint", default=None, help="SAM 2 .pt (default: random weights)")
+    encoder.add_argument("--image-size", type=int, default=1024, help="model input size (default 1024, as PAM)")
+    encoder.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    encoder.add_argument("--dtype", choices=DTYPE_NAMES, default="float32",
+                         help="torch autocast dtype; TensorRT runs in fp16 when this is not float32")
+    encoder.add_argument("--runs", type=int, default=5, help="timed calls per row (median printed)")
+    encoder.add_argument("--warmup", type=int, default=1, help="untimed calls before each row")
+    encoder.add_argument("--threads", type=int, default=0,
+                         help="ONNX Runtime intra-op threads (default: torch's thread count, for a fair comparison)")
+    encoder.add_argument("--compile", action="store_true", help="also time the torch.compile'd encoder")
+    encoder.add_argument("--providers", default="",
+                         help="comma-separated ONNX Runtime providers to time (default: all that fit the device)")
+    encoder.add_argument("--summary", type=Path, default=None, metavar="TSV",
+                         help="also append one tab-separated line per row to TSV (scripts/gpu_check.sh)")
+    encoder.set_defaults(run=run_encoder)
     return bench
+
+
+def append_summary(path: Path | None, lines: list[tuple[str, ...]]) -> None:
+    """Tab-separated lines: bench, setting, what, value (scripts/gpu_check.sh prints them as one table)."""
+    if path is None:
+        return
+    with open(path, "a", encoding="utf-8") as out:
+        for fields in lines:
+            out.write("\t".join(fields) + "\n")
 
 
 def _int_list(text: str) -> list[int]:
@@ -49,17 +93,37 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _seed_random_weights(checkpoint: str | None) -> None:
+    """Random weights drawn from a fixed seed: the same each run, so an ONNX export of them (and its
+    TensorRT engines) is found again in the cache, keyed by the weights' hash."""
+    if checkpoint is None:
+        import torch
+
+        torch.manual_seed(0)
+
+
 def run_track(args: argparse.Namespace) -> int:
     """Entry point for `pam-ros bench track`."""
-    from pam_ros.bench.track import run_track_bench
+    from pam_ros.bench.track import run_track_bench, warm_up
+    from pam_ros.model.pam import configure_backbone
     from pam_ros.model.sam2_backbone import Sam2Backbone
     from pam_ros.model.tasks import torch_dtype
 
     overrides = {"image_size": args.image_size} if args.image_size else None
+    _seed_random_weights(args.checkpoint)
     backbone = Sam2Backbone.from_config(
         args.config, args.checkpoint, device=_device(args.device), dtype=torch_dtype(args.dtype), overrides=overrides
     )
-    run_track_bench(
+    configure_backbone(backbone, args.image_encoder, args.image_encoder_onnx or None, args.compile)
+    encoder = backbone.image_encoder
+    print(f"# image encoder: {encoder.kind} on {encoder.provider}")
+    warmup = args.warmup_frames
+    if warmup is None:
+        warmup = 10 if args.compile or args.image_encoder != "torch" else 0
+    if warmup:
+        seconds = warm_up(backbone, warmup, width=args.width, height=args.height)
+        print(f"# warm-up: {warmup} untimed frames in {seconds:.1f} s")
+    rows, _ = run_track_bench(
         backbone,
         num_frames=args.frames,
         num_objects=_int_list(args.objects),
@@ -68,4 +132,33 @@ def run_track(args: argparse.Namespace) -> int:
         long_frames=_int_list(args.long_frames),
         compare_upstream=not args.no_upstream,
     )
+    setting = (f"{args.config} {backbone.image_size}px {backbone.device} {args.dtype} encoder={encoder.kind}"
+               f"{' compile' if args.compile else ''}")
+    append_summary(args.summary, [("track", setting, f"{row.objects} object(s) ms/frame", f"{1000 * row.seconds_per_frame:.1f}")
+                                  for row in rows if row.tracker == "streaming"])
+    return 0
+
+
+def run_encoder(args: argparse.Namespace) -> int:
+    """Entry point for `pam-ros bench encoder`."""
+    from pam_ros.bench.encoder import SIZES, run_encoder_bench
+    from pam_ros.errors import PamError
+    from pam_ros.model.sam2_backbone import Sam2Backbone
+    from pam_ros.model.tasks import torch_dtype
+
+    config = args.config or SIZES[args.size]
+    _seed_random_weights(args.checkpoint)
+    try:
+        backbone = Sam2Backbone.from_config(config, args.checkpoint, device=_device(args.device),
+                                            dtype=torch_dtype(args.dtype), overrides={"image_size": args.image_size})
+        weights = args.checkpoint or "random weights"
+        rows = run_encoder_bench(backbone, name=f"{config} ({weights})", runs=args.runs, warmup=args.warmup,
+                                 compile_too=args.compile, threads=args.threads,
+                                 providers=[p for p in args.providers.split(",") if p.strip()] or None)
+    except PamError as exc:
+        print(f"pam-ros bench encoder: error: {exc}")
+        return 2
+    setting = f"{config} {backbone.image_size}px {backbone.device} {args.dtype}"
+    append_summary(args.summary, [("encoder", setting, f"{row.encoder} {row.provider} ms/frame", f"{row.ms_per_frame:.1f}")
+                                  for row in rows])
     return 0

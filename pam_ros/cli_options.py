@@ -1,4 +1,4 @@
-"""The `pam-ros` argument groups that several commands share: which model, on which device.
+"""The `pam-ros` argument groups that several commands share: which model, on which device, which encoder.
 
 One group, so `describe`, `replay`, `demo` and the benches spell and check model selection alike
 (the rule itself is pam_ros.model.selection.ModelSpec). Imports no torch.
@@ -29,6 +29,24 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default_model: str =
                        help=image_size_help or "SAM 2 input size, a multiple of 64 (default: the config's, 1024 "
                                                "as PAM was trained; smaller is faster but no longer the "
                                                "official computation)")
+    add_encoder_arguments(parser)
+    return group
+
+
+ENCODER_CHOICES = ("torch", "onnxruntime")
+
+
+def add_encoder_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """--image-encoder, --image-encoder-onnx and --compile (model/image_encoder.py; ModelSpec's fields)."""
+    group = parser.add_argument_group("SAM 2 image encoder")
+    group.add_argument("--image-encoder", choices=ENCODER_CHOICES, default="torch",
+                       help="run SAM 2's image encoder in torch (default) or ONNX Runtime (TensorRT > CUDA > CPU "
+                            "provider, whichever the installed onnxruntime offers)")
+    group.add_argument("--image-encoder-onnx", default="", metavar="FILE",
+                       help="the .onnx written by `pam-ros export-onnx` for these weights and input size "
+                            "(default: exported once into ~/.cache/pam_ros and reused)")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile SAM 2's image encoder and memory attention (for CUDA; slow first frames)")
     return group
 
 
@@ -41,4 +59,6 @@ def model_spec_from_args(args: argparse.Namespace, *, default_model: str = "", d
     name = args.model or ("" if uses_paths else default_model)
     image_size = args.image_size if args.image_size is not None else default_image_size
     return ModelSpec(name=name, sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
-                     pam_checkpoint=args.pam, device=args.device, dtype=args.dtype, image_size=image_size)
+                     pam_checkpoint=args.pam, device=args.device, dtype=args.dtype, image_size=image_size,
+                     image_encoder=args.image_encoder, image_encoder_onnx=args.image_encoder_onnx or "",
+                     compile=bool(args.compile))

@@ -137,7 +137,10 @@ def _load_pipeline(args: argparse.Namespace):
     size = f", SAM 2 input {spec.image_size} px" if spec.image_size else ""
     print(f"loading model {spec.label()} on {spec.device} ({spec.dtype}{size}) ...",
           file=sys.stderr)
-    return spec, PerceptionPipeline.load(spec, config)
+    pipeline = PerceptionPipeline.load(spec, config)
+    encoder = pipeline.model.backbone.image_encoder
+    print(f"image encoder: {encoder.kind} on {encoder.provider}", file=sys.stderr)
+    return spec, pipeline
 
 
 def _check_inputs(args: argparse.Namespace, overwrite: bool) -> str:

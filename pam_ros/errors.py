@@ -99,3 +99,12 @@ class PromptFileError(ReplayError, ValueError):
 
 class OutputExistsError(ReplayError):
     """The output directory already holds replay outputs and overwriting was not asked for."""
+
+
+class OnnxModelError(ConfigError):
+    """An exported .onnx encoder that cannot be used: unreadable/corrupt, or made from other weights or
+    another input size (the message says which and how to export a fitting one)."""
+
+
+class OnnxExportError(PamError):
+    """Exporting the image encoder failed, or its self-check found ONNX Runtime and torch disagree."""

@@ -86,3 +86,25 @@ def small_pam_model():
 
     return PamModel.from_pretrained(PAM_DIR, SAM2_CONFIG, SAM2_CHECKPOINT, device="cpu", dtype=torch.float32,
                                     sam2_overrides={"image_size": 256})
+
+
+@pytest.fixture(scope="session")
+def onnx_export(tmp_path_factory):
+    """The fixture's SAM 2 image encoder exported to ONNX at its own 1024 input, once per session
+    (about 20 s on two cores): model/image_encoder.ExportReport."""
+    from pam_ros.model.image_encoder import export_image_encoder
+    from pam_ros.model.sam2_backbone import Sam2Backbone
+
+    source = Sam2Backbone.from_config(SAM2_CONFIG, SAM2_CHECKPOINT)
+    return export_image_encoder(source, tmp_path_factory.mktemp("onnx") / "sam2_tiny_1024.onnx")
+
+
+@pytest.fixture(scope="session")
+def onnx_backbone(onnx_export):
+    """The fixture's SAM 2 at 1024 whose image encoder is the ONNX Runtime session of `onnx_export`."""
+    from pam_ros.model.image_encoder import use_image_encoder
+    from pam_ros.model.sam2_backbone import Sam2Backbone
+
+    backbone = Sam2Backbone.from_config(SAM2_CONFIG, SAM2_CHECKPOINT)
+    use_image_encoder(backbone, "onnxruntime", onnx_export.path)
+    return backbone

@@ -368,6 +368,7 @@ def test_diagnostics_report_rates_latency_and_drops(node):
     assert int(values["frames_processed"]) > FRAMES_COMPARED
     assert float(values["latency_ms.track.last"]) > 0
     assert any(key.startswith("engine.") for key in values), sorted(values)
+    assert values["image_encoder"] == "torch on cpu"  # which encoder runs, and on what
 
 
 def test_frames_are_dropped_not_queued_under_overload(node):

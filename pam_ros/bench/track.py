@@ -269,3 +269,16 @@ def _format_row(row: TrackBenchRow, reference: TrackBenchRow | None = None) -> s
         f"{row.objects:>7} {row.tracker:>22} {1000 * row.seconds_per_frame:>10.1f} "
         f"{row.state_bytes / 2**20:>10.2f} {peak:>9}{ratios}"
     )
+
+
+def warm_up(backbone: Sam2Backbone, num_frames: int, *, width: int = 64, height: int = 48) -> float:
+    """Track one object over `num_frames` frames untimed, so one-off work (torch.compile's compilation for
+    each memory size up to SAM 2's full memory, TensorRT's engine build) stays out of the timed runs.
+    Returns the seconds it took."""
+    started = time.perf_counter()
+    tracker = StreamingTracker(backbone, max_objects=1)
+    tracker.add_object(object_prompts(1, width, height)[0])
+    for index in range(num_frames):
+        tracker.step(synthetic_frame(index, width, height), stamp_ns=index)
+    _sync(backbone.device)
+    return time.perf_counter() - started

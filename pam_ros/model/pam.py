@@ -115,11 +115,16 @@ class PamModel:
                         sam2_checkpoint: str | Path | None = None, *, device: str | torch.device = "cpu",
                         dtype: str | torch.dtype = torch.float32,
                         attn_implementation: str | None = None,
-                        sam2_overrides: dict | None = None) -> "PamModel":
+                        sam2_overrides: dict | None = None, image_encoder: str = "torch",
+                        image_encoder_onnx: str | Path | None = None, compile: bool = False) -> "PamModel":
         """Load a PAM folder and SAM 2.1 (config name or YAML + official .pt), strictly offline.
 
         sam2_overrides: SAM 2 config values to change (e.g. {"image_size": 512}: faster on small
         devices, but no longer the official PAM computation, which uses 1024).
+
+        image_encoder: "torch" or "onnxruntime" (SAM 2's image encoder in an ONNX Runtime session, from
+        `image_encoder_onnx`, or exported once into the cache when that is empty; model/image_encoder.py).
+        compile: torch.compile SAM 2's image encoder and memory attention (for CUDA; off by default).
 
         SAM 2 weights come from `sam2_checkpoint` as in the official code. Without one, the SAM 2 copy
         inside a full PAM save (`model.vision_tower.sam2_model_predictor.*`) is used if present; with
@@ -143,6 +148,7 @@ class PamModel:
                 f"no SAM 2 weights: {pam_dir} holds no SAM 2 copy, so give the SAM 2.1 checkpoint (.pt)"
             )
         ckpt.tensors.pop("sam2", None)  # free the copy
+        configure_backbone(backbone, image_encoder, image_encoder_onnx, compile)
         perceiver = SemanticPerceiver.from_checkpoint(ckpt, device=device, dtype=dtype)
         language = PamLanguageModel.from_checkpoint(ckpt, device=device, dtype=dtype,
                                                     attn_implementation=attn_implementation)
@@ -151,13 +157,15 @@ class PamModel:
 
     @classmethod
     def from_name(cls, name: str, *, device: str | torch.device = "cpu",
-                  dtype: str | torch.dtype = torch.float32, attn_implementation: str | None = None) -> "PamModel":
-        """A model fetched earlier with `pam-ros download NAME` (found in the Hugging Face cache, offline)."""
+                  dtype: str | torch.dtype = torch.float32, attn_implementation: str | None = None,
+                  **backbone_options) -> "PamModel":
+        """A model fetched earlier with `pam-ros download NAME` (found in the Hugging Face cache, offline).
+        backbone_options: image_encoder, image_encoder_onnx, compile, sam2_overrides (from_pretrained)."""
         from pam_ros.model.registry import resolve_model
 
         paths = resolve_model(name)
         model = cls.from_pretrained(paths.pam_dir, paths.sam2_config, paths.sam2_checkpoint, device=device,
-                                    dtype=dtype, attn_implementation=attn_implementation)
+                                    dtype=dtype, attn_implementation=attn_implementation, **backbone_options)
         model.name = name
         return model
 
@@ -256,6 +264,18 @@ class PamModel:
         dec = self.segment(enc, [prompt])
         feats = self.region_features(dec, 0)
         return dec, [self.describe(feats, task, **generation) for task in tasks]
+
+
+def configure_backbone(backbone: Sam2Backbone, image_encoder: str = "torch",
+                       image_encoder_onnx: str | Path | None = None, compile: bool = False) -> None:
+    """Select the image encoder (torch / onnxruntime), then optionally torch.compile SAM 2's hot modules:
+    in this order, since an ONNX export (on first use) traces the eager encoder; with ONNX Runtime only
+    the memory attention is compiled."""
+    from pam_ros.model.image_encoder import use_image_encoder
+
+    use_image_encoder(backbone, image_encoder, image_encoder_onnx or None)
+    if compile:
+        backbone.compile_modules(encoder=image_encoder == "torch")
 
 
 def check_device(device: str | torch.device) -> torch.device:

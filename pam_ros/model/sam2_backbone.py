@@ -400,8 +400,13 @@ class Sam2Backbone(torch.nn.Module):
         # the config (the build sets it), so we switch the behaviour off here.
         self.sam.sam_mask_decoder.dynamic_multimask_via_stability = False
         self.dtype = dtype
+        self.checkpoint_path: Path | None = None  # the .pt the weights came from (identity of ONNX exports)
         self.to(device)
         self.eval()
+        from pam_ros.model.image_encoder import TorchImageEncoder
+
+        # torch by default; model/image_encoder.use_image_encoder switches to an ONNX Runtime session
+        self.image_encoder = TorchImageEncoder(self.sam, self.autocast)
 
     # ---- construction ------------------------------------------------------------------
     @classmethod
@@ -441,7 +446,9 @@ class Sam2Backbone(torch.nn.Module):
             load_state_dict_strict(sam, weights, source)
         else:
             log.warning("SAM 2 built from %s without weights: random initialisation", config)
-        return cls(sam, device=device, dtype=dtype)
+        backbone = cls(sam, device=device, dtype=dtype)
+        backbone.checkpoint_path = Path(checkpoint) if checkpoint is not None else None
+        return backbone
 
     @property
     def device(self) -> torch.device:
@@ -450,6 +457,17 @@ class Sam2Backbone(torch.nn.Module):
     @property
     def image_size(self) -> int:
         return int(self.sam.image_size)
+
+    def compile_modules(self, encoder: bool = True) -> None:
+        """torch.compile the image encoder (unless encoder=False: ONNX Runtime runs it) and the memory
+        attention in place (CUDA speed; off by default).
+
+        Memory attention sees a different number of memory tokens as a track grows: dynamic shapes.
+        The first frames pay the compilation (tens of seconds).
+        """
+        if encoder:
+            self.sam.image_encoder.compile()
+        self.sam.memory_attention.compile(dynamic=True)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast for reduced-precision runs; a no-op in float32."""
@@ -491,16 +509,11 @@ class Sam2Backbone(torch.nn.Module):
 
     @torch.inference_mode()
     def encode_image(self, image: np.ndarray | Image.Image) -> ImageEncoding:
-        """Run the image encoder once (SAM2Base.forward_image, incl. the decoder's high-res convs)."""
+        """Run the image encoder once (SAM2Base.forward_image, incl. the decoder's high-res convs), by
+        torch or ONNX Runtime (`self.image_encoder`, see model/image_encoder.py)."""
         pil = self.check_image(image)
         pixels = self.preprocess(pil)
-        with self.autocast():
-            backbone_out = self.sam.forward_image(pixels)
-        kept = {
-            "backbone_fpn": list(backbone_out["backbone_fpn"]),
-            "vision_pos_enc": list(backbone_out["vision_pos_enc"]),
-        }
-        return ImageEncoding(orig_hw=(pil.height, pil.width), backbone=kept)
+        return ImageEncoding(orig_hw=(pil.height, pil.width), backbone=self.image_encoder(pixels))
 
     # ---- prompts -----------------------------------------------------------------------
     def prompt_to_points(

@@ -48,6 +48,11 @@ class ModelSpec:
     # SAM 2 input size; 0 = the config's (1024, what PAM was trained with). Smaller is faster
     # (e.g. 512 on small GPUs, 256 in CPU tests) but no longer the official PAM computation.
     image_size: int = 0
+    # SAM 2's image encoder: "torch" or "onnxruntime" (the .onnx at image_encoder_onnx; empty = exported
+    # once into the cache); compile: torch.compile the encoder + memory attention (CUDA; off by default)
+    image_encoder: str = "torch"
+    image_encoder_onnx: str = ""
+    compile: bool = False
 
     @property
     def uses_paths(self) -> bool:
@@ -74,6 +79,9 @@ class ModelSpec:
         check_device_name(self.device)
         if self.dtype != AUTO and self.dtype not in DTYPE_NAMES:
             raise ConfigError(f"dtype {self.dtype!r}: use auto or one of {', '.join(DTYPE_NAMES)}")
+        from pam_ros.model.image_encoder import check_encoder_choice
+
+        check_encoder_choice(self.image_encoder, self.image_encoder_onnx)
         self.resolve()
         return self.with_auto_resolved()
 
@@ -110,6 +118,8 @@ class ModelSpec:
         sam2_config, sam2_checkpoint, pam_dir = spec.resolve()
         overrides = {"image_size": spec.image_size} if spec.image_size else None
         model = PamModel.from_pretrained(pam_dir, sam2_config, sam2_checkpoint, device=spec.device,
-                                         dtype=spec.dtype, sam2_overrides=overrides)
+                                         dtype=spec.dtype, sam2_overrides=overrides,
+                                         image_encoder=spec.image_encoder,
+                                         image_encoder_onnx=spec.image_encoder_onnx or None, compile=spec.compile)
         model.name = spec.name or Path(pam_dir).name
         return model

@@ -72,6 +72,15 @@ def _error_text(error: BaseException) -> str:
     return str(error)
 
 
+
+def _image_encoder_text(pipeline) -> str:
+    """e.g. "onnxruntime on TensorrtExecutionProvider" or "torch on cuda:0" (log line, diagnostics)."""
+    model = getattr(pipeline, "model", None)  # None once the pipeline is closed
+    if model is None:
+        return "none"
+    encoder = model.backbone.image_encoder
+    return f"{encoder.kind} on {encoder.provider}"
+
 class PamNode(LifecycleNode):
     """The PAM perception node (see the module docstring for its interface)."""
 
@@ -173,6 +182,11 @@ class PamNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         settings = self._settings
         self.get_logger().info(f"activating: loading {self._describe_model()} ...")
+        if self._model_spec.image_encoder == "onnxruntime" and not self._model_spec.image_encoder_onnx:
+            from pam_ros.model.image_encoder import cache_root
+
+            self.get_logger().info(f"image_encoder onnxruntime without image_encoder_onnx: using the ONNX export "
+                                   f"cached in {cache_root() / 'image_encoder'}, exported there first if absent")
         started = time.monotonic()
         try:
             from pam_ros.engine.pipeline import PerceptionPipeline
@@ -192,7 +206,8 @@ class PamNode(LifecycleNode):
         self._tracking_thread.start()
         self._subscribe_inputs()
         self._activated_at = time.monotonic()
-        self.get_logger().info(f"active: model loaded in {time.monotonic() - started:.1f} s; "
+        self.get_logger().info(f"active: model loaded in {time.monotonic() - started:.1f} s, image encoder "
+                               f"{_image_encoder_text(pipeline)}; "
                                f"waiting for images on {self.resolve_topic_name(self._image_topic_name())}")
         return super().on_activate(state)
 
@@ -638,6 +653,7 @@ class PamNode(LifecycleNode):
         for stage, (last, mean) in self._stage_times.snapshot().items():
             values[f"latency_ms.{stage}"] = {"last": last * 1e3, "mean": mean * 1e3}
         if pipeline is not None:
+            values["image_encoder"] = _image_encoder_text(pipeline)
             try:
                 values["engine"] = pipeline.stats()
             except Exception as error:  # diagnostics must never take the node down

@@ -17,6 +17,7 @@ from pam_ros.model.tasks import DTYPE_NAMES, VIDEO_FRAMES
 IMAGE_QOS_CHOICES = ("sensor_data", "reliable")
 IMAGE_TRANSPORT_CHOICES = ("raw", "compressed")
 MASK_ENCODING_CHOICES = ("roi", "full", "none")
+IMAGE_ENCODER_CHOICES = ("torch", "onnxruntime")
 DTYPE_CHOICES = ("auto",) + DTYPE_NAMES
 DEFAULT_MODEL = "PAM-1.5B"
 
@@ -44,6 +45,13 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("image_size", 0,
                   "SAM 2 input size in pixels; 0 = the model's own (1024, as PAM was trained). Smaller is faster "
                   "(e.g. 512 on small GPUs) but no longer the official PAM computation."),
+    ParameterSpec("image_encoder", "torch",
+                  'SAM 2 image encoder: "torch", or "onnxruntime" (TensorRT > CUDA > CPU provider, whichever the '
+                  "installed onnxruntime offers; the provider is logged and in /diagnostics).", IMAGE_ENCODER_CHOICES),
+    ParameterSpec("image_encoder_onnx", "",
+                  "The .onnx from `pam-ros export-onnx` for image_encoder onnxruntime; empty = exported on first use "
+                  "into ~/.cache/pam_ros (keyed by checkpoint sha256 + input size) and reused."),
+    ParameterSpec("compile", False, "torch.compile SAM 2's image encoder and memory attention (CUDA; slow first frames)."),
     # --- engine (PipelineConfig) ---
     ParameterSpec("new_object_tasks", ["explain", "caption"],
                   "Semantic tasks run once when an object starts being tracked (recognize, explain, caption, "
@@ -162,7 +170,9 @@ class NodeSettings:
         device/dtype "auto" resolved."""
         paths = {key: self.values[key] for key in PATH_FIELDS}
         return ModelSpec(name="" if any(paths.values()) else self.model, **paths, device=self.device,
-                         dtype=self.dtype, image_size=int(self.image_size)).with_auto_resolved()
+                         dtype=self.dtype, image_size=int(self.image_size), image_encoder=self.image_encoder,
+                         image_encoder_onnx=self.image_encoder_onnx,
+                         compile=bool(self.compile)).with_auto_resolved()
 
     def pipeline_config(self):
         from pam_ros.engine.pipeline import PipelineConfig
