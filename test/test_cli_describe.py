@@ -14,6 +14,7 @@ from PIL import Image
 
 from pam_ros.cli import main
 from pam_ros.masks import rle_to_mask
+from pam_ros.model.tasks import parse_explanation
 
 REPO = Path(__file__).resolve().parents[1]
 C0 = image_cases()[0]
@@ -50,7 +51,10 @@ def test_json_contract_on_fixture_case(c0_json):
     assert recognize["text"] == C0["generated_text"]
     assert recognize["prompt"] == C0["task_prompt"]
     assert set(result["tasks"]) == {"recognize", "explain"}
-    assert result["category"] is not None and result["definition"] is not None
+    # the top-level category and definition are the explain answer's, split the documented way
+    explanation = parse_explanation(result["tasks"]["explain"]["text"])
+    assert (result["category"], result["definition"]) == (explanation.category, explanation.definition)
+    assert result["category"] != ""
     # the mask at the image's own resolution is the official one (a few pixels at logit ~0 may flip)
     mask = rle_to_mask(result["mask_rle"])
     official = golden()["c0_box_recognize.sam2.video_res_mask_logits"][0, 0].numpy() > 0

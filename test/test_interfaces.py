@@ -151,7 +151,24 @@ def test_caption_action_cancel_stops_generation(session, echo_server):
         assert outcome.status == GoalStatus.STATUS_CANCELED
         assert not outcome.result.success and "cancelled" in outcome.result.message
         tokens_at_cancel = outcome.result.num_tokens
-        time.sleep(0.3)  # six feedback periods: generation has stopped, nothing more arrives
-        assert feedback[-1].num_tokens <= tokens_at_cancel
+        assert tokens_at_cancel >= 2
+        # The last feedback published before the cancel reaches the client (results and feedback travel
+        # on different topics, so it may come after the result).
+        wait_until(lambda: feedback[-1].num_tokens >= tokens_at_cancel, REPLY_TIMEOUT_S,
+                   "the feedback of the last token before the cancel", echo_server.output)
+        # Feedback of every goal shares one topic, delivered in publishing order: once a later goal's
+        # feedback has all arrived, anything the cancelled goal had published after its end would have too.
+        later = []
+        later_client, later_goal = _send_goal(session, echo_server, samples.caption_goal(),
+                                              lambda msg: later.append(msg.feedback))
+        try:
+            session.wait_future(later_goal.get_result_async(), REPLY_TIMEOUT_S, "the next goal's result",
+                                echo_server.output)
+            wait_until(lambda: later and later[-1].num_tokens == len(samples.CAPTION_WORDS), REPLY_TIMEOUT_S,
+                       "the next goal's last feedback", echo_server.output)
+        finally:
+            later_client.destroy()
+        assert [f.num_tokens for f in feedback][-1] == tokens_at_cancel, "feedback went on after the cancel"
+        assert max(f.num_tokens for f in feedback) == tokens_at_cancel
     finally:
         client.destroy()

@@ -22,7 +22,7 @@ def test_rle_round_trip():
     rle = mask_to_rle(mask)
     assert sum(rle["counts"]) == 37 * 53
     assert np.array_equal(rle_to_mask(rle), mask)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"mask must be 2-D \[H, W\], got shape \[2, 2, 2\]"):
         mask_to_rle(np.zeros((2, 2, 2)))
 
 

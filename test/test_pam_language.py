@@ -87,7 +87,7 @@ def test_perceiver_quarter_scale_gives_256_projected_tokens(perceiver):
                                 VIDEO_FRAME_SCALE)
     assert tokens.shape == (1, 256, 1024)  # [256, 4096] through proj 4096 -> 1024
     torch.testing.assert_close(sem, sem_half)  # the scale only changes the image branch
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="perceiver scale must be 1/2 or 1/4, got 0.333"):
         perceiver(g[f"{C0}.sam2.mid_image_embed"], g[f"{C0}.sam2.mid_mask_tokens_out"], 1 / 3)
 
 
@@ -238,7 +238,8 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy(language, ckpt, greedy):
 def test_bad_generation_settings_are_refused(greedy):
     from pam_ros.errors import TaskError
 
-    for changes in ({"max_new_tokens": 0}, {"do_sample": True, "temperature": 0.0},
-                    {"do_sample": True, "top_p": 1.5}):
-        with pytest.raises(TaskError):
+    for changes, message in (({"max_new_tokens": 0}, "max_new_tokens must be a positive integer, got 0"),
+                             ({"do_sample": True, "temperature": 0.0}, "temperature must be > 0 when sampling"),
+                             ({"do_sample": True, "top_p": 1.5}, r"top_p must be in \(0, 1\], got 1.5")):
+        with pytest.raises(TaskError, match=message):
             with_overrides(greedy, **changes)

@@ -55,8 +55,14 @@ def test_mask_is_tinted_with_the_objects_colour_and_background_untouched(grey_im
     assert tuple(out[35, 40]) == object_colour("cup")
 
 
-def test_each_id_keeps_its_colour_and_ids_differ():
-    assert object_colour("obj_1") == object_colour("obj_1")
+def test_each_id_keeps_its_colour_across_runs_and_ids_differ():
+    # Fixed values: the same id gets the same colour in every process and release (overlays of two
+    # replays, or of the node and a replay, compare by eye).
+    assert object_colour("obj_1") == (38, 147, 255)
+    assert object_colour("cup") == (38, 254, 255)
+    assert object_colour("mug7") == (129, 255, 38)
+    assert [object_colour(f"obj_{i}") for i in range(4)] == [(255, 38, 152), (38, 147, 255), (195, 255, 38),
+                                                             (255, 38, 102)]
     colours = {object_colour(f"obj_{i}") for i in range(8)}
     assert len(colours) == 8
 

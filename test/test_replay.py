@@ -84,9 +84,10 @@ def write_bag(path: Path, storage: str = "mcap", frames: int = 4, *, topic: str 
     return path
 
 
-def write_chunked_mcap(path: Path, frames: int, chunk_size: int = 4096) -> Path:
+def write_chunked_mcap(path: Path, frames: int, chunk_size: int = 4096, finish: bool = True) -> Path:
     """A bare .mcap written by the `mcap` library (one frame per chunk), as another
-    recorder would; images serialized with the same CDR as ROS."""
+    recorder would; images serialized with the same CDR as ROS. finish=False: stop after the last
+    chunk, without the summary and footer (a recorder killed between two chunks)."""
     store = pam_ros_typestore()
     msgdef, _ = store.generate_msgdef("sensor_msgs/msg/Image", ros_version=2)
     with path.open("wb") as stream:
@@ -99,7 +100,8 @@ def write_chunked_mcap(path: Path, frames: int, chunk_size: int = 4096) -> Path:
             data = store.serialize_cdr(message, "sensor_msgs/msg/Image")
             stamp = STAMP0 + t * PERIOD
             writer.add_message(channel, log_time=stamp, data=bytes(data), publish_time=stamp)
-        writer.finish()
+        if finish:
+            writer.finish()
     return path
 
 
@@ -202,6 +204,34 @@ def test_corrupted_chunk_in_an_indexed_mcap_stops_reading_there(tmp_path):
             for record in bag.records():
                 frames.append(bag.decode_image(record))
     assert 2 <= len(frames) < 10
+    assert all(np.array_equal(image.rgb, scene(t)) for t, image in enumerate(frames))
+
+
+def test_sqlite3_bag_damaged_after_it_opened_stops_reading_there(tmp_path):
+    path = write_bag(tmp_path / "in", "sqlite3", frames=12)
+    db = path / "in.db3"
+    with BagInput(path) as bag:
+        assert bag.warning == "" and bag.image_count == 12
+        with db.open("r+b") as storage:  # e.g. a disk error, or another program rewriting it
+            storage.truncate(db.stat().st_size // 2)
+        frames = []
+        with pytest.raises(BagReadError, match=r"bag .*in is damaged: database disk image is malformed"):
+            for record in bag.records():
+                frames.append(bag.decode_image(record))
+    assert len(frames) < 12
+    assert all(np.array_equal(image.rgb, scene(t)) for t, image in enumerate(frames))
+
+
+def test_mcap_that_ends_cleanly_without_its_footer_is_read_to_the_end(tmp_path):
+    """A recorder killed between two chunks: every record is whole, the summary and footer are missing."""
+    path = write_chunked_mcap(tmp_path / "rec.mcap", frames=6, finish=False)
+    with BagInput(path) as bag:
+        assert "has no valid index/footer" in bag.warning and bag.image_count is None
+        frames = []
+        with pytest.raises(BagReadError, match="is incomplete: rec.mcap ends after a complete record but without its index/footer"):
+            for record in bag.records():
+                frames.append(bag.decode_image(record))
+    assert len(frames) == 6, "every message before the end is read"
     assert all(np.array_equal(image.rgb, scene(t)) for t, image in enumerate(frames))
 
 
@@ -500,7 +530,8 @@ CUBE_BOX = (6.0, 14.0, 24.0, 34.0)  # around the square of scene(0)
 @pytest.fixture(scope="module")
 def tiny_pipelines():
     """A factory of fresh pipelines (new tracking state each) sharing one loaded tiny model."""
-    engine = pytest.importorskip("pam_ros.engine.pipeline", reason="the engine pipeline is not merged yet")
+    from pam_ros.engine import pipeline as engine
+
     config = engine.PipelineConfig(new_object_tasks=("caption",), max_new_tokens=6, semantics_mode="sync")
     # A 256-pixel SAM 2 input keeps CPU time low (same code path as the official 1024).
     loaded = engine.PerceptionPipeline.load(ModelSpec(name="tiny", image_size=256), config)
@@ -543,10 +574,19 @@ def test_replay_writes_every_frame_and_a_decodable_bag(tiny_pipelines, tmp_path,
     assert [line["frame"] for line in lines] == [0, 1, 2, 3]
     assert [line["stamp_ns"] for line in lines] == [STAMP0 + t * PERIOD for t in range(4)]
     assert lines[0]["objects"] == [], "the prompt names frame 1"
-    for line in lines[1:]:
-        (cube,) = line["objects"]
-        assert cube["object_id"] == "cube" and 0.0 <= cube["score"] <= 1.0
-        assert rle_to_mask(cube["mask_rle"]).shape == (H, W)
+    # Each line holds what the engine itself computes for that frame (same prompt on a fresh pipeline).
+    direct = tiny_pipelines()
+    direct.submit_prompt(PromptRequest(object_id="cube", box=CUBE_BOX, stamp_ns=STAMP0 + PERIOD))
+    expected = [direct.process(scene(t), STAMP0 + t * PERIOD) for t in range(4)]
+    assert expected[0].objects == []
+    for line, frame in zip(lines[1:], expected[1:]):
+        (cube,), (want,) = line["objects"], frame.objects
+        assert cube["object_id"] == want.object_id == "cube"
+        assert cube["score"] == pytest.approx(want.score, abs=1e-6)
+        assert np.array_equal(rle_to_mask(cube["mask_rle"]), want.mask) and want.mask.any()
+        assert cube["roi"] == list(want.roi) and cube["tracking_state"] == want.tracking_state.name.lower()
+    masks = [rle_to_mask(line["objects"][0]["mask_rle"]) for line in lines[1:]]
+    assert not np.array_equal(masks[0], masks[-1]), "the square moves 4 px: the masks of frames 1 and 3 differ"
     assert lines[1]["prompt_outcomes"][0]["accepted"] is True
 
     # rosbags, with only the definitions the output bag embeds
@@ -623,6 +663,33 @@ def test_truncated_bag_keeps_and_reports_partial_results(tiny_pipelines, tmp_pat
     assert "INCOMPLETE" in (out / "summary.txt").read_text()
 
 
+def test_sqlite3_bag_damaged_during_the_replay_keeps_and_reports_partial_results(tiny_pipelines, tmp_path):
+    from pam_ros.replay.runner import run_replay
+
+    bag = write_bag(tmp_path / "in", "sqlite3", frames=8)
+    pipeline = tiny_pipelines()
+    process = pipeline.process
+
+    def process_then_damage(image, stamp_ns):  # the bag file breaks while the replay runs
+        result = process(image, stamp_ns)
+        if pipeline.frames_processed == 1:
+            with (bag / "in.db3").open("r+b") as storage:
+                storage.truncate((bag / "in.db3").stat().st_size // 2)
+        return result
+
+    pipeline.process = process_then_damage
+    out = tmp_path / "out"
+    with pytest.raises(BagReadError, match="is damaged: database disk image is malformed") as err:
+        run_replay(bag, out, pipeline, progress=False, prompt_file=cube_prompt_file(tmp_path))
+    report = err.value.report
+    assert not report.complete and "database disk image is malformed" in report.error
+    assert 1 <= report.frames_read < 8 and report.frames_processed == report.frames_read
+    assert [line["frame"] for line in jsonl(out)] == list(range(report.frames_read))
+    with AnyReader([out / "bag"]) as reader:
+        assert reader.topics["/objects"].msgcount == report.frames_read
+    assert json.loads((out / "summary.json").read_text())["complete"] is False
+
+
 # ----- the demo -------------------------------------------------------------------------------------------
 REPO = Path(__file__).resolve().parent.parent
 
@@ -657,8 +724,6 @@ def test_shipped_demo_bag_matches_its_generator_and_prompts(tmp_path):
 
 def test_demo_command_writes_overlays_gif_and_says_the_words_are_meaningless(tmp_path, capsys):
     from PIL import Image
-
-    pytest.importorskip("pam_ros.engine.pipeline", reason="the engine pipeline is not merged yet")
 
     from pam_ros.cli import main
 

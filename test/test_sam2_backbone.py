@@ -31,7 +31,6 @@ def golden() -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def backbone(full_backbone) -> Sam2Backbone:
     """The session's SAM 2 of the fixture (conftest), read-only here."""
-    torch.set_grad_enabled(False)
     return full_backbone
 
 
@@ -212,3 +211,16 @@ def test_bfloat16_autocast_gives_the_float32_segmentation(small_backbone):
     assert abs(reduced.object_score_logits.item() - reference.object_score_logits.item()) < 0.1
     agreement = ((reduced.mask_logits > 0) == (reference.mask_logits > 0)).float().mean().item()
     assert agreement > 0.95
+
+
+def test_encode_and_decode_build_no_autograd_graph(small_backbone):
+    """The backbone runs inference by itself: with autograd on (as in any caller's process) no output
+    holds a graph, so nothing keeps activations alive across frames."""
+    case = IMAGE_CASES[sorted(IMAGE_CASES)[0]]
+    assert torch.is_grad_enabled(), "a test left autograd switched off for the rest of the session"
+    enc = small_backbone.encode_image(image_of(case))
+    out = small_backbone.decode(enc, [prompt_of(case)])
+    outputs = {"backbone_fpn[0]": enc.backbone["backbone_fpn"][0], "low_res_logits": out.low_res_logits,
+               "mask_logits": out.mask_logits, "obj_ptr": out.obj_ptr, "mid_mask_tokens": out.mid_mask_tokens,
+               "mid_image_embed": out.mid_image_embed}
+    assert [name for name, t in outputs.items() if t.requires_grad or t.grad_fn is not None] == []

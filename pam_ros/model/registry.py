@@ -125,43 +125,84 @@ def models_to_download(name: str) -> list[dict[str, Any]]:
 
 def download_model(manifest: dict[str, Any], *, check_hashes: bool = True) -> Path:
     """Fetch one Hub model into the usual cache (progress bars from huggingface_hub) and verify it."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
+    if constants.HF_HUB_OFFLINE:
+        raise CheckpointError(f"cannot download {manifest['name']}: offline mode is on (HF_HUB_OFFLINE is set); "
+                              f"unset HF_HUB_OFFLINE to download")
     folder = Path(snapshot_download(manifest["repo_id"], revision=manifest.get("revision")))
     verify_download(manifest, folder, check_hashes=check_hashes)
     return folder
 
 
 def verify_download(manifest: dict[str, Any], folder: Path, *, check_hashes: bool = True) -> None:
-    """Required files present; sizes equal the manifest's (where published) and the Hub's metadata;
-    sha256 of the large (LFS) files equal the Hub's."""
+    """Check a downloaded snapshot against the Hub: required files present; every file the Hub lists
+    present with the size it publishes (and the manifest's, where given); content equal to the Hub's
+    sha256 (large LFS files) or git blob id (small files). A file that fails is removed from the cache,
+    so that running the download again fetches it afresh."""
     missing = missing_files(manifest, folder)
     if missing:
         raise CheckpointError(f"download of {manifest['name']} lacks {', '.join(missing)}")
+    name = manifest["name"]
     for rel, size in (manifest.get("files") or {}).items():
         actual = (folder / rel).stat().st_size if (folder / rel).is_file() else None
         if actual != size:
-            raise CheckpointError(f"{manifest['name']}: {rel} has {actual} bytes, expected {size}")
-    for rel, size, sha256 in _hub_metadata(manifest):
-        path = folder / rel
+            _reject(folder / rel, f"{name}: {rel} has {actual} bytes, expected {size}", name)
+    # The snapshot folder is named by its commit: verify against that commit's metadata, not the
+    # branch's, which may have moved on since the download started.
+    for row in _hub_metadata(manifest, revision=folder.name):
+        path = folder / row.rfilename
         if not path.is_file():
+            raise CheckpointError(f"download of {name} lacks {row.rfilename}; run: pam-ros download {name}")
+        if row.size is not None and path.stat().st_size != row.size:
+            _reject(path, f"{name}: {row.rfilename} has {path.stat().st_size} bytes, the Hub says {row.size}", name)
+        if not check_hashes:
             continue
-        if size is not None and path.stat().st_size != size:
-            raise CheckpointError(f"{manifest['name']}: {rel} has {path.stat().st_size} bytes, the Hub says {size}")
-        if check_hashes and sha256 and _sha256(path) != sha256:
-            raise CheckpointError(f"{manifest['name']}: {rel} does not match the Hub's sha256; delete it and retry")
+        if row.sha256 and _sha256(path) != row.sha256:
+            _reject(path, f"{name}: {row.rfilename} does not match the Hub's sha256", name)
+        if not row.sha256 and row.blob_id and _git_blob_id(path) != row.blob_id:
+            _reject(path, f"{name}: {row.rfilename} does not match the Hub's git blob id", name)
 
 
-def _hub_metadata(manifest: dict[str, Any]) -> list[tuple[str, int | None, str | None]]:
+@dataclass(frozen=True)
+class _HubFile:
+    rfilename: str
+    size: int | None
+    sha256: str | None  # LFS files
+    blob_id: str | None  # git blob sha1 (for LFS files, that of the pointer)
+
+
+def _hub_metadata(manifest: dict[str, Any], *, revision: str | None = None) -> list[_HubFile]:
     from huggingface_hub import HfApi
 
-    info = HfApi().model_info(manifest["repo_id"], revision=manifest.get("revision"), files_metadata=True)
+    info = HfApi().model_info(manifest["repo_id"], revision=revision or manifest.get("revision"),
+                              files_metadata=True)
     rows = []
     for sibling in info.siblings or []:
         lfs = getattr(sibling, "lfs", None)
-        sha = getattr(lfs, "sha256", None) if lfs is not None else None
-        rows.append((sibling.rfilename, getattr(sibling, "size", None), sha))
+        rows.append(_HubFile(sibling.rfilename, getattr(sibling, "size", None),
+                             getattr(lfs, "sha256", None) if lfs is not None else None,
+                             getattr(sibling, "blob_id", None)))
     return rows
+
+
+def _reject(path: Path, problem: str, name: str) -> None:
+    """Remove a bad file from the cache (the snapshot's link and the blob it points to: a blob left
+    behind would be linked again instead of downloaded) and raise."""
+    blob = path.resolve()
+    for stale in {path, blob}:
+        if stale.is_file() or stale.is_symlink():
+            stale.unlink()
+    raise CheckpointError(f"{problem}; removed it, run: pam-ros download {name} to fetch it again")
+
+
+def _git_blob_id(path: Path) -> str:
+    # git's object id of a file (sha1 of "blob <size>\0" + content): what the Hub publishes for small files
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _sha256(path: Path) -> str:

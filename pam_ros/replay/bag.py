@@ -9,14 +9,16 @@ where reading stops.
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import apsw
 import numpy as np
-from mcap.exceptions import McapError
+from mcap.exceptions import EndOfFile, McapError
 from mcap.records import Channel, Footer, Message, Schema
 from mcap.stream_reader import StreamReader
 from rosbags.highlevel import AnyReader, AnyReaderError
@@ -39,9 +41,10 @@ from pam_ros.replay.interfaces import (
 )
 
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
-# Errors a damaged storage file raises from deep inside the readers.
-_DAMAGE_ERRORS = (AnyReaderError, ReaderError, McapError, sqlite3.DatabaseError, struct.error, EOFError, OSError, ValueError,
-                  KeyError, IndexError)
+# Errors a damaged storage file raises from deep inside the readers (rosbags reads sqlite3 bags with
+# apsw, whose errors do not derive from the sqlite3 module's).
+_DAMAGE_ERRORS = (AnyReaderError, ReaderError, McapError, apsw.Error, sqlite3.DatabaseError, struct.error,
+                  EOFError, OSError, ValueError, KeyError, IndexError)
 
 
 @dataclass(frozen=True)
@@ -273,23 +276,32 @@ class BagInput:
             yield conn.topic, conn.msgtype, log_time, bytes(raw), definitions[conn.id]
 
     def _salvage_messages(self, wanted: set[str]):
+        name = self._salvage_file.name
         try:
             with self._salvage_file.open("rb") as stream:
-                for record in StreamReader(stream, validate_crcs=True).records:
-                    if isinstance(record, Footer):
-                        return  # the file was complete after all
-                    if isinstance(record, Message):
-                        channel = self._salvage_channels.get(record.channel_id)
-                        if channel and channel[0] in wanted:
-                            yield channel[0], channel[1], record.log_time, bytes(record.data), channel[2]
+                size = os.fstat(stream.fileno()).st_size
+                end_of_last_record = stream.tell()
+                try:
+                    for record in StreamReader(stream, validate_crcs=True).records:
+                        # (a chunk is read whole before its messages come out: this is the chunk's end)
+                        end_of_last_record = stream.tell()
+                        if isinstance(record, Footer):
+                            return  # the file was complete after all
+                        if isinstance(record, Message):
+                            channel = self._salvage_channels.get(record.channel_id)
+                            if channel and channel[0] in wanted:
+                                yield channel[0], channel[1], record.log_time, bytes(record.data), channel[2]
+                except EndOfFile:
+                    if end_of_last_record != size:
+                        raise  # the file ends inside a record
         except _DAMAGE_ERRORS as err:
             raise BagReadError(
-                f"bag {self.path} is truncated or corrupted: reading {self._salvage_file.name} stopped at the "
+                f"bag {self.path} is truncated or corrupted: reading {name} stopped at the "
                 f"damage ({_reason(err) or type(err).__name__})"
             ) from None
         raise BagReadError(
-            f"bag {self.path} is incomplete: {self._salvage_file.name} ends without its index/footer "
-            f"(every complete record before the end was read)"
+            f"bag {self.path} is incomplete: {name} ends after a complete record but without its "
+            f"index/footer (every message in it was read; a recorder stopped before closing the file?)"
         )
 
     # ----- decoding ------------------------------------------------------------------------------
