@@ -670,8 +670,8 @@ def test_sqlite3_bag_damaged_during_the_replay_keeps_and_reports_partial_results
     pipeline = tiny_pipelines()
     process = pipeline.process
 
-    def process_then_damage(image, stamp_ns):  # the bag file breaks while the replay runs
-        result = process(image, stamp_ns)
+    def process_then_damage(image, stamp_ns, **options):  # the bag file breaks while the replay runs
+        result = process(image, stamp_ns, **options)
         if pipeline.frames_processed == 1:
             with (bag / "in.db3").open("r+b") as storage:
                 storage.truncate((bag / "in.db3").stat().st_size // 2)

@@ -77,7 +77,7 @@ def test_bad_values_are_refused_when_set(node):
     result = node.set_parameters([Parameter("mask_encoding", value="rle")])[0]
     assert not result.successful and "mask_encoding='rle' is not one of roi, full, none" in result.reason
     result = node.set_parameters([Parameter("max_objects", value=0)])[0]
-    assert not result.successful and "must be > 0" in result.reason
+    assert not result.successful and "max_objects out of range. Min: 1" in result.reason
     result = node.set_parameters([Parameter("device", value="gpu")])[0]
     assert not result.successful and "cuda:N" in result.reason
     assert node.get_parameter("mask_encoding").value == "roi"

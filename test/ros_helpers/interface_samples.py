@@ -102,12 +102,13 @@ def describe_response() -> Describe.Response:
 
 
 def manage_objects_request() -> ManageObjects.Request:
-    return ManageObjects.Request(prompts=[prompt("mug_1"), prompt("spoon_2")])
+    return ManageObjects.Request(prompts=[prompt("mug_1"), prompt("spoon_2")], wait=True)
 
 
 def manage_objects_response() -> ManageObjects.Response:
-    return ManageObjects.Response(success=True, message="1 of 2 prompts refused", object_ids=["mug_1", "spoon_2"],
-                                  errors=["point 2 outside the 640x480 image", "unknown object id 'spoon_2'"])
+    return ManageObjects.Response(success=False, message="1 applied, 0 queued, 1 of 2 refused", object_ids=["mug_1", ""],
+                                  status=[ManageObjects.Response.APPLIED, ManageObjects.Response.REFUSED],
+                                  errors=["", "unknown object id 'spoon_2'"])
 
 
 def object_match(object_id: str = "mug_1") -> ObjectMatch:
@@ -141,7 +142,9 @@ CAPTION_WORDS = ("A", "white", "mug", "with", "a", "blue", "handle.")
 
 
 def caption_feedback(num_tokens: int = len(CAPTION_WORDS)) -> Caption.Feedback:
-    return Caption.Feedback(text=" ".join(CAPTION_WORDS[:num_tokens]), num_tokens=num_tokens)
+    # a sample sets every field: a running goal's position is 0 in practice
+    return Caption.Feedback(status="running", queue_position=1, text=" ".join(CAPTION_WORDS[:num_tokens]),
+                            num_tokens=num_tokens)
 
 
 def caption_result() -> Caption.Result:
