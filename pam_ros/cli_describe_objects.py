@@ -9,7 +9,6 @@ describe one object, and which box they belong to would be a guess.
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 
@@ -38,7 +37,7 @@ def describe_objects(args) -> dict:
     """Everything the command prints for several boxes, as the --json object."""
     from pam_ros.cli_describe import check_tasks, checked_options_and_model, load_rgb_image, save_overlay, task_results
     from pam_ros.engine.clip import is_clip_path
-    from pam_ros.masks import mask_bbox_xywh, mask_to_rle
+    from pam_ros.masks import mask_bbox_xywh, mask_to_rle, score_from_logit
     from pam_ros.model.pam import DescribeJob
 
     if is_clip_path(args.image):
@@ -63,13 +62,18 @@ def describe_objects(args) -> dict:
         logit = float(logits[k])
         objects.append({
             "object_score_logit": logit,
-            "score": 1.0 / (1.0 + math.exp(-logit)),
+            "score": score_from_logit(logit),
             "roi": list(mask_bbox_xywh(masks[k])),
             "mask_rle": mask_to_rle(masks[k]),
             "tasks": results,
             "category": explanation.category if explanation else None,
             "definition": explanation.definition if explanation else None,
         })
+    if args.ask is not None:  # one batched prefill over every object
+        log.info("asking whether each object serves %r", args.ask.strip())
+        answers = model.ask([model.region_features(dec, k) for k in range(len(prompts))], args.ask)
+        for obj, answer in zip(objects, answers):
+            obj["ask"] = answer.to_json()
     if args.save_overlay:
         save_overlay(image, masks.any(axis=0), prompts, args.save_overlay)
     return {"image": args.image, "size": [width, height], "objects": objects}

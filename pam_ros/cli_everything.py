@@ -2,7 +2,7 @@
 
     pam-ros describe IMAGE --everything [--points-per-side N] [--pred-iou-thresh T]
         [--stability-score-thresh S] [--box-nms-thresh B] [--min-region-area A] [--max-objects K]
-        [--task NAME]... [--prompt TEXT] [model options] [--json] [--overlay PNG]
+        [--task NAME]... [--prompt TEXT] [--ask QUERY] [model options] [--json] [--overlay PNG]
 
 Regions come from the official SAM2AutomaticMaskGenerator on the model's own SAM 2 (16 points per
 side; the generator's defaults for the rest), best predicted IoU first, at most K (16). Each kept
@@ -121,6 +121,11 @@ def describe_everything(args) -> dict:
             "category": explanation.category if explanation else None,
             "definition": explanation.definition if explanation else None,
         })
+    if args.ask is not None and objects:  # one batched prefill over every region
+        log.info("asking whether each region serves %r", args.ask.strip())
+        answers = model.ask([model.region_features(decoded, i) for i in range(len(objects))], args.ask)
+        for obj, answer in zip(objects, answers):
+            obj["ask"] = answer.to_json()
     result = {"image": args.image, "size": [width, height], "generator": settings.generator_kwargs(),
               "objects": objects}
     if args.save_overlay:

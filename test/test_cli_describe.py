@@ -174,6 +174,19 @@ def test_ask_adds_the_affordance_score_and_makes_tasks_optional(capsys, pam_mode
     assert result["ask"]["score"] == pytest.approx(expected.score, abs=1e-5)
 
 
+def test_ask_with_several_boxes_scores_each_object(capsys, pam_model, decoded_image_cases):
+    box = [str(v) for v in C0["visual_prompt"]]
+    code = main(["describe", IMG0, "--box", *box, "--box", "10", "10", "60", "50", "--ask", "cutting paper",
+                 *MODEL_ARGS, "--json"])
+    assert code == 0
+    objects = json.loads(capsys.readouterr().out)["objects"]
+    assert len(objects) == 2 and all(set(o["ask"]) == {"query", "score", "log_odds"} for o in objects)
+    _, dec = decoded_image_cases[C0["case"]]
+    (expected,) = pam_model.ask(pam_model.region_features(dec, 0), "cutting paper")
+    assert objects[0]["ask"]["log_odds"] == pytest.approx(expected.log_odds, abs=1e-3)
+    assert objects[0]["ask"]["log_odds"] != objects[1]["ask"]["log_odds"]
+
+
 @pytest.mark.parametrize("query", ["", "   "])
 def test_an_empty_ask_is_refused_with_status_2(capsys, query):
     code = main(["describe", IMG0, "--box", "1", "2", "30", "40", "--ask", query, *MODEL_ARGS])

@@ -31,7 +31,8 @@ def everything(small_pam_model, tmp_path_factory):
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(["describe", IMAGE, "--everything", *REGION_ARGS, "--task", "recognize", "--max-new-tokens",
-                     "6", "--json", "--overlay", str(overlay), *MODEL_ARGS, "--image-size", "256"])
+                     "6", "--ask", "holding water", "--json", "--overlay", str(overlay), *MODEL_ARGS,
+                     "--image-size", "256"])
     assert code == 0, err.getvalue()
     return json.loads(out.getvalue()), overlay
 
@@ -57,7 +58,8 @@ def test_regions_are_the_official_generators_in_the_same_order(everything, small
     expected = official_regions(small_pam_model.backbone.sam, image, result["generator"], 40000, 3)
     assert len(result["objects"]) == 3 == len(expected)
     for obj, ref in zip(result["objects"], expected):
-        assert set(obj) == {"mask_rle", "roi", "predicted_iou", "stability_score", "tasks", "category", "definition"}
+        assert set(obj) == {"mask_rle", "roi", "predicted_iou", "stability_score", "tasks", "category", "definition",
+                            "ask"}  # "ask" because --ask was given
         assert obj["mask_rle"] == mask_to_rle(ref["segmentation"])
         assert obj["predicted_iou"] == ref["predicted_iou"] and obj["stability_score"] == ref["stability_score"]
         mask = rle_to_mask(obj["mask_rle"])
@@ -117,6 +119,9 @@ def test_each_region_is_described_by_pam_from_its_box(everything, small_pam_mode
         x, y, w, h = obj["roi"]
         dec = model.segment(encoding, [VisualPrompt(box=np.array([x, y, x + w, y + h], dtype=np.float32))])
         answer = model.describe(model.region_features(dec, 0), "recognize", max_new_tokens=6)
+        (asked,) = model.ask(model.region_features(dec, 0), "holding water")
+        assert obj["ask"]["query"] == "holding water"
+        assert obj["ask"]["log_odds"] == pytest.approx(asked.log_odds, abs=1e-3)
         assert obj["tasks"]["recognize"]["token_ids"] == answer.token_ids
         assert obj["tasks"]["recognize"]["text"] == answer.text
         assert obj["tasks"]["recognize"]["prompt"] == answer.prompt
