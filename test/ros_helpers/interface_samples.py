@@ -106,9 +106,9 @@ def manage_objects_request() -> ManageObjects.Request:
 
 
 def manage_objects_response() -> ManageObjects.Response:
-    return ManageObjects.Response(success=False, message="1 applied, 0 queued, 1 of 2 refused", object_ids=["mug_1", ""],
-                                  status=[ManageObjects.Response.APPLIED, ManageObjects.Response.REFUSED],
-                                  errors=["", "unknown object id 'spoon_2'"])
+    return ManageObjects.Response(success=True, message="1 applied, 1 queued", object_ids=["mug_1", "spoon_2"],
+                                  status=[ManageObjects.Response.APPLIED, ManageObjects.Response.QUEUED],
+                                  errors=["", ""])
 
 
 def object_match(object_id: str = "mug_1") -> ObjectMatch:
