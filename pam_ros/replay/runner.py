@@ -175,6 +175,19 @@ def _submit(pipeline, request, report: ReplayReport) -> None:
                                        "error": f"{request.source}: {future.result().error}"})
 
 
+def _submit_prompt_record(record: BagRecord, index: int, bag: BagInput, pipeline, outputs: ReplayOutputs,
+                          report: ReplayReport) -> None:
+    """A prompt message of the bag: copied to the output, then to the engine's queue (or reported unusable)."""
+    source = f"topic {record.topic} message {index}"
+    outputs.copy_input(record)
+    try:
+        request = bag.decode_prompt(record)
+    except ValueError as err:
+        report.prompt_messages_unusable.append({"source": source, "error": str(err)})
+        return
+    _submit(pipeline, replace(request, source=source), report)
+
+
 def _replay_records(bag: BagInput, pipeline, schedule: FramePromptSchedule, outputs: ReplayOutputs,
                     report: ReplayReport, bar, on_frame: Callable[[int], None] | None = None) -> None:
     if bag.depth_topic:
@@ -183,15 +196,8 @@ def _replay_records(bag: BagInput, pipeline, schedule: FramePromptSchedule, outp
     prompt_index = 0
     for record in bag.records():
         if record.kind == "prompt":
-            source = f"topic {record.topic} message {prompt_index}"
+            _submit_prompt_record(record, prompt_index, bag, pipeline, outputs, report)
             prompt_index += 1
-            outputs.copy_input(record)
-            try:
-                request = bag.decode_prompt(record)
-            except ValueError as err:
-                report.prompt_messages_unusable.append({"source": source, "error": str(err)})
-                continue
-            _submit(pipeline, replace(request, source=source), report)
             continue
         _replay_image(record, bag, pipeline, schedule, outputs, report)
         bar.update(1)
@@ -235,15 +241,8 @@ def _replay_records_with_depth(bag: BagInput, pipeline, schedule: FramePromptSch
 
     for record in bag.records():
         if record.kind == "prompt":
-            source = f"topic {record.topic} message {prompt_index}"
+            _submit_prompt_record(record, prompt_index, bag, pipeline, outputs, report)
             prompt_index += 1
-            outputs.copy_input(record)
-            try:
-                request = bag.decode_prompt(record)
-            except ValueError as err:
-                report.prompt_messages_unusable.append({"source": source, "error": str(err)})
-                continue
-            _submit(pipeline, replace(request, source=source), report)
         elif record.kind == "camera_info":
             try:
                 intrinsics = bag.decode_camera_info(record)
