@@ -109,3 +109,26 @@ def onnx_backbone(onnx_export):
     backbone = Sam2Backbone.from_config(SAM2_CONFIG, SAM2_CHECKPOINT)
     use_image_encoder(backbone, "onnxruntime", onnx_export.path)
     return backbone
+
+
+# The tiny PAM's checkpoint and language model alone (float32, CPU), for the language-level tests.
+@pytest.fixture(scope="session")
+def ckpt():
+    from pam_ros.model.checkpoint import load_pam_checkpoint
+
+    return load_pam_checkpoint(PAM_DIR)
+
+
+@pytest.fixture(scope="session")
+def language(ckpt):
+    from pam_ros.model.language import PamLanguageModel
+
+    return PamLanguageModel.from_checkpoint(ckpt, device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def greedy(ckpt):
+    """The checkpoint's own generation settings (greedy, its repetition penalty), 12 new tokens."""
+    from pam_ros.model.language import GenerationSettings
+
+    return GenerationSettings.from_generation_config(ckpt.generation_config, max_new_tokens=12)

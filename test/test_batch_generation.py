@@ -4,28 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pam_tiny_fixture import PAM_DIR, golden, image_cases
+from pam_tiny_fixture import golden, image_cases
 
-from pam_ros.model.checkpoint import load_pam_checkpoint
-from pam_ros.model.language import GenerationRequest, GenerationSettings, PamLanguageModel, with_overrides
+from pam_ros.model.language import GenerationRequest, PamLanguageModel, with_overrides
 from pam_ros.model.tasks import prepare_prompt
 
 REGION_LEN = 1024 + 1 + 16 + 1
-
-
-@pytest.fixture(scope="module")
-def ckpt():
-    return load_pam_checkpoint(PAM_DIR)
-
-
-@pytest.fixture(scope="module")
-def language(ckpt):
-    return PamLanguageModel.from_checkpoint(ckpt, device="cpu", dtype=torch.float32)
-
-
-@pytest.fixture(scope="module")
-def greedy(ckpt):
-    return GenerationSettings.from_generation_config(ckpt.generation_config, max_new_tokens=12)
 
 
 def _region(case: dict) -> torch.Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from pam_tiny_fixture import (
-    PAM_DIR,
     TASK_OF_KEY,
     all_cases,
     golden,
@@ -14,10 +13,7 @@ from pam_tiny_fixture import (
     video_case,
 )
 
-from pam_ros.model.checkpoint import load_pam_checkpoint
 from pam_ros.model.language import (
-    GenerationSettings,
-    PamLanguageModel,
     apply_repetition_penalty,
     with_overrides,
 )
@@ -32,25 +28,10 @@ REGION_LEN = 1024 + 1 + 16 + 1
 
 
 @pytest.fixture(scope="module")
-def ckpt():
-    return load_pam_checkpoint(PAM_DIR)
-
-
-@pytest.fixture(scope="module")
-def language(ckpt):
-    return PamLanguageModel.from_checkpoint(ckpt, device="cpu", dtype=torch.float32)
-
-
-@pytest.fixture(scope="module")
 def perceiver(ckpt):
     model = SemanticPerceiver()
     model.load_state_dict({k: v.float() for k, v in ckpt.tensors["perceiver"].items()})
     return model.eval()
-
-
-@pytest.fixture(scope="module")
-def greedy(ckpt):
-    return GenerationSettings.from_generation_config(ckpt.generation_config, max_new_tokens=12)
 
 
 @pytest.fixture(scope="module")

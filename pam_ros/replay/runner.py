@@ -256,14 +256,19 @@ def _replay_records_with_depth(bag: BagInput, pipeline, schedule: FramePromptSch
                 continue
             run(matcher.add_depth(stamp_ns, (metres, stamp_ns, frame_id, intrinsics)))
         else:
-            report.frames_read += 1
-            outputs.copy_input(record)
-            try:
-                image = bag.decode_image(record)
-            except ImageDecodeError as err:
-                image = err
+            image = _read_image(record, bag, outputs, report)
             run(matcher.add_colour(image.stamp_ns if not isinstance(image, Exception) else 0, (record, image)))
     run(matcher.flush())
+
+
+def _read_image(record: BagRecord, bag: BagInput, outputs: ReplayOutputs, report: ReplayReport):
+    """Count and copy an image record, then decode it: the DecodedImage, or its ImageDecodeError."""
+    report.frames_read += 1
+    outputs.copy_input(record)
+    try:
+        return bag.decode_image(record)
+    except ImageDecodeError as err:
+        return err
 
 
 def _replay_image(record: BagRecord, bag: BagInput, pipeline, schedule: FramePromptSchedule,
@@ -271,12 +276,7 @@ def _replay_image(record: BagRecord, bag: BagInput, pipeline, schedule: FramePro
     """One image through the engine; `image` (decoded, or its ImageDecodeError) and `depth` (a DepthImage,
     or None: no depth for this frame) when the caller read them already."""
     if image is None:
-        report.frames_read += 1
-        outputs.copy_input(record)
-        try:
-            image = bag.decode_image(record)
-        except ImageDecodeError as err:
-            image = err
+        image = _read_image(record, bag, outputs, report)
     if isinstance(image, ImageDecodeError):
         # The stamp is unknown when the message itself is unreadable; its prompts wait for the next image.
         _skip(record, 0, "undecodable", str(image), outputs, report)
