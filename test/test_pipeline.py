@@ -255,15 +255,16 @@ def test_streaming_video_caption_runs_every_window_with_the_previous_caption_as_
                 max_new_tokens=4)
     assert pipe.config.stream_window_frames == 32
     calls = []
-    run_task = pipe._run_task
+    run_batch = pipe._run_batch
 
-    def recording_run_task(frames, task, max_new_tokens, **kwargs):
-        history = pipe._stream_history("o", task)  # what _run_task will put in PAM's streaming prompt
-        result = run_task(frames, task, max_new_tokens, **kwargs)
-        calls.append((task, [f.frame_index for f in frames], history, result.text))
-        return result
+    def recording_run_batch(sequences):
+        histories = [pipe._stream_history("o", task) for _, task in sequences]  # what PAM's prompt gets
+        results = run_batch(sequences)
+        for (job, task), history, result in zip(sequences, histories, results):
+            calls.append((task, [f.frame_index for f in job.snapshot], history, result.text))
+        return results
 
-    pipe._worker._run_task = recording_run_task  # record what the worker runs, change nothing
+    pipe._worker._run_batch = recording_run_batch  # record what the worker runs, change nothing
     pipe.submit_prompt(box_prompt(object_id="o"))
     texts = []
     for i in range(96):

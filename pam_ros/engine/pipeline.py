@@ -25,7 +25,13 @@ from pam_ros.engine.discovery import DiscoverFuture, DiscoverOutcome, DiscoverQu
 from pam_ros.engine.geometry import DepthImage, DepthSettings, check_depth_size, object_geometry
 from pam_ros.engine.prompts import PromptFuture, PromptQueue
 from pam_ros.engine.scheduler import ScheduledWork, SemanticsScheduler
-from pam_ros.engine.semantics import SemanticsJob, SemanticsStore, SemanticsWorker, fill_named_fields
+from pam_ros.engine.semantics import (
+    SemanticsJob,
+    SemanticsStore,
+    SemanticsWorker,
+    check_max_batch,
+    fill_named_fields,
+)
 from pam_ros.engine.tracker import StreamingTracker
 from pam_ros.engine.types import (
     FrameResult,
@@ -45,9 +51,12 @@ from pam_ros.errors import (
     ImageError,
     PamError,
     PromptError,
+    TaskError,
     UnknownObjectError,
 )
 from pam_ros.masks import mask_centroid
+from pam_ros.model.decoding import is_out_of_memory, release_cached_memory
+from pam_ros.model.pam import DescribeJob
 from pam_ros.model.regions import RegionSettings, automatic_mask_generator, find_regions
 from pam_ros.model.selection import ModelSpec
 from pam_ros.model.tasks import (
@@ -73,6 +82,8 @@ class PipelineConfig:
     temperature: float = 0.7
     top_p: float = 0.8
     semantics_mode: str = "async"
+    # semantics jobs (objects, each with its tasks) that share one batched generation; 1 = no batching
+    max_batch: int = 8
     prompt_hold_s: float = 2.0
     keep_feature_frames: int = 16  # per object, spread over its track (PAM's video mode reads 16)
     # video_stream_caption: every `stream_window_frames` frames of a track are captioned (16 of them,
@@ -99,6 +110,7 @@ class PipelineConfig:
             raise ConfigError("max_new_tokens must be >= 1")
         if self.semantics_mode not in ("async", "sync"):
             raise ConfigError("semantics_mode must be 'async' or 'sync'")
+        check_max_batch(self.max_batch)
         for name in ("keep_feature_frames", "stream_window_frames"):
             if getattr(self, name) < VIDEO_FRAMES:
                 raise ConfigError(f"{name} must be >= {VIDEO_FRAMES} (PAM's video mode reads {VIDEO_FRAMES} frames)")
@@ -123,6 +135,14 @@ def check_image(image: np.ndarray) -> np.ndarray:
     if image.shape[0] < 2 or image.shape[1] < 2:
         raise ImageError(f"image is empty or degenerate: {image.shape[1]}x{image.shape[0]}")
     return np.ascontiguousarray(image)
+
+
+def check_tasks(tasks: Sequence[str]) -> None:
+    """Every task known (TaskError names the bad one); no tasks is allowed: a describe then only segments."""
+    if isinstance(tasks, str):
+        raise TaskError(f"tasks must be a list of task names, not the string {tasks!r}")
+    for task in tasks:
+        canonical_task(task)
 
 
 def visual_prompt(prompt: PromptRequest):
@@ -155,8 +175,8 @@ class PerceptionPipeline:
             keep_feature_frames=self.config.keep_feature_frames,
         )
         self._store = SemanticsStore()
-        self._worker = SemanticsWorker(self._run_task, self._store, mode=self.config.semantics_mode,
-                                       is_tracked=self._is_tracked)
+        self._worker = SemanticsWorker(self._run_batch, self._store, mode=self.config.semantics_mode,
+                                       is_tracked=self._is_tracked, max_batch=self.config.max_batch)
         self._tracked_ids: frozenset[str] = frozenset()  # snapshot for other threads (set by process)
         self._prompts = PromptQueue(lambda: self._tracked_ids)
         self._discoveries = DiscoverQueue(period_s=self.config.discover_period_s,
@@ -405,15 +425,14 @@ class PerceptionPipeline:
         observations = [(obj.object_id, obj.state, obj.features) for obj in track.objects]
         with self._state_lock:
             work = self._scheduler.due(observations, time.monotonic())
-        for item in work:
-            self._submit_work(item)
+        if work:  # together, so that the worker batches them
+            self._worker.submit_many([self._job_for(item) for item in work])
 
-    def _submit_work(self, item: ScheduledWork):
+    def _job_for(self, item: ScheduledWork) -> SemanticsJob:
         frames = list(item.window) if item.is_window else self.tracker.features(item.object_id)
         latest = frames[-1]
-        job = SemanticsJob(item.object_id, item.tasks, frames, latest.stamp_ns, latest.frame_index,
-                           self.config.max_new_tokens, kind="window" if item.is_window else "image")
-        return self._worker.submit(job)
+        return SemanticsJob(item.object_id, item.tasks, frames, latest.stamp_ns, latest.frame_index,
+                            self.config.max_new_tokens, kind="window" if item.is_window else "image")
 
     def _stream_history(self, object_id: str, task: str) -> str | None:
         """PAM's streaming caption: the previous window's caption of this object is the history."""
@@ -422,24 +441,44 @@ class PerceptionPipeline:
         return self._store.get(object_id).texts.get(canonical_task(task))
 
     # ----------------------------------------------------------------- semantics
-    def _run_task(self, frames, task: str, max_new_tokens: int, *, on_text=None, should_stop=None,
-                  history=None, object_id: str = "") -> GenerationResult:
-        """One task on an object's kept frames: image tasks read the latest, video tasks the track."""
+    def _run_batch(self, sequences: list[tuple[SemanticsJob, str]]) -> list[GenerationResult]:
+        """The worker's batches: each (job, task) on the job's frames, in one generation."""
+        return self._generate([(job.snapshot, task, job.max_new_tokens, self._stream_history(job.object_id, task))
+                               for job, task in sequences])
+
+    def _generate(self, specs, *, on_text=None, should_stop=None) -> list[GenerationResult]:
+        """Tasks on objects' kept frames, in one batched generation: specs are (frames, task,
+        max_new_tokens or 0 for the configured, streaming history or None). Image tasks read the
+        latest frame, video tasks the track; tasks on the same frames share their visual prefix."""
         cfg = self.config
-        canonical = canonical_task(task)
-        if history is None and object_id:
-            history = self._stream_history(object_id, canonical)
-        regions = list(frames) if is_video_task(canonical) else frames[-1]
+        jobs, tasks = [], []
+        for frames, task, max_new_tokens, history in specs:
+            canonical = canonical_task(task)
+            regions = list(frames) if is_video_task(canonical) else frames[-1]
+            jobs.append((DescribeJob(regions, canonical, history=history, on_text=on_text, should_stop=should_stop),
+                         max_new_tokens or cfg.max_new_tokens))
+            tasks.append(task)
         t0 = time.perf_counter()
         with self._llm_lock:
-            if self.model is None:
+            model = self.model
+            if model is None:
                 raise EngineClosedError("the pipeline was closed")
-            gen = self.model.describe(regions, canonical, history=history,
-                                      max_new_tokens=max_new_tokens or cfg.max_new_tokens,
-                                      do_sample=not cfg.greedy, temperature=cfg.temperature, top_p=cfg.top_p,
-                                      on_text=on_text, should_stop=should_stop)
-        return GenerationResult(task, gen.text, list(gen.token_ids), time.perf_counter() - t0,
-                                stopped=bool(getattr(gen, "stopped", False)))
+            settings = {}
+            for job, max_new_tokens in jobs:
+                if max_new_tokens not in settings:
+                    settings[max_new_tokens] = model.generation_settings(
+                        max_new_tokens=max_new_tokens, do_sample=not cfg.greedy, temperature=cfg.temperature,
+                        top_p=cfg.top_p)
+                job.settings = settings[max_new_tokens]
+            try:
+                generations = model.describe_batch([job for job, _ in jobs])
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    release_cached_memory(model.device)  # so that the worker's smaller retry can fit
+                raise
+        seconds = time.perf_counter() - t0
+        return [GenerationResult(task, gen.text, list(gen.token_ids), gen.seconds or seconds,
+                                 stopped=bool(gen.stopped)) for task, gen in zip(tasks, generations)]
 
     def request_refresh(self, object_id: str, tasks: Sequence[str] = ()) -> None:
         """Describe an object again on its next visible frame (tasks: default = the ones it had)."""
@@ -458,8 +497,8 @@ class PerceptionPipeline:
         self._ensure_open()
         canonical_task(task)
         frames = self._tracked_frames(object_id)
-        res = self._run_task(frames, task, max_new_tokens, on_text=on_text, should_stop=should_stop,
-                             history=self._stream_history(object_id, task))
+        (res,) = self._generate([(frames, task, max_new_tokens, self._stream_history(object_id, task))],
+                                on_text=on_text, should_stop=should_stop)
         res.stamp_ns, res.frame_index = frames[-1].stamp_ns, frames[-1].frame_index
         if not res.stopped:
             self._store.set_texts(object_id, [res])
@@ -483,8 +522,7 @@ class PerceptionPipeline:
         future resolves to (ObjectResult, [GenerationResult]) or the error found while running.
         """
         self._ensure_open()
-        for task in tasks:
-            canonical_task(task)
+        check_tasks(tasks)
         if prompt.object_id and not prompt.points and prompt.box is None:
             self._tracked_frames(prompt.object_id)
         elif image is not None:
@@ -508,8 +546,9 @@ class PerceptionPipeline:
 
     def update_settings(self, **values) -> None:
         """Change settings that apply live (refresh_period_s, max_new_tokens, greedy, temperature,
-        top_p, discover_period_s); ConfigError and no change when a value is invalid."""
-        live = {"refresh_period_s", "max_new_tokens", "greedy", "temperature", "top_p", "discover_period_s"}
+        top_p, discover_period_s, max_batch); ConfigError and no change when a value is invalid."""
+        live = {"refresh_period_s", "max_new_tokens", "greedy", "temperature", "top_p", "discover_period_s",
+                "max_batch"}
         unknown = set(values) - live
         if unknown:
             raise ConfigError(f"not a live setting: {', '.join(sorted(unknown))} (needs a new pipeline)")
@@ -519,19 +558,20 @@ class PerceptionPipeline:
         with self._state_lock:
             self._scheduler.refresh_period_s = candidate.refresh_period_s
         self._discoveries.period_s = float(candidate.discover_period_s)
+        self._worker.max_batch = candidate.max_batch
 
     def describe(self, image: np.ndarray | None, prompt: PromptRequest, tasks: Sequence[str],
                  max_new_tokens: int = 0, should_stop: Callable[[], bool] | None = None,
                  ) -> tuple[ObjectResult, list[GenerationResult]]:
-        """One-shot: segment (or look up) one object and run `tasks` on it. Not added to tracking.
+        """One-shot: segment (or look up) one object and run `tasks` on it, in one batched generation
+        (no tasks: segment only). Not added to tracking.
 
         image None = the latest processed frame. A prompt with only an object_id describes that
         tracked object from its kept features (no image encoding at all). Runs in the caller's
         thread; describe_async() runs it on the semantics worker.
         """
         self._ensure_open()
-        for task in tasks:
-            canonical_task(task)
+        check_tasks(tasks)
         if prompt.object_id and not prompt.points and prompt.box is None:
             if image is not None:
                 raise PromptError("describe by object_id uses the tracked object's latest frame; "
@@ -559,12 +599,12 @@ class PerceptionPipeline:
                 segmented = segment_object(self.model, image, visual, frame_index=frame_index, stamp_ns=stamp)
             frames = [segmented.features]
             obj = segmented.as_result(prompt.object_id)
-        results = []
-        for task in tasks:
-            res = self._run_task(frames, task, max_new_tokens, should_stop=should_stop)
+        results = self._generate([(frames, task, max_new_tokens, None) for task in tasks],
+                                 should_stop=should_stop) if tasks else []
+        for res in results:
             res.stamp_ns, res.frame_index = stamp, frame_index
-            results.append(res)
-        sem = ObjectSemantics(SemanticsState.READY, stamp, frame_index, {r.task: r.text for r in results})
+        state = SemanticsState.READY if results else SemanticsState.NONE  # no tasks: segmented only
+        sem = ObjectSemantics(state, stamp, frame_index, {r.task: r.text for r in results})
         fill_named_fields(sem)
         obj.semantics = sem
         return obj, results
@@ -593,7 +633,7 @@ class PerceptionPipeline:
                 answers = self.model.ask([features for _, features, _ in candidates], query, template=template)
             return rank(candidates, answers, max_results=max_results, min_score=min_score)
 
-        return self._worker.submit_call(ask)
+        return self._worker.run_request(ask, name="find_objects", first=True)
 
     def rank_objects(self, query: str, object_ids: Sequence[str] = (), *, max_results: int = 0,
                      min_score: float = 0.0, timeout_s: float | None = None) -> list[RankedObject]:
@@ -640,7 +680,11 @@ class PerceptionPipeline:
             "frames_processed": self._frame_index,
             "objects": len(self.object_ids()),
             "tracking_seconds": self._tracking_s,
-            "semantics_seconds": self._worker.last_job_seconds,
+            "semantics_seconds": self._worker.last_batch_seconds,
+            "semantics_batches": self._worker.batches,
+            "semantics_last_batch_jobs": self._worker.last_batch_jobs,
+            "semantics_max_batch": self._worker.max_batch,
+            "semantics_memory_splits": self._worker.memory_splits,
             "semantics_queue": self._worker.pending(),
             "semantics_queue_bound": 2 * self.config.max_objects,
             "semantics_done": self._worker.jobs_done,

@@ -1,10 +1,11 @@
-"""Asynchronous PAM semantics: a worker that turns tracked-object features into words.
+"""Asynchronous PAM semantics: a worker that turns tracked-object features into words, in batches.
 
 The tracker hands over each object's decoder features (never the image), so language never re-runs
-the image encoder. The worker owns the LLM: one generation at a time, in its own thread, so tracking
-never waits for text; its backlog is bounded (one queued job per object and kind, newer work merged
-in). In "sync" mode (bag replay) jobs run in the caller's thread instead, which makes the output
-deterministic. The store keeps every object's latest words for any thread to read.
+the image encoder. The worker owns the LLM, in its own thread, so tracking never waits for text:
+whatever semantics jobs wait when it is free (new objects, refreshes, stream windows; up to
+max_batch) share one batched generation. Its backlog is bounded (one queued job per object and kind,
+newer work merged in). In "sync" mode (bag replay) a frame's jobs run in the caller's thread instead,
+which makes the output deterministic. The store keeps every object's latest words for any thread.
 """
 from __future__ import annotations
 
@@ -18,13 +19,10 @@ from typing import Callable, Sequence
 
 from pam_ros.engine.types import GenerationResult, ObjectSemantics, SemanticsState
 from pam_ros.errors import ConfigError, EngineClosedError, UnknownObjectError
+from pam_ros.model.decoding import is_out_of_memory
 from pam_ros.model.tasks import CAPTION_PRIORITY, parse_explanation
 
 log = logging.getLogger(__name__)
-
-# (snapshot, task, max_new_tokens, object_id=...) -> GenerationResult
-RunTask = Callable[..., GenerationResult]
-
 
 @dataclass
 class SemanticsJob:
@@ -172,34 +170,52 @@ def fill_named_fields(sem: ObjectSemantics) -> None:
             break
 
 
+# (sequences: [(job, task)]) -> one GenerationResult per sequence, in order, from one batched generation
+RunBatch = Callable[[list[tuple[SemanticsJob, str]]], list[GenerationResult]]
+
+
 class SemanticsWorker:
-    """Runs SemanticsJobs one at a time, in a thread ("async") or inline ("sync").
+    """Runs semantics jobs in batches, and callers' requests one at a time, in a thread ("async") or
+    inline ("sync").
+
+    Batches: when the worker is free it takes every semantics job waiting at the head of the queue (up
+    to `max_batch` jobs, each with its tasks) into one batched generation. A job whose object is no
+    longer tracked, or whose generation fails, fails alone: a failed batch is run again job by job.
+    A batch too big for memory is split in halves and retried (logged once); the worker then keeps
+    its batches within the size that fitted.
 
     The backlog is bounded: at most one queued job per object and kind (image tasks / a video
     window). A new job for an object whose job has not started yet is merged into it (the newest
     features win, the tasks are joined, both callers get the one result); a job already running
-    finishes. A failing job is reported on its future and in the store (FAILED + message); the
-    worker goes on.
+    finishes. Failures are reported on the job's future and in the store (FAILED + message).
+
+    Requests (describe, caption, queries) run alone, in arrival order with the jobs; `first=True`
+    puts one ahead of the queued jobs (a planner's query should not wait for every refresh).
     """
 
-    def __init__(self, run_task: RunTask, store: SemanticsStore, *, mode: str = "async",
-                 is_tracked: Callable[[str], bool] = lambda _id: True) -> None:
+    def __init__(self, run_batch: RunBatch, store: SemanticsStore, *, mode: str = "async",
+                 is_tracked: Callable[[str], bool] = lambda _id: True, max_batch: int = 8) -> None:
         if mode not in ("async", "sync"):
             raise ConfigError(f"semantics mode must be 'async' or 'sync', not {mode!r}")
-        self._run_task = run_task
+        self._run_batch = run_batch
         self._store = store
         self._mode = mode
         self._is_tracked = is_tracked
+        self.max_batch = check_max_batch(max_batch)
         self._lock = threading.Condition()
-        self._queued: OrderedDict[tuple[str, str], SemanticsJob] = OrderedDict()
-        self._calls: deque[tuple[Callable[[], object], Future]] = deque()  # one-off work (queries), first
+        self._queued: OrderedDict[tuple[str, str], SemanticsJob | RequestJob] = OrderedDict()
+        self._first: deque[RequestJob] = deque()  # requests that go ahead of the queue
         self._closed = False
         self._running = 0
         self._request_count = 0
+        self._fitting_sequences: int | None = None  # set after an out-of-memory split: what fitted
         self.jobs_done = 0
         self.jobs_failed = 0
         self.jobs_merged = 0
-        self.last_job_seconds = 0.0
+        self.batches = 0
+        self.last_batch_jobs = 0
+        self.last_batch_seconds = 0.0
+        self.memory_splits = 0
         self._thread: threading.Thread | None = None
         if mode == "async":
             self._thread = threading.Thread(target=self._loop, name="pam-semantics", daemon=True)
@@ -209,42 +225,50 @@ class SemanticsWorker:
     def mode(self) -> str:
         return self._mode
 
+    @property
+    def max_batch(self) -> int:
+        return self._max_batch
+
+    @max_batch.setter
+    def max_batch(self, value: int) -> None:
+        self._max_batch = check_max_batch(value)
+
+    @property
+    def fitting_sequences(self) -> int | None:
+        """The largest number of sequences known to fit in memory (None: no batch has failed yet)."""
+        return self._fitting_sequences
+
     def submit(self, job: SemanticsJob) -> Future:
-        if self._closed:
-            raise EngineClosedError("the semantics worker is closed")
-        self._store.mark_pending(job.object_id)
-        if self._mode == "sync":
-            self._run(job)
-            return job.future
-        with self._lock:
-            queued = self._queued.get(job.key)
-            if queued is None:
-                self._queued[job.key] = job
-                self._lock.notify_all()
-                return job.future
-            queued.merge(job)
-            self.jobs_merged += 1
-        return job.future
+        return self.submit_many([job])[0]
 
-    def submit_call(self, fn: Callable[[], object]) -> Future:
-        """Run fn() on the worker (inline in "sync" mode), before the queued jobs; its result or error
-        on the returned future. A future cancelled before it starts is skipped."""
-        future: Future = Future()
+    def submit_many(self, jobs: Sequence[SemanticsJob]) -> list[Future]:
+        """Queue jobs together (one frame's work): a free worker finds all of them for its next batch.
+        In "sync" mode they run at once, in batches of max_batch, in the caller's thread."""
         if self._closed:
             raise EngineClosedError("the semantics worker is closed")
+        for job in jobs:
+            self._store.mark_pending(job.object_id)
         if self._mode == "sync":
-            _run_call(fn, future)
-            return future
+            for start in range(0, len(jobs), self.max_batch):
+                self._run_jobs(list(jobs[start:start + self.max_batch]))
+            return [job.future for job in jobs]
         with self._lock:
-            self._calls.append((fn, future))
+            for job in jobs:
+                queued = self._queued.get(job.key)
+                if isinstance(queued, SemanticsJob):
+                    queued.merge(job)
+                    self.jobs_merged += 1
+                else:
+                    self._queued[job.key] = job
             self._lock.notify_all()
-        return future
+        return [job.future for job in jobs]
 
-    def run_request(self, work: Callable[[], object], *, name: str = "request") -> Future:
-        """Run `work()` on the worker (it owns the language model), after the jobs queued before it.
+    def run_request(self, work: Callable[[], object], *, name: str = "request", first: bool = False) -> Future:
+        """Run `work()` on the worker (it owns the language model), alone.
 
-        For callers' requests (describe, caption): one at a time, in arrival order, never merged. The
-        future resolves to work()'s result or exception; cancelling it while queued skips the work.
+        For callers' requests (describe, caption, queries): in arrival order after the jobs queued
+        before it, or with first=True ahead of them; never merged. The future resolves to work()'s
+        result or exception; cancelling it while queued skips the work.
         """
         if self._closed:
             raise EngineClosedError("the semantics worker is closed")
@@ -253,96 +277,159 @@ class SemanticsWorker:
             job.run()
             return job.future
         with self._lock:
-            self._request_count += 1
-            self._queued[("", f"{name}-{self._request_count}")] = job
+            if first:
+                self._first.append(job)
+            else:
+                self._request_count += 1
+                self._queued[("", f"{name}-{self._request_count}")] = job
             self._lock.notify_all()
         return job.future
 
     def pending(self) -> int:
-        """Jobs queued or running."""
+        """Jobs and requests queued or running."""
         with self._lock:
-            return len(self._queued) + len(self._calls) + self._running
+            return len(self._queued) + len(self._first) + self._running
 
     def queued(self) -> int:
         with self._lock:
-            return len(self._queued)
+            return len(self._queued) + len(self._first)
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         with self._lock:
-            return self._lock.wait_for(lambda: not self._queued and not self._calls and not self._running, timeout_s)
+            return self._lock.wait_for(lambda: not self._queued and not self._first and not self._running,
+                                       timeout_s)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            jobs = list(self._queued.values())
+            waiting = list(self._first) + list(self._queued.values())
             self._queued.clear()
-            calls = list(self._calls)
-            self._calls.clear()
+            self._first.clear()
             self._lock.notify_all()
         # Fail what is still queued, so that nobody waits forever on a future.
-        for job in jobs:
-            job.fail(EngineClosedError("the pipeline was closed before this job ran"))
-        for _, future in calls:
-            if future.set_running_or_notify_cancel():
-                future.set_exception(EngineClosedError("the pipeline was closed before this request ran"))
-        # a request running now finishes (its caller's should_stop is how it is cut short)
+        for item in waiting:
+            item.fail(EngineClosedError("the pipeline was closed before this ran"))
+        # a batch or request running now finishes (a caller's should_stop is how it is cut short)
         if self._thread is not None:
             self._thread.join(timeout=30)
+
+    # ---- the worker thread ----------------------------------------------------------------------
+    def _take(self) -> RequestJob | list[SemanticsJob]:
+        """The next request, or the semantics jobs at the head of the queue (up to max_batch)."""
+        if self._first:
+            return self._first.popleft()
+        _, head = self._queued.popitem(last=False)
+        if isinstance(head, RequestJob):
+            return head
+        batch = [head]
+        while len(batch) < self.max_batch and self._queued:
+            key, following = next(iter(self._queued.items()))
+            if not isinstance(following, SemanticsJob):
+                break  # a request waits its turn; the jobs behind it stay behind it
+            del self._queued[key]
+            batch.append(following)
+        return batch
 
     def _loop(self) -> None:
         while True:
             with self._lock:
-                self._lock.wait_for(lambda: self._queued or self._calls or self._closed)
+                self._lock.wait_for(lambda: self._queued or self._first or self._closed)
                 if self._closed:
                     return
-                call = self._calls.popleft() if self._calls else None
-                job = None if call is not None else self._queued.popitem(last=False)[1]
+                work = self._take()
                 self._running += 1
             try:
-                if call is not None:
-                    _run_call(*call)
+                if isinstance(work, RequestJob):
+                    work.run()
                 else:
-                    self._run(job)
+                    self._run_jobs(work)
             finally:
                 with self._lock:
                     self._running -= 1
                     self._lock.notify_all()
 
-    def _run(self, job) -> None:
-        if isinstance(job, RequestJob):
-            job.run()
+    def _run_jobs(self, jobs: list[SemanticsJob]) -> None:
+        """One batch: the jobs still wanted and tracked, all their tasks in one generation."""
+        live = []
+        for job in jobs:
+            if not job.start():
+                continue  # every caller cancelled
+            if not self._is_tracked(job.object_id):
+                job.fail(UnknownObjectError(
+                    f"object {job.object_id!r} is no longer tracked; its semantics were not computed"))
+                continue
+            if not job.tasks:
+                log.debug("semantics job for %r has no tasks; nothing to generate", job.object_id)
+                self._finish(job, [])
+                continue
+            live.append(job)
+        if not live:
             return
-        if not job.start():
-            return
-        if not self._is_tracked(job.object_id):
-            job.fail(UnknownObjectError(
-                f"object {job.object_id!r} is no longer tracked; its semantics were not computed"))
-            return
+        sequences = [(job, task) for job in live for task in job.tasks]
         t0 = time.perf_counter()
-        results: list[GenerationResult] = []
-        try:
-            for task in job.tasks:
-                res = self._run_task(job.snapshot, task, job.max_new_tokens, object_id=job.object_id)
+        answers = self._answer(sequences)
+        self.last_batch_seconds = time.perf_counter() - t0
+        self.last_batch_jobs = len(live)
+        self.batches += 1
+        for job in live:
+            mine = [answer for (owner, _), answer in zip(sequences, answers) if owner is job]
+            error = next((a for a in mine if isinstance(a, BaseException)), None)
+            if error is not None:
+                self.jobs_failed += 1
+                message = f"semantics for {job.object_id!r} failed: {type(error).__name__}: {error}"
+                log.error(message)
+                self._store.set_error(job.object_id, message)
+                job.fail(error)
+                continue
+            for res in mine:
                 res.stamp_ns, res.frame_index = job.stamp_ns, job.frame_index
-                results.append(res)
-        except Exception as exc:  # noqa: BLE001 - any model failure is reported, the worker goes on
-            self.jobs_failed += 1
-            message = f"semantics for {job.object_id!r} failed: {type(exc).__name__}: {exc}"
-            log.error(message)
-            self._store.set_error(job.object_id, message)
-            job.fail(exc)
-            return
-        finally:
-            self.last_job_seconds = time.perf_counter() - t0
+            self._finish(job, mine)
+
+    def _finish(self, job: SemanticsJob, results: list[GenerationResult]) -> None:
         self.jobs_done += 1
         self._store.set_result(job.object_id, job, results)
         job.succeed(results)
 
+    def _answer(self, sequences: list[tuple[SemanticsJob, str]]) -> list[GenerationResult | BaseException]:
+        """A result or the error for each sequence. Too many for memory: halves; one failing job: each
+        job alone, so only the failing one fails."""
+        limit = self._fitting_sequences
+        if limit is not None and len(sequences) > limit:
+            return self._answer(sequences[:limit]) + self._answer(sequences[limit:])
+        try:
+            results = self._run_batch(sequences)
+            if len(results) != len(sequences):
+                raise RuntimeError(f"the batch gave {len(results)} results for {len(sequences)} sequences")
+            return list(results)
+        except Exception as exc:  # noqa: BLE001 - any model failure is reported per job, the worker goes on
+            if len(sequences) == 1:
+                return [exc]
+            if is_out_of_memory(exc):
+                half = (len(sequences) + 1) // 2
+                self._remember_fit(half, len(sequences), exc)
+                return self._answer(sequences[:half]) + self._answer(sequences[half:])
+            owners = list({id(job): job for job, _ in sequences}.values())  # jobs in order (unhashable)
+            if len(owners) == 1:
+                return [exc] * len(sequences)
+            log.warning("a semantics batch of %d jobs failed (%s: %s); running them one by one",
+                        len(owners), type(exc).__name__, exc)
+            answers: list[GenerationResult | BaseException] = []
+            for owner in owners:
+                answers += self._answer([s for s in sequences if s[0] is owner])
+            return answers
 
-def _run_call(fn: Callable[[], object], future: Future) -> None:
-    if not future.set_running_or_notify_cancel():
-        return  # the caller gave up before it started
-    try:
-        future.set_result(fn())
-    except BaseException as exc:  # noqa: BLE001 - handed to the caller on its future
-        future.set_exception(exc)
+    def _remember_fit(self, half: int, tried: int, error: BaseException) -> None:
+        first_time = self._fitting_sequences is None
+        self._fitting_sequences = half if first_time else min(self._fitting_sequences, half)
+        self.memory_splits += 1
+        if first_time:  # logged once: the worker keeps within the size that fits from now on
+            log.warning("semantics: a batch of %d sequences did not fit in memory (%s); split and retried, "
+                        "batches now hold at most %d sequences (lower max_batch to avoid the retry)",
+                        tried, str(error).splitlines()[0][:200], half)
+
+
+def check_max_batch(value) -> int:
+    """max_batch: semantics jobs (objects, each with its tasks) per batched generation, >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"max_batch must be an integer >= 1 (1 = no batching), got {value!r}")
+    return value

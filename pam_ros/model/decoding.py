@@ -118,7 +118,18 @@ class IncrementalDecoder:
         return decoded
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for an allocator failure (CUDA, MPS or host memory): the batch was too big, not wrong."""
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
+
+def release_cached_memory(device: torch.device) -> None:
+    """After an out-of-memory error: hand the CUDA cache back so a smaller retry can fit."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def apply_repetition_penalty(scores: Tensor, history: Tensor, penalty: float) -> Tensor:
