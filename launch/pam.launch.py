@@ -35,6 +35,7 @@ PARAMETER_ARGUMENTS = {
     "publish_overlay": "true | false",
     "max_objects": "most objects tracked at once",
     "max_new_tokens": "default token limit per task",
+    "max_batch": "semantics jobs per batched generation (1 = one at a time)",
     "refresh_period_s": "re-run semantics every N s (0 = never)",
     "discover_period_s": "segment everything and track what is new every N s (0 = on request)",
     "autostart": "true: configure + activate on start",
@@ -43,7 +44,7 @@ PARAMETER_ARGUMENTS = {
     "depth_slop_ms": "largest colour/depth stamp difference (0 = exact)",
 }
 BOOLEAN_PARAMETERS = {"publish_overlay", "autostart", "compile", "use_depth"}
-INTEGER_PARAMETERS = {"max_objects", "max_new_tokens", "image_size"}
+INTEGER_PARAMETERS = {"max_objects", "max_new_tokens", "max_batch", "image_size"}
 FLOAT_PARAMETERS = {"refresh_period_s", "discover_period_s", "depth_scale", "depth_slop_ms"}
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pam_ros.cli_options import add_encoder_arguments
+from pam_ros.cli_options import add_encoder_arguments, max_batch_argument
 from pam_ros.model.tasks import DTYPE_NAMES
 
 
@@ -59,6 +59,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     semantics.add_argument("--tasks", nargs="+", default=["explain", "caption"], metavar="TASK",
                            help="image tasks per object (default: explain caption)")
     semantics.add_argument("--max-new-tokens", type=int, default=32, help="tokens per answer (default 32)")
+    semantics.add_argument("--max-batch", type=max_batch_argument, default=8, metavar="N",
+                           help="objects per batched generation in the batched run, as the node's max_batch "
+                                "(default 8)")
     semantics.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     semantics.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
     semantics.set_defaults(run=run_semantics)
@@ -196,5 +199,6 @@ def run_semantics(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise SystemExit("pam-ros bench semantics: --max-new-tokens must be at least 1")
     model = random_pam(args.size, device=_device(args.device), dtype=torch_dtype(args.dtype))
-    run_semantics_bench(model, objects=args.objects, tasks=args.tasks, max_new_tokens=args.max_new_tokens)
+    run_semantics_bench(model, objects=args.objects, tasks=args.tasks, max_new_tokens=args.max_new_tokens,
+                        max_batch=args.max_batch)
     return 0

@@ -33,6 +33,21 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default_model: str =
     return group
 
 
+def max_batch_argument(text: str) -> int:
+    """argparse type of --max-batch: semantics jobs per batched generation, an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (1 = one object at a time), got {value}")
+    return value
+
+
+MAX_BATCH_HELP = ("objects (each with its tasks) whose semantics share one batched generation (default 8; "
+                  "1 = one at a time)")
+
+
 ENCODER_CHOICES = ("torch", "onnxruntime")
 
 

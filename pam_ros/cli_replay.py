@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pam_ros import cli_everything
-from pam_ros.cli_options import add_model_arguments, model_spec_from_args
+from pam_ros.cli_options import MAX_BATCH_HELP, add_model_arguments, max_batch_argument, model_spec_from_args
 
 DEFAULT_TASKS = ("explain", "caption")
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
@@ -91,6 +91,7 @@ def _add_engine_arguments(parser: argparse.ArgumentParser, default_model: str) -
     parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), metavar="TASK",
                         help=f"semantic tasks run for each new object (default: {' '.join(DEFAULT_TASKS)})")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="generated tokens per task (default 48)")
+    parser.add_argument("--max-batch", type=max_batch_argument, default=8, metavar="N", help=MAX_BATCH_HELP)
     parser.add_argument("--mask-encoding", default="roi", choices=("roi", "full", "none"),
                         help="masks in /objects: roi-sized (default), full-frame, or none")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -135,7 +136,7 @@ def _pipeline_config(args: argparse.Namespace):
     from pam_ros.engine.pipeline import PipelineConfig
 
     config = PipelineConfig(new_object_tasks=tuple(args.tasks), max_new_tokens=args.max_new_tokens,
-                            semantics_mode="sync", **cli_everything.discover_config(args))
+                            max_batch=args.max_batch, semantics_mode="sync", **cli_everything.discover_config(args))
     if getattr(args, "depth_topic", None):
         from pam_ros.engine.geometry import DepthSettings
 

@@ -33,6 +33,26 @@ def test_serial_and_batched_do_the_same_work_and_the_last_line_is_the_summary(ti
     assert 0 < result.serial.last_object_first_answer_s <= result.serial.seconds
 
 
+def test_the_batched_run_keeps_to_max_batch_objects(tiny):
+    lines: list[str] = []
+    result = run_semantics_bench(tiny, objects=3, tasks=("caption",), max_new_tokens=2, max_batch=2,
+                                 prefill_repeats=1, printer=lines.append)
+    assert result.batched.tokens == result.serial.tokens == 3 * 2
+    assert any("batched run: 2 batches of up to 2 objects" in line for line in lines)
+    scene = next(line for line in lines if line.startswith("scene: 3 objects batched"))
+    assert "vs one object alone" in scene
+
+
+@pytest.mark.parametrize("command", [["bench", "semantics"], ["replay", "missing.bag"]])
+def test_max_batch_zero_is_refused_by_the_cli(command, capsys):
+    from pam_ros.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--max-batch", "0"])
+    assert stop.value.code == 2
+    assert "argument --max-batch: must be >= 1" in capsys.readouterr().err
+
+
 def test_random_models_have_the_official_shapes(tiny):
     assert QWEN_SHAPES["1.5B"]["hidden_size"] == 1536 and QWEN_SHAPES["1.5B"]["num_hidden_layers"] == 28
     assert QWEN_SHAPES["3B"]["hidden_size"] == 2048 and QWEN_SHAPES["3B"]["num_hidden_layers"] == 36
@@ -50,5 +70,7 @@ def test_bad_bench_input_is_refused(tiny):
         run_semantics_bench(tiny, tasks=(), printer=lambda line: None)
     with pytest.raises(PamError):
         run_semantics_bench(tiny, tasks=("video_caption",), printer=lambda line: None)
+    with pytest.raises(PamError, match="--max-batch"):
+        run_semantics_bench(tiny, max_batch=0, printer=lambda line: None)
     with pytest.raises(PamError):
         random_pam("7B")

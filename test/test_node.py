@@ -350,6 +350,13 @@ def test_parameters_configure_time_refused_while_active_live_ones_apply(node):
     assert not result.successful and "read at configure" in result.reason and "cleanup" in result.reason
     result = node.set_parameters(max_objects=0)[0]
     assert not result.successful
+    result = node.set_parameters(max_batch=0)[0]
+    assert not result.successful, "max_batch is an integer from 1"
+    assert all(r.successful for r in node.set_parameters(max_batch=3))
+    node.process.wait_for_line("applied now: max_batch=3", timeout_s=10)
+    values = node.wait_diagnostics(lambda v: v.get("engine.semantics_max_batch") == "3", "max_batch in diagnostics",
+                                   timeout_s=15)
+    assert values["engine.semantics_max_batch"] == "3"
     assert all(r.successful for r in node.set_parameters(max_new_tokens=2))
     try:
         node.process.wait_for_line("applied now: max_new_tokens=2", timeout_s=10)

@@ -96,11 +96,15 @@ def run_serial(model: PamModel, jobs: Sequence[DescribeJob], num_tasks: int) -> 
     return RunTiming(time.perf_counter() - start, last_first, tokens, _peak(device))
 
 
-def run_batched(model: PamModel, jobs: Sequence[DescribeJob], num_tasks: int) -> RunTiming:
+def run_batched(model: PamModel, jobs: Sequence[DescribeJob], num_tasks: int, max_batch: int = 0) -> RunTiming:
+    """Objects in batches of max_batch (0: all at once), each object's tasks together, as the worker does."""
     device = model.device
     _peak_start(device)
     start = time.perf_counter()
-    outs = model.describe_batch(jobs)
+    per_batch = len(jobs) if max_batch < 1 else max_batch * num_tasks
+    outs = []
+    for first in range(0, len(jobs), per_batch):
+        outs += model.describe_batch(jobs[first:first + per_batch])
     _sync(device)
     seconds = time.perf_counter() - start
     last_object = outs[len(outs) - num_tasks:]
@@ -140,10 +144,12 @@ def _timed(device: torch.device, fn) -> float:
 
 
 def run_semantics_bench(model: PamModel, *, objects: int = 8, tasks: Sequence[str] = ("explain", "caption"),
-                        max_new_tokens: int = 32, prefill_repeats: int = 5,
+                        max_new_tokens: int = 32, max_batch: int = 8, prefill_repeats: int = 5,
                         printer: Callable[[str], None] = print) -> SemanticsBenchResult:
     if objects < 1:
         raise PamError(f"--objects must be at least 1, got {objects}")
+    if max_batch < 1:
+        raise PamError(f"--max-batch must be at least 1, got {max_batch}")
     if not tasks:
         raise PamError("give at least one task")
     video = [t for t in tasks if is_video_task(t)]
@@ -157,8 +163,10 @@ def run_semantics_bench(model: PamModel, *, objects: int = 8, tasks: Sequence[st
     printer(f"# bench semantics: {model.name}: LLM hidden {lm.hidden_size}, {lm.num_hidden_layers} layers, "
             f"vocab {lm.vocab_size}; device {device}, dtype {str(model.dtype).replace('torch.', '')}, "
             f"torch threads {torch.get_num_threads()}")
+    batches = -(-objects // max_batch)
     printer(f"# {objects} objects x {len(tasks)} tasks ({', '.join(tasks)}) = {len(jobs)} generations "
-            f"of {max_new_tokens} tokens")
+            f"of {max_new_tokens} tokens; batched run: {batches} batch{'es' if batches > 1 else ''} of up to "
+            f"{max_batch} objects (--max-batch)")
     printer("# random weights never stop at end-of-sequence: every sequence runs to max_new_tokens "
             "(end-of-sequence is off in both runs)")
     # warm-up: first calls allocate and pick kernels
@@ -167,7 +175,7 @@ def run_semantics_bench(model: PamModel, *, objects: int = 8, tasks: Sequence[st
     serial = run_serial(model, jobs, len(tasks))
     printer(_line("serial", serial))
     gc.collect()
-    batched = run_batched(model, jobs, len(tasks))
+    batched = run_batched(model, jobs, len(tasks), max_batch)
     printer(_line("batched", batched))
     if device.type != "cuda":
         printer(f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
@@ -176,6 +184,9 @@ def run_semantics_bench(model: PamModel, *, objects: int = 8, tasks: Sequence[st
     printer(f"prefill: {len(PREFILL_TASKS)} tasks on one object ({', '.join(PREFILL_TASKS)}), shared visual prefix "
             f"{1000 * shared:.1f} ms vs {len(PREFILL_TASKS)} separate prefills {1000 * separate:.1f} ms, "
             f"ratio {result.prefill_ratio:.3f}")
+    one_object = serial.seconds / objects
+    printer(f"scene: {objects} objects batched {batched.seconds:.2f} s vs one object alone {one_object:.2f} s "
+            f"(serial / {objects}): {batched.seconds / one_object:.2f}x")
     printer(f"semantics: serial {serial.seconds:.2f} s, batched {batched.seconds:.2f} s, "
             f"ratio Y/X = {result.ratio:.3f}")
     return result

@@ -80,6 +80,14 @@ def _error_text(error: BaseException) -> str:
 
 
 
+def _semantics_text(settings) -> str:
+    tasks = settings.new_object_task_tuple
+    if not tasks:  # a valid choice, but easy to make by accident: say what it means
+        return ("new_object_tasks is empty: new objects are tracked without semantics (ask with describe, "
+                "caption or manage_objects' tasks)")
+    return f"new objects get {', '.join(tasks)}, in batches of up to {settings.max_batch} objects"
+
+
 def _image_encoder_text(pipeline) -> str:
     """e.g. "onnxruntime on TensorrtExecutionProvider" or "torch on cuda:0" (log line, diagnostics)."""
     model = getattr(pipeline, "model", None)  # None once the pipeline is closed
@@ -193,7 +201,7 @@ class PamNode(LifecycleNode):
         self._markers = MarkerPublisher(self, QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
         self.get_logger().info(
             f"configured: model {self._describe_model()}, input {self._image_topic_name()} "
-            f"({settings.image_qos} QoS), mask_encoding {settings.mask_encoding}")
+            f"({settings.image_qos} QoS), mask_encoding {settings.mask_encoding}; {_semantics_text(settings)}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -72,6 +72,11 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   value_range=(16, 100000, 1)),
     ParameterSpec("max_new_tokens", 48, "Default upper bound on generated tokens per task.",
                   value_range=(1, 8192, 1)),
+    ParameterSpec("max_batch", 8,
+                  "Semantics jobs (objects, each with its tasks: new objects, refreshes, stream windows) that share "
+                  "one batched generation when the model is free; 1 = one at a time. A batch too big for memory "
+                  "is split and retried (logged once).",
+                  value_range=(1, 256, 1)),
     ParameterSpec("greedy", True, "Greedy decoding (deterministic); false = sample with temperature / top_p."),
     ParameterSpec("temperature", 0.7, "Sampling temperature (greedy = false).",
                   value_range=(0.0, 10.0, 0.0)),
@@ -149,9 +154,10 @@ _SPECS = {spec.name: spec for spec in PARAMETERS}
 
 
 # Parameters that take effect when set, in any state; every other one is read at configure.
-LIVE_PARAMETERS = ("refresh_period_s", "max_new_tokens", "greedy", "temperature", "top_p", "publish_overlay",
-                   "mask_encoding", "no_image_warn_s", "request_timeout_s", "discover_period_s")
-ENGINE_LIVE_PARAMETERS = ("refresh_period_s", "max_new_tokens", "greedy", "temperature", "top_p", "discover_period_s")
+LIVE_PARAMETERS = ("refresh_period_s", "max_new_tokens", "max_batch", "greedy", "temperature", "top_p",
+                   "publish_overlay", "mask_encoding", "no_image_warn_s", "request_timeout_s", "discover_period_s")
+ENGINE_LIVE_PARAMETERS = ("refresh_period_s", "max_new_tokens", "max_batch", "greedy", "temperature", "top_p",
+                          "discover_period_s")
 
 
 def descriptor(spec: ParameterSpec) -> ParameterDescriptor:
@@ -185,7 +191,7 @@ def check_parameter_value(name: str, value: Any) -> None:
         return
     if spec.choices and value not in spec.choices:
         raise SettingsError(f"parameter {name}={value!r} is not one of {', '.join(spec.choices)}")
-    positive = {"max_objects", "max_conditioning_frames", "max_new_tokens",
+    positive = {"max_objects", "max_conditioning_frames", "max_new_tokens", "max_batch",
                 "diagnostics_period_s", "request_timeout_s", "no_image_warn_s", "temperature"}
     if name in positive and not value > 0:
         raise SettingsError(f"parameter {name}={value!r} must be > 0")
@@ -266,6 +272,7 @@ class NodeSettings:
             keep_feature_frames=int(self.keep_feature_frames),
             stream_window_frames=int(self.stream_window_frames),
             max_new_tokens=int(self.max_new_tokens),
+            max_batch=int(self.max_batch),
             greedy=bool(self.greedy),
             temperature=float(self.temperature),
             top_p=float(self.top_p),
