@@ -1,6 +1,8 @@
 """Overlay drawing on hand-built frame results (no model needed)."""
 from __future__ import annotations
 
+import colorsys
+
 import numpy as np
 import pytest
 
@@ -58,13 +60,18 @@ def test_mask_is_tinted_with_the_objects_colour_and_background_untouched(grey_im
 def test_each_id_keeps_its_colour_across_runs_and_ids_differ():
     # Fixed values: the same id gets the same colour in every process and release (overlays of two
     # replays, or of the node and a replay, compare by eye).
-    assert object_colour("obj_1") == (38, 147, 255)
+    assert object_colour("obj_1") == (255, 98, 38)
     assert object_colour("cup") == (38, 254, 255)
-    assert object_colour("mug7") == (129, 255, 38)
-    assert [object_colour(f"obj_{i}") for i in range(4)] == [(255, 38, 152), (38, 147, 255), (195, 255, 38),
-                                                             (255, 38, 102)]
-    colours = {object_colour(f"obj_{i}") for i in range(8)}
-    assert len(colours) == 8
+    assert object_colour("mug7") == (38, 162, 255)
+    assert [object_colour(f"obj_{i}") for i in range(4)] == [(38, 255, 161), (255, 98, 38), (38, 42, 255),
+                                                             (105, 255, 38)]
+
+
+def test_numbered_objects_of_one_scene_get_clearly_different_hues():
+    # obj_0, obj_5 and obj_7 used to be three near-identical pinks.
+    hues = [colorsys.rgb_to_hsv(*(c / 255 for c in object_colour(f"obj_{i}")))[0] for i in range(8)]
+    gaps = [min(abs(a - b), 1 - abs(a - b)) for k, a in enumerate(hues) for b in hues[k + 1:]]
+    assert min(gaps) > 0.08, "any two of eight objects are at least ~30 degrees of hue apart"
 
 
 def test_label_names_id_category_and_score(grey_image):
