@@ -64,6 +64,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                 "(default 8)")
     semantics.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     semantics.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
+    semantics.add_argument("--summary", type=Path, default=None, metavar="TSV",
+                           help="also append tab-separated result lines to TSV (scripts/gpu_check.sh)")
     semantics.set_defaults(run=run_semantics)
 
     encoder = kinds.add_parser(
@@ -199,6 +201,15 @@ def run_semantics(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise SystemExit("pam-ros bench semantics: --max-new-tokens must be at least 1")
     model = random_pam(args.size, device=_device(args.device), dtype=torch_dtype(args.dtype))
-    run_semantics_bench(model, objects=args.objects, tasks=args.tasks, max_new_tokens=args.max_new_tokens,
-                        max_batch=args.max_batch)
+    result = run_semantics_bench(model, objects=args.objects, tasks=args.tasks, max_new_tokens=args.max_new_tokens,
+                                 max_batch=args.max_batch)
+    setting = (f"{args.size} {args.dtype}, {args.objects} objects x {'+'.join(args.tasks)} x "
+               f"{args.max_new_tokens} tokens")
+    append_summary(args.summary, [
+        ("semantics", setting, "serial s", f"{result.serial.seconds:.2f}"),
+        ("semantics", setting, "batched s", f"{result.batched.seconds:.2f}"),
+        ("semantics", setting, "batched / serial", f"{result.ratio:.3f}"),
+        ("semantics", setting, "batched / one object alone", f"{result.scene_ratio:.2f}"),
+        ("semantics", setting, "shared prefix prefill / 3 separate", f"{result.prefill_ratio:.3f}"),
+    ])
     return 0

@@ -3,7 +3,8 @@
 # (SAM 2.1 hiera-large at 1024 px, random weights: timing depends on shapes only) and prints ONE table:
 #   - bench encoder: torch eager / torch.compile vs ONNX Runtime TensorRT and CUDA providers, bf16 and fp16
 #   - bench track: one object tracked at 1024 px, torch encoder (compile off/on) and the ONNX Runtime encoder
-#   - bench semantics: when this checkout has it (`pam-ros bench semantics`)
+#   - bench semantics: Qwen2.5-1.5B shapes (PAM-1.5B), 8 objects x explain, serial vs batched (issue target:
+#     8 objects batched <= 1.5x one object alone)
 # Exits 1 with a message when there is no usable GPU. Each bench's full output goes to $LOG_DIR.
 # Environment: PAM_ROS_PY (python of the venv, default .venv/bin/python), GPU_CHECK_FRAMES (track frames,
 # default 30), GPU_CHECK_RUNS (encoder runs, default 10), GPU_CHECK_DEVICE (default cuda).
@@ -65,13 +66,8 @@ for DTYPE in bfloat16 float16; do
           --long-frames '' --no-upstream --warmup-frames 10 --image-encoder "$ENCODER" $COMPILE
     done
   done
-  if "$PY" -m pam_ros.cli bench semantics --help 2>/dev/null | grep -q -- --summary; then
-    run "semantics-$DTYPE" semantics --size real --device "$DEVICE" --dtype "$DTYPE"
-  fi
+  run "semantics-$DTYPE" semantics --size 1.5B --device "$DEVICE" --dtype "$DTYPE" --objects 8 --tasks explain
 done
-if ! "$PY" -m pam_ros.cli bench semantics --help >/dev/null 2>&1; then
-  NOTES+=("no 'pam-ros bench semantics' in this checkout: semantics rows skipped")
-fi
 
 # the one table
 echo

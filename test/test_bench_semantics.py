@@ -43,6 +43,20 @@ def test_the_batched_run_keeps_to_max_batch_objects(tiny):
     assert "vs one object alone" in scene
 
 
+def test_the_cli_appends_its_results_for_the_gpu_check_table(tmp_path, capsys):
+    from pam_ros.cli import main
+
+    summary = tmp_path / "summary.tsv"
+    assert main(["bench", "semantics", "--objects", "2", "--tasks", "caption", "--max-new-tokens", "2",
+                 "--summary", str(summary)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    rows = [line.split("\t") for line in summary.read_text().splitlines()]
+    assert [r[2] for r in rows] == ["serial s", "batched s", "batched / serial", "batched / one object alone",
+                                    "shared prefix prefill / 3 separate"]
+    assert all(r[:2] == ["semantics", "tiny float32, 2 objects x caption x 2 tokens"] for r in rows)
+    assert last.endswith(f"ratio Y/X = {rows[2][3]}")
+
+
 @pytest.mark.parametrize("command", [["bench", "semantics"], ["replay", "missing.bag"]])
 def test_max_batch_zero_is_refused_by_the_cli(command, capsys):
     from pam_ros.cli import main

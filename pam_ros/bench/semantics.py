@@ -43,10 +43,16 @@ class SemanticsBenchResult:
     batched: RunTiming
     prefill_shared_s: float
     prefill_separate_s: float
+    objects: int = 1
 
     @property
     def ratio(self) -> float:
         return self.batched.seconds / self.serial.seconds
+
+    @property
+    def scene_ratio(self) -> float:
+        """All objects batched against one object alone (the serial time per object)."""
+        return self.batched.seconds / (self.serial.seconds / self.objects)
 
     @property
     def prefill_ratio(self) -> float:
@@ -180,13 +186,12 @@ def run_semantics_bench(model: PamModel, *, objects: int = 8, tasks: Sequence[st
     if device.type != "cuda":
         printer(f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     shared, separate = measure_prefill(model, feats[0], settings, repeats=prefill_repeats)
-    result = SemanticsBenchResult(serial, batched, shared, separate)
+    result = SemanticsBenchResult(serial, batched, shared, separate, objects)
     printer(f"prefill: {len(PREFILL_TASKS)} tasks on one object ({', '.join(PREFILL_TASKS)}), shared visual prefix "
             f"{1000 * shared:.1f} ms vs {len(PREFILL_TASKS)} separate prefills {1000 * separate:.1f} ms, "
             f"ratio {result.prefill_ratio:.3f}")
-    one_object = serial.seconds / objects
-    printer(f"scene: {objects} objects batched {batched.seconds:.2f} s vs one object alone {one_object:.2f} s "
-            f"(serial / {objects}): {batched.seconds / one_object:.2f}x")
+    printer(f"scene: {objects} objects batched {batched.seconds:.2f} s vs one object alone "
+            f"{serial.seconds / objects:.2f} s (serial / {objects}): {result.scene_ratio:.2f}x")
     printer(f"semantics: serial {serial.seconds:.2f} s, batched {batched.seconds:.2f} s, "
             f"ratio Y/X = {result.ratio:.3f}")
     return result
