@@ -327,11 +327,15 @@ def memory_attention_in_chunks(memory_attention: torch.nn.Module, chunk: int | N
         # batch-first underneath, as the module's own output: later ops see the same memory layout
         return torch.cat([part.transpose(0, 1) for part in parts], dim=0).transpose(0, 1)
 
+    replaced = vars(memory_attention).get("forward")  # an instance-level forward (e.g. sam2's VOS predictor)
     memory_attention.forward = forward_in_chunks
     try:
         yield
     finally:
-        del memory_attention.forward
+        if replaced is None:
+            del memory_attention.forward
+        else:
+            memory_attention.forward = replaced
 
 
 # --------------------------------------------------------------------------------------------
