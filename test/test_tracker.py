@@ -81,6 +81,32 @@ def test_kept_features_are_the_frames_pam_video_mode_reads(video_run):
     assert kept[-1] is results[-1].by_id()[object_id].features
 
 
+def test_memory_attention_per_object_gives_the_batched_result(small_backbone, monkeypatch):
+    """On a CPU the tracker runs SAM 2's memory attention one object at a time (faster there); the
+    result must be the whole batch's, bit for bit, mask decoder and PAM features included."""
+    from pam_ros.model import sam2_backbone
+
+    frames = video_frames()[:4]
+    prompts = [box(20, 40, 100, 120), point(250, 200), box(150, 20, 300, 100)]
+
+    def run() -> list:
+        tracker = StreamingTracker(small_backbone, feature_dtype=None)
+        ids = [tracker.add_object(prompt) for prompt in prompts]
+        return [[result.by_id()[i] for i in ids] for result in (tracker.step(frame) for frame in frames)]
+
+    per_object = run()
+    whole = sam2_backbone.memory_attention_in_chunks
+    monkeypatch.setattr(sam2_backbone, "memory_attention_in_chunks", lambda module, chunk: whole(module, None))
+    batched = run()
+    for frame_tracks, expected_tracks in zip(per_object[1:], batched[1:]):  # frame 0 has no memory yet
+        for track, expected in zip(frame_tracks, expected_tracks):
+            assert torch.equal(track.low_res_logits, expected.low_res_logits)
+            assert track.object_score_logit == expected.object_score_logit
+            assert torch.equal(track.features.mid_mask_tokens, expected.features.mid_mask_tokens)
+            assert torch.equal(track.features.mid_image_embed, expected.features.mid_image_embed)
+    assert "forward" not in vars(small_backbone.sam.memory_attention)  # the module's own forward is back
+
+
 # ---- objects come and go --------------------------------------------------------------------
 def test_add_and_remove_mid_stream_leave_other_objects_untouched(small_backbone):
     frames = video_frames()[:10]

@@ -435,6 +435,9 @@ class StreamingTracker:
             num_frames=self._num_frames_hint,
             point_inputs=point_inputs,
             run_mem_encoder=True,
+            # On a CPU the memory attention is faster one object at a time (cache; same result); the mask
+            # decoder and memory encoder stay batched. A GPU gets the whole batch.
+            memory_attention_chunk=1 if self.backbone.device.type == "cpu" else None,
         )
         out = step.current_out
         if self._maskmem_pos_enc is None:
