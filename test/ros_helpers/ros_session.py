@@ -1,8 +1,8 @@
 """Isolated ROS 2 sessions for tests: a private DDS domain, helper processes, bounded waits.
 
-Every test session picks its own ROS_DOMAIN_ID and keeps discovery on this host
-(ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST), so parallel test runs on one machine never see each
-other's topics. Helper processes inherit that environment.
+Every test session picks its own ROS_DOMAIN_ID, so parallel test runs never see each other's
+topics, and sends DDS data over UDP only (see isolate_ros_environment). Helper processes inherit that
+environment.
 """
 from __future__ import annotations
 
@@ -29,7 +29,13 @@ def isolate_ros_environment() -> int:
         # Fast DDS maps domain ids to UDP ports; 0..232 are valid. 1..100 is avoided (common defaults).
         os.environ["PAM_ROS_TEST_DOMAIN_ID"] = str(101 + os.getpid() % 131)
     os.environ["ROS_DOMAIN_ID"] = os.environ["PAM_ROS_TEST_DOMAIN_ID"]
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    # Data over UDP, not Fast DDS's shared memory: in two full-suite runs of fresh clones the interface
+    # echo server stayed matched (discovery) while no data reached it any more, after earlier tests had
+    # killed DDS processes of the same domain (suspected: their shared-memory ports stay in /dev/shm). UDP
+    # keeps no such state and is still real DDS between processes. rmw_fastrtps adds shared memory
+    # whenever discovery is LOCALHOST, so discovery stays on the subnet; the private domain id isolates.
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SUBNET"
+    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "UDPv4"
     os.environ.pop("ROS_STATIC_PEERS", None)
     return int(os.environ["ROS_DOMAIN_ID"])
 
