@@ -130,9 +130,10 @@ class RosClientSession:
         self._spinner.start()
 
     def _spin(self) -> None:
-        # spin_once in a loop, not spin(): in full-suite runs spin() ended mid-module (py-spy: no spin
+        # spin_once in a loop, not spin(): rclpy's MultiThreadedExecutor re-raises a callback's exception
+        # from spin_once, which ends spin(). In full-suite runs that happened mid-module (py-spy: no spin
         # thread left while a test waited for a reply) and every later reply of the module was lost,
-        # silently. An exception out of one wait is now kept (and printed) and the session goes on.
+        # silently. Such an exception is now kept (and printed) and the session goes on.
         while not self._closing and self.context.ok():
             try:
                 self.executor.spin_once(timeout_sec=0.1)
