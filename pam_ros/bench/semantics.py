@@ -43,7 +43,7 @@ class SemanticsBenchResult:
     batched: RunTiming
     prefill_shared_s: float
     prefill_separate_s: float
-    objects: int = 1
+    objects: int
 
     @property
     def ratio(self) -> float:

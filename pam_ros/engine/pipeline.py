@@ -451,34 +451,30 @@ class PerceptionPipeline:
         max_new_tokens or 0 for the configured, streaming history or None). Image tasks read the
         latest frame, video tasks the track; tasks on the same frames share their visual prefix."""
         cfg = self.config
-        jobs, tasks = [], []
-        for frames, task, max_new_tokens, history in specs:
-            canonical = canonical_task(task)
-            regions = list(frames) if is_video_task(canonical) else frames[-1]
-            jobs.append((DescribeJob(regions, canonical, history=history, on_text=on_text, should_stop=should_stop),
-                         max_new_tokens or cfg.max_new_tokens))
-            tasks.append(task)
-        t0 = time.perf_counter()
         with self._llm_lock:
             model = self.model
             if model is None:
                 raise EngineClosedError("the pipeline was closed")
-            settings = {}
-            for job, max_new_tokens in jobs:
-                if max_new_tokens not in settings:
-                    settings[max_new_tokens] = model.generation_settings(
-                        max_new_tokens=max_new_tokens, do_sample=not cfg.greedy, temperature=cfg.temperature,
-                        top_p=cfg.top_p)
-                job.settings = settings[max_new_tokens]
+            settings = {}  # one GenerationSettings per token limit
+            jobs = []
+            for frames, task, max_new_tokens, history in specs:
+                canonical = canonical_task(task)
+                limit = max_new_tokens or cfg.max_new_tokens
+                if limit not in settings:
+                    settings[limit] = model.generation_settings(max_new_tokens=limit, do_sample=not cfg.greedy,
+                                                                temperature=cfg.temperature, top_p=cfg.top_p)
+                regions = list(frames) if is_video_task(canonical) else frames[-1]
+                jobs.append(DescribeJob(regions, canonical, history=history, on_text=on_text,
+                                        should_stop=should_stop, settings=settings[limit]))
             try:
-                generations = model.describe_batch([job for job, _ in jobs])
+                generations = model.describe_batch(jobs)
             except Exception as exc:
                 if is_out_of_memory(exc):
                     release_cached_memory(model.device)  # so that the worker's smaller retry can fit
                 raise
-        seconds = time.perf_counter() - t0
-        return [GenerationResult(task, gen.text, list(gen.token_ids), gen.seconds or seconds,
-                                 stopped=bool(gen.stopped)) for task, gen in zip(tasks, generations)]
+        # seconds: from the start of the batch's decoding until this sequence ended
+        return [GenerationResult(spec[1], gen.text, list(gen.token_ids), gen.seconds, stopped=bool(gen.stopped))
+                for spec, gen in zip(specs, generations)]
 
     def request_refresh(self, object_id: str, tasks: Sequence[str] = ()) -> None:
         """Describe an object again on its next visible frame (tasks: default = the ones it had)."""

@@ -24,6 +24,7 @@ from pam_ros.model.tasks import CAPTION_PRIORITY, parse_explanation
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class SemanticsJob:
     """Tasks to run for one object on a snapshot of its features."""
@@ -201,7 +202,7 @@ class SemanticsWorker:
         self._store = store
         self._mode = mode
         self._is_tracked = is_tracked
-        self.max_batch = check_max_batch(max_batch)
+        self.max_batch = max_batch  # checked by the setter
         self._lock = threading.Condition()
         self._queued: OrderedDict[tuple[str, str], SemanticsJob | RequestJob] = OrderedDict()
         self._first: deque[RequestJob] = deque()  # requests that go ahead of the queue
@@ -232,11 +233,6 @@ class SemanticsWorker:
     @max_batch.setter
     def max_batch(self, value: int) -> None:
         self._max_batch = check_max_batch(value)
-
-    @property
-    def fitting_sequences(self) -> int | None:
-        """The largest number of sequences known to fit in memory (None: no batch has failed yet)."""
-        return self._fitting_sequences
 
     def submit(self, job: SemanticsJob) -> Future:
         return self.submit_many([job])[0]
@@ -419,8 +415,9 @@ class SemanticsWorker:
             return answers
 
     def _remember_fit(self, half: int, tried: int, error: BaseException) -> None:
+        # `tried` never exceeds the size remembered before (_answer splits to it first), so half is smaller
         first_time = self._fitting_sequences is None
-        self._fitting_sequences = half if first_time else min(self._fitting_sequences, half)
+        self._fitting_sequences = half
         self.memory_splits += 1
         if first_time:  # logged once: the worker keeps within the size that fits from now on
             log.warning("semantics: a batch of %d sequences did not fit in memory (%s); split and retried, "
