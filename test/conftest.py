@@ -63,11 +63,12 @@ def decoded_image_cases(full_backbone) -> dict:
 def tracked_video(full_backbone) -> TrackedVideo:
     """The fixture clip through the StreamingTracker at full resolution, once per session."""
     from pam_ros.engine.tracker import StreamingTracker
-    from pam_ros.model.sam2_backbone import VisualPrompt
+    from pam_ros.model.visual_prompt import VisualPrompt
 
     # float32 features (feature_dtype=None): the official outputs are compared at float32
     tracker = StreamingTracker(full_backbone, keep_feature_frames=16, feature_dtype=None)
-    object_id = tracker.add_object(VisualPrompt(box=np.array(video_case()["visual_prompt"], dtype=np.float32)))
+    object_id = "obj_1"
+    tracker.add_object(object_id, VisualPrompt(box=np.array(video_case()["visual_prompt"], dtype=np.float32)).validate())
     results = [tracker.step(frame, stamp_ns=1000 * i) for i, frame in enumerate(video_frames())]
     return TrackedVideo(tracker, object_id, results)
 

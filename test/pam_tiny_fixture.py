@@ -64,7 +64,7 @@ def case_prompt(case: dict):
     """The visual prompt of a fixture case (box, or points with labels) in pixels of its image."""
     import numpy as np
 
-    from pam_ros.model.sam2_backbone import VisualPrompt
+    from pam_ros.model.visual_prompt import VisualPrompt
 
     if case["prompt_type"] == "box":
         return VisualPrompt(box=np.array(case["visual_prompt"], dtype=np.float32))

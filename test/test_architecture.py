@@ -126,3 +126,15 @@ def test_the_checks_see_a_cycle_and_an_upward_import(tmp_path, monkeypatch):
         except AssertionError:
             continue
         raise AssertionError(f"{check.__name__} passed on a broken package")
+
+
+def test_the_scheduler_loads_no_model_code():
+    """The scheduler is bookkeeping: importing it must not import torch or sam2."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import pam_ros.engine.scheduler; "
+            "print(sorted(m for m in ('torch', 'sam2', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=PACKAGE.parent, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

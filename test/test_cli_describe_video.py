@@ -17,8 +17,8 @@ from PIL import Image
 from pam_ros.cli import main
 from pam_ros.engine.clip import ClipError, open_clip, select_video_frames, track_clip
 from pam_ros.model.masks import rle_to_mask
-from pam_ros.model.sam2_backbone import VisualPrompt
 from pam_ros.model.tasks import task_prompt
+from pam_ros.model.visual_prompt import VisualPrompt
 
 REPO = Path(__file__).resolve().parents[1]
 V0 = video_case()

@@ -110,7 +110,7 @@ def test_regions_and_their_pam_features_share_the_generators_one_image_encoding(
 
 
 def test_each_region_is_described_by_pam_from_its_box(everything, small_pam_model):
-    from pam_ros.model.sam2_backbone import VisualPrompt
+    from pam_ros.model.visual_prompt import VisualPrompt
 
     result, _ = everything
     model = small_pam_model

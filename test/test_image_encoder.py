@@ -107,7 +107,8 @@ def test_fixture_clip_tracks_like_the_official_propagation(onnx_backbone):
     key = video_case()["case"] + ".sam2."
     g = golden()
     tracker = StreamingTracker(onnx_backbone, keep_feature_frames=16, feature_dtype=None)  # float32: official parity
-    object_id = tracker.add_object(VisualPrompt(box=np.array(video_case()["visual_prompt"], dtype=np.float32)))
+    object_id = "obj_1"
+    tracker.add_object(object_id, VisualPrompt(box=np.array(video_case()["visual_prompt"], dtype=np.float32)).validate())
     tracks = [tracker.step(frame, stamp_ns=1000 * i).by_id()[object_id] for i, frame in enumerate(video_frames())]
     scores = torch.tensor([[t.object_score_logit] for t in tracks])
     assert (scores - g[key + "object_score_logits_per_frame"]).abs().max() <= TOL

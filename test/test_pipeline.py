@@ -86,7 +86,7 @@ def test_sync_semantics_describe_the_frame_the_object_was_added_on(model):
 def test_async_semantics_never_block_tracking(model):
     pipe = make(model, semantics_mode="async", new_object_tasks=("detailed_caption",), max_new_tokens=8)
     # Hold the LLM as a long generation would: tracking must go on regardless.
-    with pipe._llm_lock:
+    with pipe._worker._model_lock:
         pipe.submit_prompt(box_prompt())
         results = [pipe.process(scene(i), i + 1) for i in range(3)]
         assert [r.objects[0].semantics.state for r in results] == [SemanticsState.PENDING] * 3
@@ -255,16 +255,16 @@ def test_streaming_video_caption_runs_every_window_with_the_previous_caption_as_
                 max_new_tokens=4)
     assert pipe.config.stream_window_frames == 32
     calls = []
-    run_batch = pipe._run_batch
+    generate = pipe._worker._generate
 
-    def recording_run_batch(sequences):
-        histories = [pipe._stream_history("o", task) for _, task in sequences]  # what PAM's prompt gets
-        results = run_batch(sequences)
+    def recording_generate(sequences):
+        histories = [pipe._store.history("o", task) for _, task in sequences]  # what PAM's prompt gets
+        results = generate(sequences)
         for (job, task), history, result in zip(sequences, histories, results):
-            calls.append((task, [f.frame_index for f in job.snapshot], history, result.text))
+            calls.append((task, [f.frame_index for f in job.frames], history, result.text))
         return results
 
-    pipe._worker._run_batch = recording_run_batch  # record what the worker runs, change nothing
+    pipe._worker._generate = recording_generate  # record what the worker runs, change nothing
     pipe.submit_prompt(box_prompt(object_id="o"))
     texts = []
     for i in range(96):
@@ -293,7 +293,7 @@ def test_semantics_backlog_is_bounded_while_the_model_is_busy(model):
     pipe.submit_prompt(box_prompt(object_id="a"))
     pipe.submit_prompt(PromptRequest(object_id="b", box=(60.0, 5.0, 90.0, 30.0)))
     depths = []
-    with pipe._llm_lock:  # the model is busy for the whole stream
+    with pipe._worker._model_lock:  # the model is busy for the whole stream
         for i in range(30):
             pipe.process(scene(i), i + 1)
             time.sleep(0.002)  # past the refresh period, on every frame

@@ -19,9 +19,9 @@ def test_ids_are_named_at_submission_and_prompts_wait_for_their_stamp():
     queue = PromptQueue(lambda: tracked)
     now, later = queue.submit(add()), queue.submit(add(stamp_ns=50))
     assert (now.object_id, later.object_id) == ("obj_2", "obj_3"), "tracked ids are skipped"
-    assert [f.object_id for f in queue.take_due(10)] == ["obj_2"]
+    assert [f.object_id for f in queue.take_due(10, (64, 48))] == ["obj_2"]
     assert not later.done() and len(queue) == 1
-    assert [f.object_id for f in queue.take_due(50)] == ["obj_3"]
+    assert [f.object_id for f in queue.take_due(50, (64, 48))] == ["obj_3"]
 
 
 def test_a_duplicate_add_is_refused_at_once_so_a_retry_never_adds_twice():
@@ -31,7 +31,7 @@ def test_a_duplicate_add_is_refused_at_once_so_a_retry_never_adds_twice():
     first, retry = queue.submit(add("mug")), queue.submit(add("mug"))
     assert not first.done()
     assert retry.done() and "already queued" in retry.result().error
-    assert [f.object_id for f in queue.take_due(0)] == ["mug"]
+    assert [f.object_id for f in queue.take_due(0, (64, 48))] == ["mug"]
 
 
 def test_expiry_and_close_resolve_the_futures_with_the_reason():
@@ -46,6 +46,33 @@ def test_expiry_and_close_resolve_the_futures_with_the_reason():
     after = queue.submit(add("c"))
     assert after.done() and not after.result().accepted and "deactivated" in after.result().error
     assert after.result().request.object_id == "c", "the outcome names the prompt as queued"
+
+
+def test_points_and_boxes_are_checked_once_against_the_frames_coming_in():
+    """Known frame size: a prompt outside it is refused at submission; a partly outside box is clipped
+    once. Unknown (no frame yet) or another size: checked against the frame it is due on."""
+    size = [None]
+    queue = PromptQueue(lambda: (), lambda: size[0])
+    early = queue.submit(PromptRequest(object_id="early", points=((50.0, 5.0),), labels=(1,)))
+    assert not early.done(), "no frame yet: checked when its frame comes"
+    (due,) = queue.take_due(0, (20, 10))
+    assert due is early and "outside the 20x10 image" in due.problem
+    size[0] = (20, 10)
+    far = queue.submit(PromptRequest(object_id="far", box=(30.0, 0.0, 40.0, 5.0)))
+    assert far.done() and "entirely outside the 20x10 image" in far.result().error
+    clipped = queue.submit(PromptRequest(object_id="clip", box=(-5.0, 2.0, 12.0, 30.0)))
+    assert clipped.visual.box.tolist() == [0.0, 2.0, 12.0, 10.0] and clipped.checked_for == (20, 10)
+    nan = queue.submit(PromptRequest(object_id="nan", points=((float("nan"), 1.0),), labels=(1,)))
+    assert "NaN" in nan.result(timeout=0).error
+    refused_far, taken, refused_nan = queue.take_due(0, (20, 10))  # in submission order, refusals listed
+    assert (refused_far, refused_nan) == (far, nan) and far.done() and nan.done()
+    assert taken is clipped and not taken.problem and not taken.done()
+    bigger = queue.submit(PromptRequest(object_id="big", points=((15.0, 8.0),), labels=(1,)))
+    (grown,) = queue.take_due(0, (8, 8))  # the stream changed size: checked again against its frame
+    assert grown is bigger and "outside the 8x8 image" in grown.problem
+    refine = queue.submit(PromptRequest(action=PromptAction.REFINE, points=((1.0, 1.0),), labels=(1,)))
+    assert "needs an object_id" in refine.result(timeout=0).error
+    assert queue.take_due(0, (20, 10)) == [refine] and queue.take_due(0, (20, 10)) == [], "listed once"
 
 
 def test_submissions_from_many_threads_get_distinct_ids():
@@ -66,7 +93,7 @@ def test_submissions_from_many_threads_get_distinct_ids():
     ids = [f.object_id for f in futures]
     assert len(ids) == 200 and len(set(ids)) == 200
     assert sorted(int(i.split("_")[1]) for i in ids) == list(range(1, 201))
-    assert len(queue.take_due(0)) == 200
+    assert len(queue.take_due(0, (64, 48))) == 200
 
 
 # ----- through the pipeline (tiny model, 256-pixel SAM 2 input) -----------------------------------

@@ -211,15 +211,6 @@ def test_remove_and_reset_ignore_geometry():
     assert reset.action == PromptAction.RESET_ALL and reset.points == ()
 
 
-def test_prompt_outside_a_known_image_is_refused():
-    with pytest.raises(convert.PromptConversionError, match=r"outside the 20x10 image"):
-        convert.prompt_msg_to_request(_prompt(), image_size=(20, 10))
-    with pytest.raises(convert.PromptConversionError, match="does not overlap"):
-        convert.prompt_msg_to_request(_prompt(points=[], point_labels=[], box=[30.0, 0.0, 40.0, 5.0], has_box=True),
-                                      image_size=(20, 10))
-    assert convert.prompt_msg_to_request(_prompt(), image_size=(64, 48)).points[1] == (30.5, 4.0)
-
-
 # --- results ------------------------------------------------------------------------------------
 
 def _object(mask: np.ndarray, object_id: str = "obj_1") -> ObjectResult:

@@ -15,8 +15,15 @@ def features(index: int) -> RegionFeatures:
 
 
 def due(scheduler, frame: int, *objects, now_s: float = 0.0):
-    return [(w.object_id, w.tasks, [f.frame_index for f in w.window])
-            for w in scheduler.due([(oid, state, features(frame)) for oid, state in objects], now_s)]
+    """(object, tasks, the window's frames or [] for image tasks) of each job due on this frame."""
+    jobs = scheduler.due([(oid, state, features(frame)) for oid, state in objects], now_s,
+                         kept_frames=lambda oid: [features(frame - 1), features(frame)])
+    for job in jobs:
+        if job.kind == "image":  # image tasks run on the object's kept frames, newest last
+            assert [f.frame_index for f in job.frames] == [frame - 1, frame]
+            assert (job.stamp_ns, job.frame_index) == (1000 + frame, frame), "the job is its newest frame's"
+    return [(job.object_id, job.tasks, [f.frame_index for f in job.frames] if job.kind == "window" else [])
+            for job in jobs]
 
 
 def test_new_objects_run_their_own_or_the_default_tasks_once():

@@ -104,8 +104,8 @@ def test_a_job_whose_object_disappeared_fails_alone(model, batch_sizes):  # noqa
     add_objects(pipe, ("a", "b"))
     pipe.process(scene(0), 1)
     release = threading.Event()
-    busy = pipe._worker.run_request(lambda: release.wait(60), name="hold")  # the worker is busy
-    futures = [pipe._worker.submit(pipe._job_for(work)) for work in _refreshes(pipe, ("a", "b"))]
+    busy = pipe._worker.call_first(lambda _model: release.wait(60))  # the worker is busy
+    futures = [pipe._worker.submit(job) for job in _refreshes(pipe, ("a", "b"))]
     pipe.submit_prompt(PromptRequest(action=PromptAction.REMOVE, object_id="a"))
     pipe.process(scene(1), 2)  # "a" is gone before its job starts
     release.set()
@@ -119,10 +119,10 @@ def test_a_job_whose_object_disappeared_fails_alone(model, batch_sizes):  # noqa
 
 
 def _refreshes(pipe, ids):
-    """Scheduled work for these objects' caption, as the scheduler hands it out."""
-    from pam_ros.engine.scheduler import ScheduledWork
+    """A caption job per object on its kept frames, as the scheduler hands them out."""
+    from pam_ros.engine.semantics import SemanticsJob
 
-    return [ScheduledWork(oid, ("caption",)) for oid in ids]
+    return [SemanticsJob(oid, ("caption",), tuple(pipe.tracker.features(oid))) for oid in ids]
 
 
 def test_a_batch_too_big_for_memory_is_split_logged_once_and_kept_smaller(model, monkeypatch, caplog):  # noqa: F811

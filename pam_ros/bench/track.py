@@ -121,8 +121,8 @@ def _sync(device: torch.device) -> None:
 def run_streaming(backbone: Sam2Backbone, frames: Sequence[np.ndarray], prompts: Sequence[VisualPrompt]) -> TrackBenchRow:
     device = backbone.device
     tracker = StreamingTracker(backbone, max_objects=max(1, len(prompts)))
-    for prompt in prompts:
-        tracker.add_object(prompt)
+    for number, prompt in enumerate(prompts):
+        tracker.add_object(f"obj_{number}", prompt)
     baseline = _cuda_peak_start(device)
     started = time.perf_counter()
     for index, frame in enumerate(frames):
@@ -202,7 +202,7 @@ def run_track_bench(
             frames.append(np.array(Image.open(path).convert("RGB")))
         # warm-up: the first forward passes of a process allocate and pick kernels; neither tracker pays it
         warm = StreamingTracker(backbone, max_objects=1)
-        warm.add_object(object_prompts(1, width, height)[0])
+        warm.add_object("obj_0", object_prompts(1, width, height)[0])
         warm.step(frames[0])
         del warm
         printer(f"{'objects':>7} {'tracker':>22} {'ms/frame':>10} {'state MiB':>10} {'peak MiB':>9} {'time x':>7} {'state x':>8}")
@@ -245,8 +245,8 @@ def run_long_stream(
         return []
     device = backbone.device
     tracker = StreamingTracker(backbone, max_objects=max(1, num_objects))
-    for prompt in object_prompts(num_objects, width, height):
-        tracker.add_object(prompt)
+    for number, prompt in enumerate(object_prompts(num_objects, width, height)):
+        tracker.add_object(f"obj_{number}", prompt)
     wanted = sorted(set(int(c) for c in checkpoints if c > 0))
     points: list[LongRunPoint] = []
     baseline = _cuda_peak_start(device)
@@ -301,7 +301,7 @@ def warm_up(backbone: Sam2Backbone, num_frames: int, *, width: int = 64, height:
     Returns the seconds it took."""
     started = time.perf_counter()
     tracker = StreamingTracker(backbone, max_objects=1)
-    tracker.add_object(object_prompts(1, width, height)[0])
+    tracker.add_object("obj_0", object_prompts(1, width, height)[0])
     for index in range(num_frames):
         tracker.step(synthetic_frame(index, width, height), stamp_ns=index)
     _sync(backbone.device)

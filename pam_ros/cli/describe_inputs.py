@@ -60,7 +60,7 @@ def parse_points(raw: list[list[str]]) -> tuple[np.ndarray | None, np.ndarray | 
 
 def build_prompt(args, image_wh: tuple[int, int]):
     """The one visual prompt of --box (at most one) and --point, checked against the image size."""
-    from pam_ros.model.sam2_backbone import VisualPrompt
+    from pam_ros.model.visual_prompt import VisualPrompt
 
     points, labels = parse_points(args.point)
     box = None if not args.box else np.array(args.box[0], dtype=np.float64)
@@ -71,7 +71,7 @@ def build_prompt(args, image_wh: tuple[int, int]):
 
 def check_boxes(args, image_wh: tuple[int, int]) -> list:
     """One validated VisualPrompt per --box (InputError for the first bad one, or with --point)."""
-    from pam_ros.model.sam2_backbone import VisualPrompt
+    from pam_ros.model.visual_prompt import VisualPrompt
 
     if args.point:
         raise InputError("--point cannot be combined with several --box: points describe one object; "

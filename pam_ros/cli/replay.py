@@ -129,8 +129,7 @@ def _load_pipeline(args: argparse.Namespace):
     print(f"loading model {spec.label()} on {spec.device} ({spec.dtype}{size}) ...",
           file=sys.stderr)
     pipeline = PerceptionPipeline.load(spec, config)
-    encoder = pipeline.model.backbone.image_encoder
-    print(f"image encoder: {encoder.kind} on {encoder.provider}", file=sys.stderr)
+    print(f"image encoder: {pipeline.describe_setup().image_encoder}", file=sys.stderr)
     return spec, pipeline
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from pam_ros.engine.tracker import StreamingTracker
 from pam_ros.engine.types import TrackingState
-from pam_ros.errors import ClipError, PromptError, TaskError
+from pam_ros.errors import ClipError, TaskError
 from pam_ros.model.masks import mask_to_rle, rle_to_mask, score_from_logit
 from pam_ros.model.pam import RegionFeatures
 from pam_ros.model.tasks import VIDEO_FRAMES, canonical_task, is_video_task, select_video_frames
@@ -218,7 +218,7 @@ def track_clip(backbone, frames: Iterable[np.ndarray], prompt, *, num_frames: in
     wanted = set(select_video_frames(num_frames)) if num_frames >= VIDEO_FRAMES else set()
     # the tracker's own feature history is not used here: the clip's selection is known exactly
     tracker = StreamingTracker(backbone, keep_feature_frames=2, feature_dtype=None)  # as decoded: official parity
-    object_id = tracker.add_object(prompt)
+    object_id = "clip_object"
     clip_frames: list[ClipFrame] = []
     kept: dict[int, RegionFeatures] = {}
     first: RegionFeatures | None = None
@@ -226,9 +226,9 @@ def track_clip(backbone, frames: Iterable[np.ndarray], prompt, *, num_frames: in
     for index, image in enumerate(frames):
         if index >= num_frames:
             raise ClipError(f"the clip has more frames than the {num_frames} announced")
+        if index == 0:  # the prompt, checked against the first frame, applies there
+            tracker.add_object(object_id, prompt.validate((np.shape(image)[1], np.shape(image)[0])))
         result = tracker.step(image, stamp_ns=index)
-        if result.rejected_prompts:
-            raise PromptError(result.rejected_prompts[0][1])
         track = result.by_id()[object_id]
         if index == 0:
             first = track.features

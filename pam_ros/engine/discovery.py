@@ -10,15 +10,20 @@ object), so they get the same futures, outcomes and schedule as every other prom
 """
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from pam_ros.errors import RegionSettingsError
-from pam_ros.model.regions import Region, mask_iou
+from pam_ros.errors import PamError, RegionSettingsError
+from pam_ros.model.region_settings import RegionSettings
+from pam_ros.model.regions import Region, automatic_mask_generator, find_regions, mask_iou
+
+log = logging.getLogger(__name__)
 
 OVERLAP_IOU = 0.5  # a region whose mask IoU with a tracked object is above this is that object
 
@@ -155,3 +160,87 @@ def select_new_regions(regions: Sequence[Region], tracked_masks: Sequence[np.nda
             result.chosen.append(region)
             taken.append(region.mask)
     return result
+
+
+class Discoverer:
+    """The discover loop of one stream: on each frame, run the due requests (one generator run serves
+    them all) and turn the chosen regions into ADD prompts due on that very frame.
+
+    Called by the tracking thread, before the tracker steps, so the new objects start on this frame.
+    The generator is built on the first run and reused (building one compiles SAM 2's transforms).
+    """
+
+    def __init__(self, settings: RegionSettings, *, period_s: float = 0.0, every_frames: int = 0) -> None:
+        self.settings = settings
+        self.queue = DiscoverQueue(period_s=period_s, every_frames=every_frames)
+        self._generator = None
+        self.last_seconds = 0.0
+        self.runs = 0
+
+    def run_due(self, backbone, image: np.ndarray, frame_index: int, *, tracked: int, queued: int,
+                max_objects: int, taken_masks: Callable[[], list], submit_add: Callable[..., object]) -> list:
+        """The requests due on this frame: [(future, outcome, the ADD prompt futures)] for those that ran.
+
+        tracked / queued: objects tracked / prompts waiting; taken_masks(): the tracked objects' latest masks;
+        submit_add(box, tasks): queue an ADD prompt for this frame, returning its future.
+        """
+        futures = self.queue.take_due(frame_index, time.monotonic())
+        if not futures:
+            return []
+        self.last_seconds = 0.0
+        if tracked + queued >= max_objects:  # no slot: do not run the generator
+            for future in futures:
+                future.resolve(_full(max_objects, tracked))
+            log.info("discover: max_objects (%d) reached; not run", max_objects)
+            return []
+        t0 = time.perf_counter()
+        try:
+            settings = self.settings.resolved()
+            if self._generator is None:
+                self._generator = automatic_mask_generator(backbone.sam, settings)
+            found = find_regions(backbone, image, settings, max_regions=None, generator=self._generator)
+        except PamError as exc:
+            for future in futures:
+                future.resolve(DiscoverOutcome(False, error=f"discover failed: {exc}"))
+            self.last_seconds = time.perf_counter() - t0
+            return []
+        seconds = self.last_seconds = time.perf_counter() - t0
+        self.runs += 1
+        taken = taken_masks()
+        discovered = []
+        for future in futures:
+            request = future.request
+            free = max_objects - tracked - queued
+            if free <= 0:
+                outcome = _full(max_objects, tracked)
+                outcome.regions_found, outcome.seconds = len(found.regions), seconds
+                future.resolve(outcome)
+                continue
+            selection = select_new_regions(found.regions, taken, free_slots=free,
+                                           max_new=request.max_new_objects, min_area=request.min_area)
+            added = [submit_add(region.box_xyxy(), tuple(request.tasks)) for region in selection.chosen]
+            queued += len(added)
+            taken += [region.mask for region in selection.chosen]
+            discovered.append((future, DiscoverOutcome(
+                True, regions_found=len(found.regions), skipped_overlap=selection.skipped_overlap,
+                skipped_small=selection.skipped_small, skipped_full=selection.skipped_full, seconds=seconds,
+                regions=list(selection.chosen)), added))
+        return discovered
+
+    @staticmethod
+    def finish(discovered: list, frame_index: int, stamp_ns: int) -> None:
+        """Resolve the discover futures once their ADD prompts were applied on this frame."""
+        for future, outcome, added in discovered:
+            outcome.frame_index, outcome.stamp_ns = frame_index, stamp_ns
+            outcome.object_ids = [f.result().object_id for f in added if f.done() and f.result().accepted]
+            log.info("discover (%s): %s", future.request.source, outcome.message)
+            future.resolve(outcome)
+
+    def close(self, reason: str) -> None:
+        self.queue.close(reason)
+        self._generator = None  # it holds the SAM 2 model too
+
+
+def _full(max_objects: int, tracked: int) -> DiscoverOutcome:
+    return DiscoverOutcome(False, error=f"max_objects ({max_objects}) reached: {tracked} objects tracked; "
+                                        "nothing discovered")

@@ -1,10 +1,15 @@
-"""PerceptionPipeline: the facade every front end (ROS node, bag replay, CLI) drives.
+"""PerceptionPipeline: one camera stream's facade, the one every front end (ROS node, bag replay, CLI) drives.
 
-It wires the pieces and holds none of their logic: the prompt queue (engine.prompts: prompts are
-futures, applied on their frame), the StreamingTracker (masks, frame by frame), the semantics
-scheduler (engine.scheduler: which object needs which task when) and worker (engine.semantics: words,
-asynchronously, bounded backlog), and one-shot describes (engine.describe). Front ends only translate
-its inputs and outputs.
+It wires the pieces and delegates; each piece owns its logic:
+  engine.prompts     the prompt path: submit -> PromptFuture, naming, the one check, due on a frame
+  engine.objects     who is tracked (tracker, semantics store, scheduler, latest results agree)
+  engine.tracker     masks, frame by frame, with bounded memory
+  engine.scheduler   which object needs which task when
+  engine.semantics   the worker: owns the language model, batches, streams, out-of-memory splits
+  engine.discovery   segment everything and track what is new, on request or periodically
+  engine.describe    one-shot segmentation
+  engine.geometry    3-D geometry from aligned depth (engine.depth_sync pairs depth with frames)
+Front ends only translate its inputs and outputs.
 """
 from __future__ import annotations
 
@@ -21,11 +26,13 @@ import numpy as np
 from pam_ros.engine.affordance import RankedObject, check_query, rank
 from pam_ros.engine.depth_sync import DepthMatcher
 from pam_ros.engine.describe import segment_object
-from pam_ros.engine.discovery import DiscoverFuture, DiscoverOutcome, DiscoverQueue, DiscoverRequest, select_new_regions
+from pam_ros.engine.discovery import Discoverer, DiscoverFuture, DiscoverRequest
 from pam_ros.engine.geometry import DepthImage, DepthSettings, check_depth_size, object_geometry
-from pam_ros.engine.prompts import PromptFuture, PromptQueue
-from pam_ros.engine.scheduler import ScheduledWork, SemanticsScheduler
+from pam_ros.engine.objects import ObjectRegistry
+from pam_ros.engine.prompts import PromptFuture, PromptQueue, visual_prompt
+from pam_ros.engine.scheduler import SemanticsScheduler
 from pam_ros.engine.semantics import (
+    GenerationConfig,
     SemanticsJob,
     SemanticsStore,
     SemanticsWorker,
@@ -34,6 +41,7 @@ from pam_ros.engine.semantics import (
 )
 from pam_ros.engine.tracker import StreamingTracker
 from pam_ros.engine.types import (
+    LIVE_SETTINGS,
     FrameResult,
     GenerationResult,
     ObjectResult,
@@ -54,21 +62,14 @@ from pam_ros.errors import (
     TaskError,
     UnknownObjectError,
 )
-from pam_ros.model.decoding import is_out_of_memory, release_cached_memory
+from pam_ros.model.image_input import check_rgb_array
 from pam_ros.model.masks import mask_centroid
-from pam_ros.model.pam import DescribeJob
-from pam_ros.model.regions import RegionSettings, automatic_mask_generator, find_regions
+from pam_ros.model.region_settings import RegionSettings
 from pam_ros.model.selection import ModelSpec
-from pam_ros.model.tasks import (
-    AFFORDANCE_QUESTION,
-    VIDEO_FRAMES,
-    canonical_task,
-    check_affordance_template,
-    is_streaming_task,
-    is_video_task,
-)
+from pam_ros.model.tasks import AFFORDANCE_QUESTION, VIDEO_FRAMES, canonical_task, check_affordance_template
 
 log = logging.getLogger(__name__)
+
 
 
 @dataclass
@@ -124,17 +125,7 @@ class PipelineConfig:
         check_affordance_template(self.affordance_question)
 
 
-def check_image(image: np.ndarray) -> np.ndarray:
-    """The engine takes HxWx3 uint8 RGB; anything else is refused with a message saying what it got."""
-    if not isinstance(image, np.ndarray):
-        raise ImageError(f"image must be a numpy array, got {type(image).__name__}")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ImageError(f"image must be HxWx3 RGB, got shape {tuple(image.shape)}")
-    if image.dtype != np.uint8:
-        raise ImageError(f"image must be uint8, got {image.dtype}")
-    if image.shape[0] < 2 or image.shape[1] < 2:
-        raise ImageError(f"image is empty or degenerate: {image.shape[1]}x{image.shape[0]}")
-    return np.ascontiguousarray(image)
+check_image = check_rgb_array  # the engine takes HxWx3 uint8 RGB (model/image_input.py)
 
 
 def check_tasks(tasks: Sequence[str]) -> None:
@@ -145,57 +136,71 @@ def check_tasks(tasks: Sequence[str]) -> None:
         canonical_task(task)
 
 
-def visual_prompt(prompt: PromptRequest):
-    """The model's VisualPrompt for the points/box of a PromptRequest (not yet validated)."""
-    from pam_ros.model.sam2_backbone import VisualPrompt
+@dataclass(frozen=True)
+class PipelineSetup:
+    """What a front end shows about the loaded model (log lines, diagnostics)."""
 
-    points = np.asarray(prompt.points, dtype=np.float64).reshape(-1, 2) if prompt.points else None
-    labels = np.asarray(prompt.labels) if prompt.labels or prompt.points else None
-    box = np.asarray(prompt.box, dtype=np.float64) if prompt.box is not None else None
-    return VisualPrompt(points=points, labels=labels, box=box)
+    device: str
+    dtype: str
+    image_encoder: str  # e.g. "torch on cpu", "onnxruntime on TensorrtExecutionProvider"
+
+
+def _first(future: Future, convert: Callable[[object], object]) -> Future:
+    """A future of convert(future's result) (errors and cancellation passed through)."""
+    out: Future = Future()
+
+    def done(inner: Future) -> None:
+        if inner.cancelled():
+            out.cancel()
+            out.set_running_or_notify_cancel()
+        elif inner.exception() is not None:
+            out.set_exception(inner.exception())
+        else:
+            try:
+                out.set_result(convert(inner.result()))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                out.set_exception(exc)
+
+    future.add_done_callback(done)
+    # a caller who gives up on the result also gives up the work (skipped while it still waits)
+    out.add_done_callback(lambda f: future.cancel() if f.cancelled() else None)
+    out.inner = future  # what the worker queued (queue_position)
+    return out
 
 
 class PerceptionPipeline:
     """Tracking + semantics for one camera stream.
 
-    Threading: `process` is called by one tracking thread. `submit_prompt`, `describe`, `caption`
-    and `request_refresh` may be called from any thread. The SAM 2 side is shared by the tracking
-    thread and one-shot describes (one lock); the LLM by the semantics worker and callers of
-    describe/caption (another lock), so tracking never waits for text.
+    Threading: `process` is called by one tracking thread. `submit_prompt`, `describe(_async)`,
+    `caption(_async)`, `find_objects`, `discover` and `request_refresh` may be called from any thread.
+    SAM 2 is shared by the tracking thread and one-shot segmentation (one lock); the language model
+    belongs to the semantics worker, so tracking never waits for text.
     """
 
     def __init__(self, model, config: PipelineConfig | None = None) -> None:
         self.config = config or PipelineConfig()
         self.config.validate()
+        cfg = self.config
         self.model = model
-        self.tracker = StreamingTracker(
-            model.backbone,
-            max_objects=self.config.max_objects,
-            max_conditioning_frames=self.config.max_conditioning_frames,
-            keep_feature_frames=self.config.keep_feature_frames,
-        )
+        tracker = StreamingTracker(model.backbone, max_objects=cfg.max_objects,
+                                   max_conditioning_frames=cfg.max_conditioning_frames,
+                                   keep_feature_frames=cfg.keep_feature_frames)
         self._store = SemanticsStore()
-        self._worker = SemanticsWorker(self._run_batch, self._store, mode=self.config.semantics_mode,
-                                       is_tracked=self._is_tracked, max_batch=self.config.max_batch)
-        self._tracked_ids: frozenset[str] = frozenset()  # snapshot for other threads (set by process)
-        self._prompts = PromptQueue(lambda: self._tracked_ids)
-        self._discoveries = DiscoverQueue(period_s=self.config.discover_period_s,
-                                          every_frames=self.config.discover_every_frames)
-        self._discover_s = 0.0
-        self._region_generator = None  # built on the first discover, then reused
-        self._discover_runs = 0
-        self._scheduler = SemanticsScheduler(self.config.new_object_tasks, self.config.refresh_period_s,
-                                             self.config.stream_window_frames)
+        self._objects = ObjectRegistry(tracker, self._store, SemanticsScheduler(
+            cfg.new_object_tasks, cfg.refresh_period_s, cfg.stream_window_frames))
+        self._worker = SemanticsWorker(model, self._store, generation=_generation(cfg), mode=cfg.semantics_mode,
+                                       is_tracked=self._objects.is_tracked, max_batch=cfg.max_batch)
+        self._frame_size: tuple[int, int] | None = None  # of the latest frame: prompts are checked against it
+        self._prompts = PromptQueue(self._objects.ids, lambda: self._frame_size)
+        self._discoverer = Discoverer(cfg.discover_settings, period_s=cfg.discover_period_s,
+                                      every_frames=cfg.discover_every_frames)
         self._sam_lock = threading.RLock()
-        self._llm_lock = threading.Lock()
-        self._state_lock = threading.Lock()  # guards _last_objects and the scheduler
-        self._latest: tuple[np.ndarray, int] | None = None
-        self._last_objects: dict[str, ObjectResult] = {}
+        self._latest: tuple[np.ndarray, int, int] | None = None  # image, stamp, frame index
         self._frame_index = 0
         self._closed = False
         self._tracking_s = 0.0
         # depth images fed by add_depth (live front ends), matched to frames by stamp
-        self._depth_matcher: DepthMatcher = DepthMatcher(int(self.config.depth_slop_ms * 1e6))
+        self._depth_matcher: DepthMatcher = DepthMatcher(int(cfg.depth_slop_ms * 1e6))
         self.frames_with_depth = 0
         self.frames_without_depth = 0
 
@@ -206,14 +211,28 @@ class PerceptionPipeline:
             config.validate()
         return cls(spec.load(), config)
 
+    @property
+    def tracker(self) -> StreamingTracker | None:
+        return self._objects.tracker
+
+    def describe_setup(self) -> PipelineSetup | None:
+        """Device, dtype and image encoder of the loaded model (None once closed)."""
+        model = self.model
+        if model is None:
+            return None
+        encoder = model.backbone.image_encoder
+        return PipelineSetup(str(model.device), str(model.dtype).replace("torch.", ""),
+                             f"{encoder.kind} on {encoder.provider}")
+
     # ----------------------------------------------------------------- prompts
     def submit_prompt(self, prompt: PromptRequest) -> PromptFuture:
         """Queue a prompt for the first processed frame with stamp >= prompt.stamp_ns (0: the next).
 
         Safe from any thread. Returns a future resolving to the PromptOutcome; `future.object_id` is
         known at once: an ADD without an id is named here (obj_1, obj_2, ... skipping ids tracked or
-        queued), so every front end names the same objects alike. After close() the future comes
-        back already refused.
+        queued), so every front end names the same objects alike. A prompt that cannot apply (bad
+        numbers, outside the frames coming in, a duplicate ADD) comes back already refused, with why;
+        so does every prompt after close().
         """
         return self._prompts.submit(prompt)
 
@@ -225,52 +244,26 @@ class PerceptionPipeline:
         """Prompts submitted and not yet applied (their frame has not come)."""
         return self._prompts.pending()
 
-    def _apply_prompt(self, prompt: PromptRequest, size_wh: tuple[int, int]) -> PromptOutcome:
-        frame = self._frame_index
+    def _apply_prompt(self, future: PromptFuture) -> PromptOutcome:
+        request = future.request
+        if future.done():  # refused at submission
+            return future.result()
+        if future.problem:
+            return PromptOutcome(request.object_id, False, future.problem)
         try:
-            if prompt.action == PromptAction.RESET_ALL:
-                self.tracker.reset()
-                with self._state_lock:
-                    for oid in list(self._last_objects):
-                        self._forget(oid)
-                    self._scheduler.clear()
-                return PromptOutcome("", True, frame_index=frame)
-            if prompt.action == PromptAction.REMOVE:
-                self._require_tracked(prompt.object_id)
-                self.tracker.remove_object(prompt.object_id)
-                with self._state_lock:
-                    self._forget(prompt.object_id)
-                return PromptOutcome(prompt.object_id, True, frame_index=frame)
-            visual = visual_prompt(prompt).validate(size_wh)
-            if prompt.action == PromptAction.REFINE:
-                self._require_tracked(prompt.object_id)
-                self.tracker.refine_object(prompt.object_id, visual)
-                oid = prompt.object_id
-            elif prompt.action == PromptAction.ADD:
-                oid = self.tracker.add_object(visual, object_id=prompt.object_id or None)
+            if request.action == PromptAction.RESET_ALL:
+                self._objects.reset()
+            elif request.action == PromptAction.REMOVE:
+                self._objects.remove(request.object_id)
+            elif request.action == PromptAction.REFINE:
+                self._objects.refine(request.object_id, future.visual, request.tasks)
+            elif request.action == PromptAction.ADD:
+                self._objects.add(request.object_id, future.visual, request.tasks)
             else:
-                raise PromptError(f"unknown prompt action {int(prompt.action)}")
-            with self._state_lock:
-                self._scheduler.object_added(oid, tuple(prompt.tasks))
-            return PromptOutcome(oid, True, frame_index=frame)
+                raise PromptError(f"unknown prompt action {int(request.action)}")
         except PamError as exc:
-            return PromptOutcome(prompt.object_id, False, str(exc))
-
-    def _require_tracked(self, object_id: str) -> None:
-        if not object_id:
-            raise PromptError("this action needs an object_id")
-        if object_id not in self.tracker.object_ids:
-            known = ", ".join(self.tracker.object_ids) or "none"
-            raise UnknownObjectError(f"unknown object id {object_id!r} (tracked: {known})")
-
-    def _forget(self, object_id: str) -> None:
-        self._store.remove(object_id)
-        self._last_objects.pop(object_id, None)
-        self._scheduler.forget(object_id)
-
-    def _is_tracked(self, object_id: str) -> bool:
-        tracker = self.tracker
-        return tracker is not None and object_id in tracker.object_ids
+            return PromptOutcome(request.object_id, False, str(exc))
+        return PromptOutcome(request.object_id, True)
 
     # ----------------------------------------------------------------- tracking
     def add_depth(self, depth: DepthImage) -> None:
@@ -287,52 +280,44 @@ class PerceptionPipeline:
         self._ensure_open()
         image = check_image(image)
         h, w = image.shape[:2]
+        frame_index = self._frame_index
         t0 = time.perf_counter()
         with self._sam_lock:
-            due = self._prompts.take_due(stamp_ns)
-            outcomes = [self._apply_prompt(f.request, (w, h)) for f in due]
-            discovered, discover_s = self._discover_regions(image, stamp_ns)
+            due = self._prompts.take_due(stamp_ns, (w, h))
+            outcomes = [self._apply_prompt(f) for f in due]
+            d0 = time.perf_counter()
+            discovered = self._discoverer.run_due(
+                self.model.backbone, image, frame_index, tracked=len(self._objects.ids()), queued=len(self._prompts),
+                max_objects=self.config.max_objects, taken_masks=self._objects.latest_masks,
+                submit_add=lambda box, tasks: self._prompts.submit(
+                    PromptRequest(PromptAction.ADD, box=box, tasks=tasks, stamp_ns=stamp_ns)))
+            discover_s = time.perf_counter() - d0
             if discovered:  # the regions' ADD prompts, due on this very frame
-                found = self._prompts.take_due(stamp_ns)
+                found = self._prompts.take_due(stamp_ns, (w, h))
                 due += found
-                outcomes += [self._apply_prompt(f.request, (w, h)) for f in found]
-            track = self.tracker.step(image, stamp_ns=stamp_ns)
-            self._tracked_ids = frozenset(self.tracker.object_ids)
+                outcomes += [self._apply_prompt(f) for f in found]
+            track = self._objects.tracker.step(image, stamp_ns=stamp_ns)
         self._tracking_s = time.perf_counter() - t0 - discover_s
-        self._latest = (image, stamp_ns)
-        frame_index = self._frame_index
+        self._frame_size = (w, h)
+        self._latest = (image, stamp_ns, frame_index)
         self._frame_index += 1
-        # Prompts that only failed against this frame (the tracker dropped them) are refused.
-        rejected = dict(track.rejected_prompts)
-        if rejected:
-            outcomes = [PromptOutcome(o.object_id, False, rejected[o.object_id])
-                        if o.accepted and o.object_id in rejected else o for o in outcomes]
-            with self._state_lock:
-                for oid in rejected:
-                    if oid not in self.tracker.object_ids:
-                        self._forget(oid)
         resolved = []
         for future, outcome in zip(due, outcomes):
-            future.resolve(PromptOutcome(outcome.object_id, outcome.accepted, outcome.error,
-                                         frame_index if outcome.accepted else -1,
-                                         stamp_ns=stamp_ns if outcome.accepted else 0))
-            resolved.append(future.result())
-        for future, outcome, added in discovered:
-            outcome.frame_index, outcome.stamp_ns = frame_index, stamp_ns
-            outcome.object_ids = [f.result().object_id for f in added if f.done() and f.result().accepted]
-            log.info("discover (%s): %s", future.request.source, outcome.message)
+            if outcome.accepted:
+                outcome = replace(outcome, frame_index=frame_index, stamp_ns=stamp_ns)
             future.resolve(outcome)
-        self._schedule_semantics(track)
+            resolved.append(future.result())
+        Discoverer.finish(discovered, frame_index, stamp_ns)
+        jobs = self._objects.schedule(track, time.monotonic())
+        if jobs:  # together, so that the worker batches them
+            self._worker.submit_many(jobs)
         geometries, has_depth, depth_error = self._geometry(track.objects, stamp_ns, (w, h), depth)
-        objects = []
-        with self._state_lock:
-            for obj in track.objects:
-                result = ObjectResult(obj.object_id, float(obj.score), float(obj.object_score_logit),
-                                      TrackingState(int(obj.state)), int(obj.frames_lost), obj.mask,
-                                      tuple(obj.roi), int(obj.mask_area), mask_centroid(obj.mask),
-                                      self._store.get(obj.object_id), geometries.get(obj.object_id))
-                self._last_objects[obj.object_id] = result
-                objects.append(result)
+        objects = [ObjectResult(obj.object_id, float(obj.score), float(obj.object_score_logit),
+                                TrackingState(int(obj.state)), int(obj.frames_lost), obj.mask,
+                                tuple(obj.roi), int(obj.mask_area), mask_centroid(obj.mask),
+                                self._store.get(obj.object_id), geometries.get(obj.object_id))
+                   for obj in track.objects]
+        self._objects.record(objects)
         return FrameResult(frame_index, stamp_ns, w, h, objects, self._tracking_s, resolved,
                            has_depth=has_depth, depth_error=depth_error)
 
@@ -365,242 +350,92 @@ class PerceptionPipeline:
         self._ensure_open()
         for task in request.tasks:
             canonical_task(task)
-        return self._discoveries.submit(request)
-
-    def _discover_regions(self, image: np.ndarray, stamp_ns: int) -> tuple[list, float]:
-        """Run the discover requests due on this frame: [(future, outcome, the ADD prompt futures)], seconds.
-
-        Called with the SAM lock held, before the tracker steps: the new objects start on this frame.
-        """
-        futures = self._discoveries.take_due(self._frame_index, time.monotonic())
-        if not futures:
-            return [], 0.0
-        tracked = len(self.tracker.object_ids)
-        if tracked + len(self._prompts) >= self.config.max_objects:  # no slot: do not run the generator
-            for future in futures:
-                future.resolve(DiscoverOutcome(False, error=f"max_objects ({self.config.max_objects}) reached: "
-                                                            f"{tracked} objects tracked; nothing discovered"))
-            log.info("discover: max_objects (%d) reached; not run", self.config.max_objects)
-            return [], 0.0
-        t0 = time.perf_counter()
-        try:
-            settings = self.config.discover_settings.resolved()
-            if self._region_generator is None:
-                self._region_generator = automatic_mask_generator(self.model.backbone.sam, settings)
-            found = find_regions(self.model.backbone, image, settings, max_regions=None,
-                                 generator=self._region_generator)
-        except PamError as exc:
-            for future in futures:
-                future.resolve(DiscoverOutcome(False, error=f"discover failed: {exc}"))
-            return [], time.perf_counter() - t0
-        seconds = time.perf_counter() - t0
-        self._discover_s, self._discover_runs = seconds, self._discover_runs + 1
-        with self._state_lock:
-            taken = [self._last_objects[oid].mask for oid in self.tracker.object_ids if oid in self._last_objects]
-        discovered = []
-        for future in futures:
-            request = future.request
-            free = self.config.max_objects - len(self.tracker.object_ids) - len(self._prompts)
-            if free <= 0:
-                future.resolve(DiscoverOutcome(
-                    False, error=f"max_objects ({self.config.max_objects}) reached: "
-                                 f"{len(self.tracker.object_ids)} objects tracked; nothing discovered",
-                    regions_found=len(found.regions), seconds=seconds))
-                continue
-            selection = select_new_regions(found.regions, taken, free_slots=free,
-                                           max_new=request.max_new_objects, min_area=request.min_area)
-            added = [self._prompts.submit(PromptRequest(PromptAction.ADD, box=region.box_xyxy(),
-                                                        tasks=tuple(request.tasks), stamp_ns=stamp_ns))
-                     for region in selection.chosen]
-            taken += [region.mask for region in selection.chosen]
-            outcome = DiscoverOutcome(True, regions_found=len(found.regions),
-                                      skipped_overlap=selection.skipped_overlap,
-                                      skipped_small=selection.skipped_small,
-                                      skipped_full=selection.skipped_full, seconds=seconds,
-                                      regions=list(selection.chosen))
-            discovered.append((future, outcome, added))
-        return discovered, seconds
-
-    def _schedule_semantics(self, track) -> None:
-        observations = [(obj.object_id, obj.state, obj.features) for obj in track.objects]
-        with self._state_lock:
-            work = self._scheduler.due(observations, time.monotonic())
-        if work:  # together, so that the worker batches them
-            self._worker.submit_many([self._job_for(item) for item in work])
-
-    def _job_for(self, item: ScheduledWork) -> SemanticsJob:
-        frames = list(item.window) if item.is_window else self.tracker.features(item.object_id)
-        latest = frames[-1]
-        return SemanticsJob(item.object_id, item.tasks, frames, latest.stamp_ns, latest.frame_index,
-                            self.config.max_new_tokens, kind="window" if item.is_window else "image")
-
-    def _stream_history(self, object_id: str, task: str) -> str | None:
-        """PAM's streaming caption: the previous window's caption of this object is the history."""
-        if not is_streaming_task(task):
-            return None
-        return self._store.get(object_id).texts.get(canonical_task(task))
+        return self._discoverer.queue.submit(request)
 
     # ----------------------------------------------------------------- semantics
-    def _run_batch(self, sequences: list[tuple[SemanticsJob, str]]) -> list[GenerationResult]:
-        """The worker's batches: each (job, task) on the job's frames, in one generation."""
-        return self._generate([(job.snapshot, task, job.max_new_tokens, self._stream_history(job.object_id, task))
-                               for job, task in sequences])
-
-    def _generate(self, specs, *, on_text=None, should_stop=None) -> list[GenerationResult]:
-        """Tasks on objects' kept frames, in one batched generation: specs are (frames, task,
-        max_new_tokens or 0 for the configured, streaming history or None). Image tasks read the
-        latest frame, video tasks the track; tasks on the same frames share their visual prefix."""
-        cfg = self.config
-        with self._llm_lock:
-            model = self.model
-            if model is None:
-                raise EngineClosedError("the pipeline was closed")
-            settings = {}  # one GenerationSettings per token limit
-            jobs = []
-            for frames, task, max_new_tokens, history in specs:
-                canonical = canonical_task(task)
-                limit = max_new_tokens or cfg.max_new_tokens
-                if limit not in settings:
-                    settings[limit] = model.generation_settings(max_new_tokens=limit, do_sample=not cfg.greedy,
-                                                                temperature=cfg.temperature, top_p=cfg.top_p)
-                regions = list(frames) if is_video_task(canonical) else frames[-1]
-                jobs.append(DescribeJob(regions, canonical, history=history, on_text=on_text,
-                                        should_stop=should_stop, settings=settings[limit]))
-            try:
-                generations = model.describe_batch(jobs)
-            except Exception as exc:
-                if is_out_of_memory(exc):
-                    release_cached_memory(model.device)  # so that the worker's smaller retry can fit
-                raise
-        # seconds: from the start of the batch's decoding until this sequence ended
-        return [GenerationResult(spec[1], gen.text, list(gen.token_ids), gen.seconds, stopped=bool(gen.stopped))
-                for spec, gen in zip(specs, generations)]
-
     def request_refresh(self, object_id: str, tasks: Sequence[str] = ()) -> None:
         """Describe an object again on its next visible frame (tasks: default = the ones it had)."""
         self._ensure_open()
         for task in tasks:
             canonical_task(task)
-        if object_id not in self.tracker.object_ids:
-            raise UnknownObjectError(f"unknown object id {object_id!r}")
-        with self._state_lock:
-            self._scheduler.request(object_id, tuple(tasks))
-
-    def caption(self, object_id: str, task: str, max_new_tokens: int = 0,
-                on_text: Callable[[str, int], None] | None = None,
-                should_stop: Callable[[], bool] | None = None) -> GenerationResult:
-        """One task's text for a tracked object, streamed through on_text(text_so_far, num_tokens)."""
-        self._ensure_open()
-        canonical_task(task)
-        frames = self._tracked_frames(object_id)
-        (res,) = self._generate([(frames, task, max_new_tokens, self._stream_history(object_id, task))],
-                                on_text=on_text, should_stop=should_stop)
-        res.stamp_ns, res.frame_index = frames[-1].stamp_ns, frames[-1].frame_index
-        if not res.stopped:
-            self._store.set_texts(object_id, [res])
-        return res
-
-    def _tracked_frames(self, object_id: str):
-        if object_id not in self.tracker.object_ids:
-            known = ", ".join(self.tracker.object_ids) or "none"
-            raise UnknownObjectError(f"unknown object id {object_id!r} (tracked: {known})")
-        frames = self.tracker.features(object_id)
-        if not frames:
-            raise UnknownObjectError(f"object {object_id!r} has not been seen on a frame yet; "
-                                     "its prompt is applied on the next frame")
-        return frames
-
-    def describe_async(self, image: np.ndarray | None, prompt: PromptRequest, tasks: Sequence[str],
-                       max_new_tokens: int = 0, should_stop: Callable[[], bool] | None = None) -> Future:
-        """describe() on the semantics worker (one request at a time with the other generations).
-
-        The request is checked here (a PamError at once for a bad task, image or prompt); the
-        future resolves to (ObjectResult, [GenerationResult]) or the error found while running.
-        """
-        self._ensure_open()
-        check_tasks(tasks)
-        if prompt.object_id and not prompt.points and prompt.box is None:
-            self._tracked_frames(prompt.object_id)
-        elif image is not None:
-            image = check_image(image)
-            visual_prompt(prompt).validate((image.shape[1], image.shape[0]))
-        elif self._latest is None:
-            raise ImageError("no image given and no frame has been received yet")
-        return self._worker.run_request(
-            lambda: self.describe(image, prompt, tasks, max_new_tokens, should_stop=should_stop), name="describe")
+        self._objects.request(object_id, tasks)
 
     def caption_async(self, object_id: str, task: str, max_new_tokens: int = 0,
                       on_text: Callable[[str, int], None] | None = None,
                       should_stop: Callable[[], bool] | None = None) -> Future:
-        """caption() on the semantics worker, after the generations queued before it."""
+        """One task's text for a tracked object on the semantics worker, after the work queued before
+        it, streamed through on_text(text_so_far, num_tokens): a future of its GenerationResult (kept
+        as the object's semantics unless stopped)."""
         self._ensure_open()
         canonical_task(task)
-        self._tracked_frames(object_id)
-        return self._worker.run_request(
-            lambda: self.caption(object_id, task, max_new_tokens, on_text=on_text, should_stop=should_stop),
-            name="caption")
+        frames = self._objects.frames(object_id)
+        job = SemanticsJob(object_id, (task,), tuple(frames), kind="request", max_new_tokens=max_new_tokens,
+                           on_text=on_text, should_stop=should_stop)
+        return _first(self._worker.request(job), lambda results: results[0])
 
-    def update_settings(self, **values) -> None:
-        """Change settings that apply live (refresh_period_s, max_new_tokens, greedy, temperature,
-        top_p, discover_period_s, max_batch); ConfigError and no change when a value is invalid."""
-        live = {"refresh_period_s", "max_new_tokens", "greedy", "temperature", "top_p", "discover_period_s",
-                "max_batch"}
-        unknown = set(values) - live
-        if unknown:
-            raise ConfigError(f"not a live setting: {', '.join(sorted(unknown))} (needs a new pipeline)")
-        candidate = replace(self.config, **values)
-        candidate.validate()
-        self.config = candidate
-        with self._state_lock:
-            self._scheduler.refresh_period_s = candidate.refresh_period_s
-        self._discoveries.period_s = float(candidate.discover_period_s)
-        self._worker.max_batch = candidate.max_batch
+    def caption(self, object_id: str, task: str, max_new_tokens: int = 0,
+                on_text: Callable[[str, int], None] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> GenerationResult:
+        """caption_async, waited for."""
+        return self.caption_async(object_id, task, max_new_tokens, on_text, should_stop).result()
+
+    def queue_position(self, future: Future) -> int:
+        """Work that runs or waits on the semantics worker before this request (-1: it is not queued)."""
+        return self._worker.position(getattr(future, "inner", future))
+
+    def describe_async(self, image: np.ndarray | None, prompt: PromptRequest, tasks: Sequence[str],
+                       max_new_tokens: int = 0, should_stop: Callable[[], bool] | None = None) -> Future:
+        """One-shot: segment (or look up) one object and run `tasks` on it in one batched generation on
+        the semantics worker (no tasks: segment only). Not added to tracking.
+
+        image None = the latest processed frame. A prompt with only an object_id describes that
+        tracked object from its kept features (no image encoding at all). The request is checked here
+        (a PamError at once for a bad task, image or prompt); the future resolves to
+        (ObjectResult, [GenerationResult]) or the error found while running.
+        """
+        self._ensure_open()
+        check_tasks(tasks)
+        frames, obj = self._describe_target(image, prompt)
+        if not tasks:
+            return _first(_done([]), lambda results: self._described(obj, frames[-1], results))
+        job = SemanticsJob("", tuple(tasks), tuple(frames), kind="request", max_new_tokens=max_new_tokens,
+                           should_stop=should_stop, store=False)
+        return _first(self._worker.request(job), lambda results: self._described(obj, frames[-1], results))
 
     def describe(self, image: np.ndarray | None, prompt: PromptRequest, tasks: Sequence[str],
                  max_new_tokens: int = 0, should_stop: Callable[[], bool] | None = None,
                  ) -> tuple[ObjectResult, list[GenerationResult]]:
-        """One-shot: segment (or look up) one object and run `tasks` on it, in one batched generation
-        (no tasks: segment only). Not added to tracking.
+        """describe_async, waited for."""
+        return self.describe_async(image, prompt, tasks, max_new_tokens, should_stop).result()
 
-        image None = the latest processed frame. A prompt with only an object_id describes that
-        tracked object from its kept features (no image encoding at all). Runs in the caller's
-        thread; describe_async() runs it on the semantics worker.
-        """
-        self._ensure_open()
-        check_tasks(tasks)
+    def _describe_target(self, image: np.ndarray | None, prompt: PromptRequest) -> tuple[list, ObjectResult]:
+        """The frames to describe and the object's result: a tracked object's, or a new segmentation."""
         if prompt.object_id and not prompt.points and prompt.box is None:
             if image is not None:
                 raise PromptError("describe by object_id uses the tracked object's latest frame; "
                                   "send no image with it")
-            frames = self._tracked_frames(prompt.object_id)
-            with self._state_lock:
-                obj = self._last_objects.get(prompt.object_id)
+            frames = self._objects.frames(prompt.object_id)
+            obj = self._objects.last(prompt.object_id)
             if obj is None:
                 raise UnknownObjectError(f"object {prompt.object_id!r} has no result yet")
-            obj = ObjectResult(**{**vars(obj)})
-            stamp, frame_index = frames[-1].stamp_ns, frames[-1].frame_index
+            return frames, obj
+        if image is None:
+            if self._latest is None:
+                raise ImageError("no image given and no frame has been received yet")
+            image, stamp, frame_index = self._latest
         else:
-            if image is None:
-                if self._latest is None:
-                    raise ImageError("no image given and no frame has been received yet")
-                image, stamp = self._latest
-                frame_index = self._frame_index - 1
-            else:
-                image, stamp, frame_index = check_image(image), 0, -1
-            h, w = image.shape[:2]
-            visual = visual_prompt(prompt).validate((w, h))
-            with self._sam_lock:
-                if self.model is None:
-                    raise EngineClosedError("the pipeline was closed")
-                segmented = segment_object(self.model, image, visual, frame_index=frame_index, stamp_ns=stamp)
-            frames = [segmented.features]
-            obj = segmented.as_result(prompt.object_id)
-        results = self._generate([(frames, task, max_new_tokens, None) for task in tasks],
-                                 should_stop=should_stop) if tasks else []
-        for res in results:
-            res.stamp_ns, res.frame_index = stamp, frame_index
+            image, stamp, frame_index = check_image(image), 0, -1
+        visual = visual_prompt(prompt, (image.shape[1], image.shape[0]))
+        with self._sam_lock:
+            if self.model is None:
+                raise EngineClosedError("the pipeline was closed")
+            segmented = segment_object(self.model, image, visual, frame_index=frame_index, stamp_ns=stamp)
+        return [segmented.features], segmented.as_result(prompt.object_id)
+
+    @staticmethod
+    def _described(obj: ObjectResult, latest, results: list[GenerationResult]) -> tuple:
         state = SemanticsState.READY if results else SemanticsState.NONE  # no tasks: segmented only
-        sem = ObjectSemantics(state, stamp, frame_index, {r.task: r.text for r in results})
+        sem = ObjectSemantics(state, latest.stamp_ns, latest.frame_index, {r.task: r.text for r in results})
         fill_named_fields(sem)
         obj.semantics = sem
         return obj, results
@@ -612,50 +447,41 @@ class PerceptionPipeline:
 
         Every object in object_ids (empty = every tracked object seen on a frame) is asked
         config.affordance_question on its latest kept features, in one batched prefill on the
-        semantics worker (never the tracking thread). QueryError / UnknownObjectError at once for an
-        empty query, bad limits or an unknown id.
+        semantics worker (never the tracking thread), ahead of queued semantics. QueryError /
+        UnknownObjectError at once for an empty query, bad limits or an unknown id.
         """
         self._ensure_open()
         query = check_query(query, max_results, min_score)
-        candidates = self._query_candidates(object_ids)
+        candidates = self._objects.candidates(object_ids)
+        if not candidates:
+            return _done([])
         template = self.config.affordance_question
 
-        def ask() -> list[RankedObject]:
-            if not candidates:
-                return []
-            with self._llm_lock:
-                if self.model is None:
-                    raise EngineClosedError("the pipeline was closed")
-                answers = self.model.ask([features for _, features, _ in candidates], query, template=template)
+        def ask(model) -> list[RankedObject]:
+            answers = model.ask([features for _, features, _ in candidates], query, template=template)
             return rank(candidates, answers, max_results=max_results, min_score=min_score)
 
-        return self._worker.run_request(ask, name="find_objects", first=True)
+        return self._worker.call_first(ask)
 
     def rank_objects(self, query: str, object_ids: Sequence[str] = (), *, max_results: int = 0,
                      min_score: float = 0.0, timeout_s: float | None = None) -> list[RankedObject]:
         """find_objects, waited for (TimeoutError after timeout_s)."""
         return self.find_objects(query, object_ids, max_results=max_results, min_score=min_score).result(timeout_s)
 
-    def _query_candidates(self, object_ids: Sequence[str]) -> list[tuple[str, object, ObjectResult]]:
-        wanted = [oid.strip() for oid in object_ids if oid.strip()]
-        tracked = self.tracker.object_ids if self.tracker is not None else []
-        unknown = [oid for oid in wanted if oid not in tracked]
+    # ----------------------------------------------------------------- settings and status
+    def update_settings(self, **values) -> None:
+        """Change settings that apply live (LIVE_SETTINGS); ConfigError and no change when a value is invalid."""
+        unknown = set(values) - set(LIVE_SETTINGS)
         if unknown:
-            raise UnknownObjectError(f"unknown object id(s) {', '.join(map(repr, unknown))} "
-                                     f"(tracked: {', '.join(tracked) or 'none'})")
-        candidates = []
-        with self._state_lock:
-            for oid in dict.fromkeys(wanted or tracked):
-                frames = self.tracker.features(oid)
-                obj = self._last_objects.get(oid)
-                if not frames or obj is None:
-                    if wanted:
-                        raise UnknownObjectError(f"object {oid!r} has not been seen on a frame yet")
-                    continue
-                candidates.append((oid, frames[-1], ObjectResult(**vars(obj))))
-        return candidates
+            raise ConfigError(f"not a live setting: {', '.join(sorted(unknown))} (needs a new pipeline)")
+        candidate = replace(self.config, **values)
+        candidate.validate()
+        self.config = candidate
+        self._objects.set_refresh_period(candidate.refresh_period_s)
+        self._discoverer.queue.period_s = float(candidate.discover_period_s)
+        self._worker.max_batch = candidate.max_batch
+        self._worker.generation = _generation(candidate)
 
-    # ----------------------------------------------------------------- status
     def wait_semantics_idle(self, timeout_s: float | None = None) -> bool:
         return self._worker.wait_idle(timeout_s)
 
@@ -665,31 +491,32 @@ class PerceptionPipeline:
 
     def object_ids(self) -> list[str]:
         """Objects tracked after the last processed frame (safe from any thread)."""
-        return sorted(self._tracked_ids)
+        return sorted(self._objects.ids())
 
     def semantics(self, object_id: str) -> ObjectSemantics:
         return self._store.get(object_id)
 
     def stats(self) -> dict:
         """Numbers for diagnostics (no host-device sync except the CUDA memory counters)."""
+        worker = self._worker
         out = {
             "frames_processed": self._frame_index,
-            "objects": len(self.object_ids()),
+            "objects": len(self._objects.ids()),
             "tracking_seconds": self._tracking_s,
-            "semantics_seconds": self._worker.last_batch_seconds,
-            "semantics_batches": self._worker.batches,
-            "semantics_last_batch_jobs": self._worker.last_batch_jobs,
-            "semantics_max_batch": self._worker.max_batch,
-            "semantics_memory_splits": self._worker.memory_splits,
-            "semantics_queue": self._worker.pending(),
+            "semantics_seconds": worker.last_batch_seconds,
+            "semantics_batches": worker.batches,
+            "semantics_last_batch_jobs": worker.last_batch_jobs,
+            "semantics_max_batch": worker.max_batch,
+            "semantics_memory_splits": worker.memory_splits,
+            "semantics_queue": worker.pending(),
             "semantics_queue_bound": 2 * self.config.max_objects,
-            "semantics_done": self._worker.jobs_done,
-            "semantics_failed": self._worker.jobs_failed,
-            "semantics_merged": self._worker.jobs_merged,
+            "semantics_done": worker.jobs_done,
+            "semantics_failed": worker.jobs_failed,
+            "semantics_merged": worker.jobs_merged,
             "held_prompts": len(self._prompts),
-            "discover_seconds": self._discover_s,
-            "discover_runs": self._discover_runs,
-            "discover_queue": len(self._discoveries),
+            "discover_seconds": self._discoverer.last_seconds,
+            "discover_runs": self._discoverer.runs,
+            "discover_queue": len(self._discoverer.queue),
         }
         if self.config.depth is not None:
             out["frames_with_depth"] = self.frames_with_depth
@@ -712,16 +539,25 @@ class PerceptionPipeline:
             return
         self._closed = True
         self._prompts.close(f"not applied: {reason}")
-        self._discoveries.close(f"not run: {reason}")
+        self._discoverer.close(f"not run: {reason}")
         self._worker.close()
         self._store.clear()
         device = getattr(self.model, "device", None)
-        with self._sam_lock, self._llm_lock:
+        with self._sam_lock:
             self.model = None
-            self.tracker = None
-            self._region_generator = None  # it holds the SAM 2 model too
+            self._objects.tracker = None
         gc.collect()
         if device is not None and getattr(device, "type", str(device)).startswith("cuda"):
             import torch
 
             torch.cuda.empty_cache()
+
+
+def _generation(config: PipelineConfig) -> GenerationConfig:
+    return GenerationConfig(config.max_new_tokens, config.greedy, config.temperature, config.top_p)
+
+
+def _done(result) -> Future:
+    future: Future = Future()
+    future.set_result(result)
+    return future

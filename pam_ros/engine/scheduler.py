@@ -6,29 +6,19 @@ a plain video caption once, the streaming caption on every window, with the prev
 as history). Image tasks wait while the object is LOST and run on its next visible frame.
 
 Plain bookkeeping, no model and no threads: the pipeline feeds it each frame's objects and hands the
-`ScheduledWork` it returns to the semantics worker.
+SemanticsJobs it returns to the semantics worker.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
 
-from pam_ros.engine.tracker import FeatureHistory
+from pam_ros.engine.history import FeatureHistory
+from pam_ros.engine.semantics import SemanticsJob
 from pam_ros.engine.types import TrackingState
-from pam_ros.model.pam import RegionFeatures
 from pam_ros.model.tasks import VIDEO_FRAMES, canonical_task, is_streaming_task, is_video_task
 
-
-@dataclass(frozen=True)
-class ScheduledWork:
-    """Tasks to run for one object: on its latest kept frames (image tasks), or on a window (video)."""
-
-    object_id: str
-    tasks: tuple[str, ...]
-    window: tuple[RegionFeatures, ...] = ()  # a video window's frames; empty = the object's kept frames
-
-    @property
-    def is_window(self) -> bool:
-        return bool(self.window)
+if TYPE_CHECKING:  # type hints only: the scheduler never touches a tensor
+    from pam_ros.model.pam import RegionFeatures
 
 
 class StreamWindow:
@@ -100,9 +90,11 @@ class SemanticsScheduler:
         for table in (self._wanted, self._windows, self._last_run_s, self._tasks_of):
             table.clear()
 
-    def due(self, observations, now_s: float) -> list[ScheduledWork]:
-        """Work for this frame. observations: (object_id, TrackingState, RegionFeatures) per object."""
-        work: list[ScheduledWork] = []
+    def due(self, observations, now_s: float, kept_frames: Callable[[str], Sequence[RegionFeatures]]
+            ) -> list[SemanticsJob]:
+        """Jobs for this frame. observations: (object_id, TrackingState, RegionFeatures) per object;
+        kept_frames(object_id): the object's kept frames, which its image tasks are run on."""
+        work: list[SemanticsJob] = []
         for object_id, state, features in observations:
             window = self._windows.get(object_id)
             if window is not None:
@@ -110,7 +102,7 @@ class SemanticsScheduler:
                 if window.done:
                     del self._windows[object_id]
                 if full is not None:
-                    work.append(ScheduledWork(object_id, full[0], full[1]))
+                    work.append(SemanticsJob(object_id, full[0], full[1], kind="window"))
             tasks = self._wanted.get(object_id)
             if tasks is None and self.refresh_period_s > 0:
                 last = self._last_run_s.setdefault(object_id, now_s)
@@ -122,5 +114,5 @@ class SemanticsScheduler:
                 continue
             self._wanted.pop(object_id, None)
             self._last_run_s[object_id] = now_s
-            work.append(ScheduledWork(object_id, tasks))
+            work.append(SemanticsJob(object_id, tasks, tuple(kept_frames(object_id))))
         return work

@@ -1,11 +1,15 @@
-"""Asynchronous PAM semantics: a worker that turns tracked-object features into words, in batches.
+"""Asynchronous PAM semantics: the worker that owns the language model and turns features into words.
 
 The tracker hands over each object's decoder features (never the image), so language never re-runs
-the image encoder. The worker owns the LLM, in its own thread, so tracking never waits for text:
-whatever semantics jobs wait when it is free (new objects, refreshes, stream windows; up to
-max_batch) share one batched generation. Its backlog is bounded (one queued job per object and kind,
-newer work merged in). In "sync" mode (bag replay) a frame's jobs run in the caller's thread instead,
-which makes the output deterministic. The store keeps every object's latest words for any thread.
+the image encoder. The worker owns the LLM and every generation, in its own thread, so tracking never
+waits for text: whatever semantics jobs wait when it is free (new objects, refreshes, stream windows;
+up to max_batch) share one batched generation; callers' describes and captions run alone (streamed,
+cancellable) in arrival order; a planner's query goes first. Its backlog is bounded (one queued job
+per object and kind, newer work merged in). In "sync" mode (bag replay) work runs in the caller's
+thread instead, which makes the output deterministic. The store keeps every object's latest words.
+
+Two work types between the scheduler and the model: SemanticsJob (what to describe) here, and the
+model's DescribeJob (how to generate it), built in one place (`_generate`).
 """
 from __future__ import annotations
 
@@ -19,34 +23,60 @@ from typing import Callable, Sequence
 
 from pam_ros.engine.types import GenerationResult, ObjectSemantics, SemanticsState
 from pam_ros.errors import ConfigError, EngineClosedError, UnknownObjectError
-from pam_ros.model.decoding import is_out_of_memory
-from pam_ros.model.tasks import CAPTION_PRIORITY, parse_explanation
+from pam_ros.model.tasks import CAPTION_PRIORITY, canonical_task, is_streaming_task, is_video_task, parse_explanation
 
 log = logging.getLogger(__name__)
+
+TextCallback = Callable[[str, int], None]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How the worker decodes: tokens per answer (a job may ask for its own) and greedy or sampled."""
+
+    max_new_tokens: int = 48
+    greedy: bool = True
+    temperature: float = 0.7
+    top_p: float = 0.8
 
 
 @dataclass
 class SemanticsJob:
-    """Tasks to run for one object on a snapshot of its features."""
+    """Tasks to run for one object on its frames, oldest first: image tasks read the newest, video
+    tasks all of them. The job's stamp and frame index are its newest frame's (set nowhere else).
+
+    kind: "image" (new object, refresh, request of the scheduler), "window" (a stream window), or
+    "request" (a caller's describe or caption: run alone, streamed through on_text, stopped by
+    should_stop). store=False for a one-shot describe of a region that is not tracked.
+    """
 
     object_id: str
     tasks: tuple[str, ...]
-    snapshot: object  # the object's RegionFeatures: its kept frames, or a video window's
-    stamp_ns: int
-    frame_index: int
-    max_new_tokens: int
-    kind: str = "image"  # "image" (latest frame / whole track) or "window" (a stream window)
+    frames: tuple
+    kind: str = "image"
+    max_new_tokens: int = 0  # 0 = the worker's GenerationConfig
+    store: bool = True
+    on_text: TextCallback | None = None
+    should_stop: Callable[[], bool] | None = None
     future: Future = field(default_factory=Future)
     merged_futures: list = field(default_factory=list)  # futures of later jobs merged into this one
+
+    @property
+    def stamp_ns(self) -> int:
+        return self.frames[-1].stamp_ns
+
+    @property
+    def frame_index(self) -> int:
+        return self.frames[-1].frame_index
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.object_id, self.kind)
 
     def merge(self, newer: "SemanticsJob") -> None:
-        """Take a newer job for the same object into this queued one: newest features, joined tasks."""
+        """Take a newer job for the same object into this queued one: newest frames, joined tasks."""
         self.tasks = self.tasks + tuple(t for t in newer.tasks if t not in self.tasks)
-        self.snapshot, self.stamp_ns, self.frame_index = newer.snapshot, newer.stamp_ns, newer.frame_index
+        self.frames = newer.frames
         self.max_new_tokens = max(self.max_new_tokens, newer.max_new_tokens)
         self.merged_futures.append(newer.future)
         self.merged_futures.extend(newer.merged_futures)
@@ -69,23 +99,12 @@ class SemanticsJob:
                 future.set_exception(error)
 
 
-class RequestJob:
-    """A caller's request (describe, caption) run on the worker: work() -> future."""
+class _ModelCall:
+    """A planner's query on the worker: fn(model) -> future (not a generation, so no SemanticsJob)."""
 
-    def __init__(self, work: Callable[[], object], name: str) -> None:
-        self.work = work
-        self.name = name
+    def __init__(self, fn: Callable[[object], object]) -> None:
+        self.fn = fn
         self.future: Future = Future()
-
-    def run(self) -> None:
-        if not self.future.set_running_or_notify_cancel():
-            return  # cancelled while it waited
-        try:
-            result = self.work()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who decides
-            self.future.set_exception(exc)
-        else:
-            self.future.set_result(result)
 
     def fail(self, error: BaseException) -> None:
         if not self.future.done():
@@ -110,26 +129,27 @@ class SemanticsStore:
             # Words already there stay readable while the refresh runs: they are only stale.
             sem.state = SemanticsState.STALE if sem.texts else SemanticsState.PENDING
 
-    def set_result(self, object_id: str, job: SemanticsJob, results: Sequence[GenerationResult]) -> None:
+    def set_results(self, object_id: str, results: Sequence[GenerationResult], *, create: bool = False) -> None:
+        """An object's new words (each result carries the stamp of the frame it describes). Scheduled
+        jobs' objects were marked pending: one gone since was removed while its job ran and stays gone;
+        a caller's caption (create=True) may be the object's first words."""
         with self._lock:
-            if object_id not in self._items:
-                return  # removed while the job ran
-            sem = self._items[object_id]
-            for res in results:
-                sem.texts[res.task] = res.text
-            sem.stamp_ns, sem.frame_index = job.stamp_ns, job.frame_index
-            fill_named_fields(sem)
-            sem.state, sem.error = SemanticsState.READY, ""
-
-    def set_texts(self, object_id: str, results: Sequence[GenerationResult]) -> None:
-        """Texts produced outside a job (a caption request): same bookkeeping as a job's result."""
-        with self._lock:
-            sem = self._items.setdefault(object_id, ObjectSemantics())
+            sem = self._items.setdefault(object_id, ObjectSemantics()) if create else self._items.get(object_id)
+            if sem is None:
+                return
             for res in results:
                 sem.texts[res.task] = res.text
                 sem.stamp_ns, sem.frame_index = res.stamp_ns, res.frame_index
             fill_named_fields(sem)
             sem.state, sem.error = SemanticsState.READY, ""
+
+    def history(self, object_id: str, task: str) -> str | None:
+        """PAM's streaming caption: the previous window's caption of this object is the next one's history."""
+        if not object_id or not is_streaming_task(task):
+            return None
+        with self._lock:
+            sem = self._items.get(object_id)
+            return sem.texts.get(canonical_task(task)) if sem is not None else None
 
     def set_error(self, object_id: str, message: str) -> None:
         with self._lock:
@@ -171,13 +191,9 @@ def fill_named_fields(sem: ObjectSemantics) -> None:
             break
 
 
-# (sequences: [(job, task)]) -> one GenerationResult per sequence, in order, from one batched generation
-RunBatch = Callable[[list[tuple[SemanticsJob, str]]], list[GenerationResult]]
-
-
 class SemanticsWorker:
-    """Runs semantics jobs in batches, and callers' requests one at a time, in a thread ("async") or
-    inline ("sync").
+    """Owns the language model: runs semantics jobs in batches, callers' requests one at a time and
+    planners' queries first, in a thread ("async") or inline ("sync").
 
     Batches: when the worker is free it takes every semantics job waiting at the head of the queue (up
     to `max_batch` jobs, each with its tasks) into one batched generation. A job whose object is no
@@ -190,22 +206,25 @@ class SemanticsWorker:
     features win, the tasks are joined, both callers get the one result); a job already running
     finishes. Failures are reported on the job's future and in the store (FAILED + message).
 
-    Requests (describe, caption, queries) run alone, in arrival order with the jobs; `first=True`
-    puts one ahead of the queued jobs (a planner's query should not wait for every refresh).
+    Requests (describe, caption) run alone, streamed, in arrival order with the jobs; `call_first`
+    puts a query ahead of the queued jobs (a planner's query should not wait for every refresh).
     """
 
-    def __init__(self, run_batch: RunBatch, store: SemanticsStore, *, mode: str = "async",
-                 is_tracked: Callable[[str], bool] = lambda _id: True, max_batch: int = 8) -> None:
+    def __init__(self, model, store: SemanticsStore, *, generation: GenerationConfig = GenerationConfig(),
+                 mode: str = "async", is_tracked: Callable[[str], bool] = lambda _id: True,
+                 max_batch: int = 8) -> None:
         if mode not in ("async", "sync"):
             raise ConfigError(f"semantics mode must be 'async' or 'sync', not {mode!r}")
-        self._run_batch = run_batch
+        self._model = model
+        self._model_lock = threading.Lock()  # the model is used by one generation at a time
+        self.generation = generation  # replaced as a whole by update_settings (live)
         self._store = store
         self._mode = mode
         self._is_tracked = is_tracked
         self.max_batch = max_batch  # checked by the setter
         self._lock = threading.Condition()
-        self._queued: OrderedDict[tuple[str, str], SemanticsJob | RequestJob] = OrderedDict()
-        self._first: deque[RequestJob] = deque()  # requests that go ahead of the queue
+        self._queued: OrderedDict[tuple[str, str], SemanticsJob] = OrderedDict()
+        self._first: deque[_ModelCall] = deque()  # queries that go ahead of the queue
         self._closed = False
         self._running = 0
         self._request_count = 0
@@ -259,27 +278,44 @@ class SemanticsWorker:
             self._lock.notify_all()
         return [job.future for job in jobs]
 
-    def run_request(self, work: Callable[[], object], *, name: str = "request", first: bool = False) -> Future:
-        """Run `work()` on the worker (it owns the language model), alone.
-
-        For callers' requests (describe, caption, queries): in arrival order after the jobs queued
-        before it, or with first=True ahead of them; never merged. The future resolves to work()'s
-        result or exception; cancelling it while queued skips the work.
-        """
+    def request(self, job: SemanticsJob) -> Future:
+        """A caller's describe or caption (job.kind "request"): run alone, after the work queued before
+        it, streamed through job.on_text. The future resolves to its [GenerationResult] (stored when the
+        job says so and it was not stopped) or the error; cancelling it while queued skips it."""
         if self._closed:
             raise EngineClosedError("the semantics worker is closed")
-        job = RequestJob(work, name)
         if self._mode == "sync":
-            job.run()
+            self._run_request(job)
             return job.future
         with self._lock:
-            if first:
-                self._first.append(job)
-            else:
-                self._request_count += 1
-                self._queued[("", f"{name}-{self._request_count}")] = job
+            self._request_count += 1
+            self._queued[(job.object_id, f"request-{self._request_count}")] = job
             self._lock.notify_all()
         return job.future
+
+    def call_first(self, fn: Callable[[object], object]) -> Future:
+        """fn(model) on the worker, ahead of the queued jobs (a planner's query); a future of its result."""
+        if self._closed:
+            raise EngineClosedError("the semantics worker is closed")
+        call = _ModelCall(fn)
+        if self._mode == "sync":
+            self._run_call(call)
+            return call.future
+        with self._lock:
+            self._first.append(call)
+            self._lock.notify_all()
+        return call.future
+
+    def position(self, future: Future) -> int:
+        """How many pieces of work run or wait before the one with this future (0: it runs now or is
+        next); -1 when it is not queued (done, running alone, or unknown)."""
+        with self._lock:
+            ahead = self._running + len(self._first)
+            for item in self._queued.values():
+                if item.future is future or future in item.merged_futures:
+                    return ahead
+                ahead += 1
+        return -1
 
     def pending(self) -> int:
         """Jobs and requests queued or running."""
@@ -308,19 +344,21 @@ class SemanticsWorker:
         # a batch or request running now finishes (a caller's should_stop is how it is cut short)
         if self._thread is not None:
             self._thread.join(timeout=30)
+        with self._model_lock:
+            self._model = None  # the pipeline drops its reference too: the weights can be freed
 
     # ---- the worker thread ----------------------------------------------------------------------
-    def _take(self) -> RequestJob | list[SemanticsJob]:
-        """The next request, or the semantics jobs at the head of the queue (up to max_batch)."""
+    def _take(self) -> _ModelCall | list[SemanticsJob]:
+        """The next query, request, or the semantics jobs at the head of the queue (up to max_batch)."""
         if self._first:
             return self._first.popleft()
         _, head = self._queued.popitem(last=False)
-        if isinstance(head, RequestJob):
-            return head
+        if head.kind == "request":
+            return [head]
         batch = [head]
         while len(batch) < self.max_batch and self._queued:
             key, following = next(iter(self._queued.items()))
-            if not isinstance(following, SemanticsJob):
+            if following.kind == "request":
                 break  # a request waits its turn; the jobs behind it stay behind it
             del self._queued[key]
             batch.append(following)
@@ -335,14 +373,39 @@ class SemanticsWorker:
                 work = self._take()
                 self._running += 1
             try:
-                if isinstance(work, RequestJob):
-                    work.run()
+                if isinstance(work, _ModelCall):
+                    self._run_call(work)
+                elif work[0].kind == "request":
+                    self._run_request(work[0])
                 else:
                     self._run_jobs(work)
             finally:
                 with self._lock:
                     self._running -= 1
                     self._lock.notify_all()
+
+    def _run_call(self, call: _ModelCall) -> None:
+        if not call.future.set_running_or_notify_cancel():
+            return
+        try:
+            with self._model_lock:
+                result = call.fn(self._live_model())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who decides
+            call.future.set_exception(exc)
+        else:
+            call.future.set_result(result)
+
+    def _run_request(self, job: SemanticsJob) -> None:
+        if not job.start():
+            return  # cancelled while it waited
+        try:
+            results = self._generate([(job, task) for task in job.tasks]) if job.tasks else []
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who decides
+            job.fail(exc)
+            return
+        if job.store and results and not any(r.stopped for r in results):
+            self._store.set_results(job.object_id, results, create=True)
+        job.succeed(results)
 
     def _run_jobs(self, jobs: list[SemanticsJob]) -> None:
         """One batch: the jobs still wanted and tracked, all their tasks in one generation."""
@@ -377,14 +440,51 @@ class SemanticsWorker:
                 self._store.set_error(job.object_id, message)
                 job.fail(error)
                 continue
-            for res in mine:
-                res.stamp_ns, res.frame_index = job.stamp_ns, job.frame_index
             self._finish(job, mine)
 
     def _finish(self, job: SemanticsJob, results: list[GenerationResult]) -> None:
         self.jobs_done += 1
-        self._store.set_result(job.object_id, job, results)
+        self._store.set_results(job.object_id, results)
         job.succeed(results)
+
+    def _live_model(self):
+        if self._model is None:
+            raise EngineClosedError("the pipeline was closed")
+        return self._model
+
+    def _generate(self, sequences: list[tuple[SemanticsJob, str]]) -> list[GenerationResult]:
+        """One batched generation: each (job, task) on its job's frames (image tasks the newest, video
+        tasks all of them; a streaming task with the object's previous caption as history). Sequences
+        on the same frames share their visual prefix. The one place a DescribeJob is built."""
+        from pam_ros.model.pam import DescribeJob
+
+        config = self.generation
+        with self._model_lock:
+            model = self._live_model()
+            settings = {}  # one GenerationSettings per token limit
+            requests = []
+            for job, task in sequences:
+                canonical = canonical_task(task)
+                limit = job.max_new_tokens or config.max_new_tokens
+                if limit not in settings:
+                    settings[limit] = model.generation_settings(max_new_tokens=limit, do_sample=not config.greedy,
+                                                                temperature=config.temperature, top_p=config.top_p)
+                regions = list(job.frames) if is_video_task(canonical) else job.frames[-1]
+                requests.append(DescribeJob(regions, canonical, history=self._store.history(job.object_id, task),
+                                            on_text=job.on_text, should_stop=job.should_stop,
+                                            settings=settings[limit]))
+            try:
+                generations = model.describe_batch(requests)
+            except Exception as exc:
+                from pam_ros.model.decoding import is_out_of_memory, release_cached_memory
+
+                if is_out_of_memory(exc):
+                    release_cached_memory(model.device)  # so that the smaller retry can fit
+                raise
+        # seconds: from the start of the batch's decoding until this sequence ended
+        return [GenerationResult(task, gen.text, list(gen.token_ids), gen.seconds, stamp_ns=job.stamp_ns,
+                                 frame_index=job.frame_index, stopped=bool(gen.stopped))
+                for (job, task), gen in zip(sequences, generations)]
 
     def _answer(self, sequences: list[tuple[SemanticsJob, str]]) -> list[GenerationResult | BaseException]:
         """A result or the error for each sequence. Too many for memory: halves; one failing job: each
@@ -393,11 +493,13 @@ class SemanticsWorker:
         if limit is not None and len(sequences) > limit:
             return self._answer(sequences[:limit]) + self._answer(sequences[limit:])
         try:
-            results = self._run_batch(sequences)
+            results = self._generate(sequences)
             if len(results) != len(sequences):
                 raise RuntimeError(f"the batch gave {len(results)} results for {len(sequences)} sequences")
             return list(results)
         except Exception as exc:  # noqa: BLE001 - any model failure is reported per job, the worker goes on
+            from pam_ros.model.decoding import is_out_of_memory
+
             if len(sequences) == 1:
                 return [exc]
             if is_out_of_memory(exc):

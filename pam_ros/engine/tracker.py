@@ -29,12 +29,9 @@ tracked frames, e.g. everything prompted on one frame) run as one batch; the oth
 batches on the same image features. Prompts with different numbers of points are decoded in
 separate batches, because padding points would change SAM 2's result.
 
-Prompts: `add_object` / `refine_object` queue a prompt for a frame that has not been processed yet
-(by default the next one); it is applied when that frame is stepped, in pixel coordinates of that
-frame. Prompt errors that can be seen at once (NaN, bad labels, inverted box, and points outside
-the last frame's size) raise `PromptError` immediately; a prompt that only fails against the frame
-it is applied to is reported in `TrackingResult.rejected_prompts` (a new object is then dropped,
-a refinement is ignored) and tracking goes on.
+Prompts: the engine's prompt queue (engine/prompts.py) names, validates and holds prompts until
+their frame; the tracker only takes the ones due now. `add_object` / `refine_object` give an object
+its prompt for the next `step` (a VisualPrompt already checked against that frame's size).
 
 Not thread-safe: one caller (the engine's tracking loop) drives it.
 """
@@ -43,18 +40,18 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
 from sam2.utils.amg import batched_mask_to_box
 
-from pam_ros.engine.ids import ObjectIdNamer
+from pam_ros.engine.history import FeatureHistory
 from pam_ros.engine.types import TrackingState
-from pam_ros.errors import PromptError, TrackerError, UnknownObjectError
+from pam_ros.errors import TrackerError, UnknownObjectError
 from pam_ros.model.masks import score_from_logit
 from pam_ros.model.pam import RegionFeatures
 from pam_ros.model.sam2_backbone import ImageEncoding, Sam2Backbone, TrackStepOutput, VisualPrompt
+from pam_ros.model.sam2_memory import FrameMemory, batched_output_dict, empty_output_dict
 
 # --------------------------------------------------------------------------------------------
 # Values handed out
@@ -86,65 +83,20 @@ class TrackingResult:
     stamp_ns: int
     image_hw: tuple[int, int]
     objects: list[ObjectTrack]
-    rejected_prompts: list[tuple[str, str]] = field(default_factory=list)  # (object id, reason)
     seconds: float = 0.0
 
     def by_id(self) -> dict[str, ObjectTrack]:
         return {track.object_id: track for track in self.objects}
 
 
-class FeatureHistory:
-    """Bounded history of an object's `RegionFeatures`, spread over the whole track.
-
-    Holds at most `capacity` frames: every frame until then, and afterwards always the first and the
-    latest frame plus `capacity - 2` frames in between. When a new frame would make one too many, the
-    in-between frame whose removal leaves the smallest gap goes, so the kept frames stay spread
-    (gaps between kept frames within a factor of three of each other). With capacity 16 that is exactly
-    what PAM's video mode reads (it selects 16 frames), so nothing is kept that semantics never read.
-    """
-
-    def __init__(self, capacity: int):
-        if capacity < 2:
-            raise TrackerError(f"keep_feature_frames must be at least 2, got {capacity}")
-        self.capacity = capacity
-        self._kept: list[tuple[int, RegionFeatures]] = []  # (ordinal in the track, features)
-        self._seen = 0
-
-    def add(self, features: RegionFeatures) -> None:
-        self._kept.append((self._seen, features))
-        self._seen += 1
-        if len(self._kept) > self.capacity:
-            ordinals = [ordinal for ordinal, _ in self._kept]
-            # the oldest of the in-between frames whose neighbours are closest together
-            drop = min(range(1, len(ordinals) - 1), key=lambda i: (ordinals[i + 1] - ordinals[i - 1], i))
-            del self._kept[drop]
-
-    def frames(self) -> list[RegionFeatures]:
-        return [features for _, features in self._kept]
-
-    def latest(self) -> RegionFeatures | None:
-        return self._kept[-1][1] if self._kept else None
-
-    def __len__(self) -> int:
-        return len(self._kept)
-
-
 # --------------------------------------------------------------------------------------------
 # Per-object state
 # --------------------------------------------------------------------------------------------
 @dataclass
-class _FrameMemory:
-    """What SAM 2's memory attention reads from one past frame of one object."""
-
-    maskmem_features: torch.Tensor | None  # [1, mem_dim, 64, 64]; None once only the pointer is read
-    obj_ptr: torch.Tensor  # [1, 256]
-    object_score_logits: torch.Tensor  # [1, 1]
-
-
-@dataclass
 class _PendingPrompt:
+    """A prompt for the next step: keep_memory=False (a new object, or a restart) decodes without memory."""
+
     prompt: VisualPrompt
-    frame_index: int
     keep_memory: bool
 
 
@@ -152,8 +104,8 @@ class _PendingPrompt:
 class _TrackedObject:
     object_id: str
     history: FeatureHistory
-    cond: dict[int, _FrameMemory] = field(default_factory=dict)
-    non_cond: dict[int, _FrameMemory] = field(default_factory=dict)
+    cond: dict[int, FrameMemory] = field(default_factory=dict)
+    non_cond: dict[int, FrameMemory] = field(default_factory=dict)
     pending: _PendingPrompt | None = None
     frames_lost: int = 0
 
@@ -208,8 +160,6 @@ class StreamingTracker:
         self._objects: dict[str, _TrackedObject] = {}
         self._maskmem_pos_enc: list[torch.Tensor] | None = None
         self._next_frame = 0
-        self._last_size_wh: tuple[int, int] | None = None
-        self._namer = ObjectIdNamer()
 
     # ---- object management ---------------------------------------------------------------
     @property
@@ -221,39 +171,27 @@ class StreamingTracker:
         """Index the next `step` call will get."""
         return self._next_frame
 
-    def add_object(self, prompt: VisualPrompt, object_id: str | None = None, *, frame: int | None = None) -> str:
-        """Start tracking a new object from `prompt`, applied on `frame` (default: the next frame).
-
-        Returns the object id (obj_N, engine.ids, when not given).
-        """
-        if object_id is not None and object_id in self._objects:
+    def add_object(self, object_id: str, prompt: VisualPrompt) -> None:
+        """Start tracking a new object from `prompt` on the next step."""
+        if not isinstance(object_id, str) or not object_id:
+            raise TrackerError(f"object id must be a non-empty string, got {object_id!r}")
+        if object_id in self._objects:
             raise TrackerError(f"object id {object_id!r} is already tracked")
         if len(self._objects) >= self.max_objects:
             raise TrackerError(f"cannot track more than {self.max_objects} objects (max_objects)")
-        checked = prompt.validate(self._last_size_wh)
-        frame_index = self._target_frame(frame)
-        if object_id is None:
-            object_id = self._new_id()
-        if not isinstance(object_id, str) or not object_id:
-            raise TrackerError(f"object id must be a non-empty string, got {object_id!r}")
         obj = _TrackedObject(object_id=object_id, history=FeatureHistory(self.keep_feature_frames))
-        obj.pending = _PendingPrompt(checked, frame_index, keep_memory=False)
+        obj.pending = _PendingPrompt(prompt, keep_memory=False)
         self._objects[object_id] = obj
-        return object_id
 
-    def refine_object(
-        self, object_id: str, prompt: VisualPrompt, *, frame: int | None = None, keep_memory: bool = True
-    ) -> None:
-        """Give an object a new prompt (more points, a new box) on `frame` (default: the next one).
+    def refine_object(self, object_id: str, prompt: VisualPrompt, *, keep_memory: bool = True) -> None:
+        """Give an object a new prompt (more points, a new box) on the next step.
 
         keep_memory=True decodes the prompt on the memory-conditioned features and adds the frame
         as a further conditioning frame (a correction, as SAM 2's clicks on a tracked frame);
         keep_memory=False restarts the object from this prompt alone (memory and feature history
         are cleared), keeping its id.
         """
-        obj = self._get(object_id)
-        checked = prompt.validate(self._last_size_wh)
-        obj.pending = _PendingPrompt(checked, self._target_frame(frame), keep_memory=keep_memory)
+        self._get(object_id).pending = _PendingPrompt(prompt, keep_memory=keep_memory)
 
     def remove_object(self, object_id: str) -> None:
         """Stop tracking an object and free its memory; the other objects are not affected."""
@@ -265,7 +203,6 @@ class StreamingTracker:
         self._objects.clear()
         self._maskmem_pos_enc = None
         self._next_frame = 0
-        self._last_size_wh = None
 
     def features(self, object_id: str) -> list[RegionFeatures]:
         """The kept per-frame PAM features of an object, oldest first (empty before its first frame)."""
@@ -310,14 +247,14 @@ class StreamingTracker:
         enc = self.backbone.encode_image(pil)
         height, width = enc.orig_hw
         frame = self._next_frame
-        rejected = self._apply_due_prompts(frame, (width, height))
+        self._restart_prompted_objects()
 
         init_groups: dict[int, list[_TrackedObject]] = {}
         refine_groups: dict[tuple, list[_TrackedObject]] = {}
         track_groups: dict[tuple, list[_TrackedObject]] = {}
         for obj in self._objects.values():
             pending = obj.pending
-            if pending is not None and pending.frame_index == frame:
+            if pending is not None:
                 if pending.keep_memory and obj.has_memory:
                     key = (obj.memory_layout(), pending.prompt.num_sam_points)
                     refine_groups.setdefault(key, []).append(obj)
@@ -337,78 +274,29 @@ class StreamingTracker:
         tracks = self._collect_results(enc, frame, stamp_ns, outputs)
         self._evict(frame)
         self._next_frame = frame + 1
-        self._last_size_wh = (width, height)
         return TrackingResult(
             frame_index=frame,
             stamp_ns=stamp_ns,
             image_hw=(height, width),
             objects=tracks,
-            rejected_prompts=rejected,
             seconds=time.perf_counter() - started,
         )
 
     # ---- internals -----------------------------------------------------------------------
-    def _new_id(self) -> str:
-        return self._namer.next_id(self._objects)
-
     def _get(self, object_id: str) -> _TrackedObject:
         try:
             return self._objects[object_id]
         except (KeyError, TypeError):
             raise UnknownObjectError(f"unknown object id {object_id!r} (known: {sorted(self._objects)})") from None
 
-    def _target_frame(self, frame: int | None) -> int:
-        if frame is None:
-            return self._next_frame
-        if frame < self._next_frame:
-            raise TrackerError(
-                f"frame {frame} is already processed (next frame is {self._next_frame}); "
-                "a streaming tracker cannot go back"
-            )
-        return int(frame)
-
-    def _apply_due_prompts(self, frame: int, size_wh: tuple[int, int]) -> list[tuple[str, str]]:
-        """Check due prompts against this frame; drop the ones that do not fit it."""
-        rejected = []
-        for obj in list(self._objects.values()):
-            pending = obj.pending
-            if pending is None or pending.frame_index != frame:
-                continue
-            try:
-                pending.prompt = pending.prompt.validate(size_wh)
-            except PromptError as exc:
-                rejected.append((obj.object_id, str(exc)))
-                obj.pending = None
-                if not obj.has_memory:
-                    del self._objects[obj.object_id]
-                continue
-            if not pending.keep_memory:
+    def _restart_prompted_objects(self) -> None:
+        """An object prompted without its memory (new, or restarted) starts from this frame alone."""
+        for obj in self._objects.values():
+            if obj.pending is not None and not obj.pending.keep_memory:
                 obj.cond.clear()
                 obj.non_cond.clear()
                 obj.history = FeatureHistory(self.keep_feature_frames)
                 obj.frames_lost = 0
-        return rejected
-
-    def _batched_memory(self, members: Sequence[_TrackedObject]) -> dict:
-        """SAM2Base's output_dict for a batch of objects with the same memory layout."""
-        batch = len(members)
-        pos_enc = [p.expand(batch, -1, -1, -1) for p in self._maskmem_pos_enc or []]
-
-        def stack(which: str) -> dict[int, dict]:
-            stacked = {}
-            for t in sorted(getattr(members[0], which)):
-                memories = [getattr(m, which)[t] for m in members]
-                spatial = [m.maskmem_features for m in memories]
-                stacked[t] = {
-                    # None only for frames whose spatial memory SAM 2 no longer reads
-                    "maskmem_features": None if any(s is None for s in spatial) else torch.cat(spatial, dim=0),
-                    "maskmem_pos_enc": pos_enc,
-                    "obj_ptr": torch.cat([m.obj_ptr for m in memories], dim=0),
-                    "object_score_logits": torch.cat([m.object_score_logits for m in memories], dim=0),
-                }
-            return stacked
-
-        return {"cond_frame_outputs": stack("cond"), "non_cond_frame_outputs": stack("non_cond")}
 
     def _run_group(
         self,
@@ -423,9 +311,9 @@ class StreamingTracker:
         point_inputs = None
         if prompted:
             point_inputs = self.backbone.point_inputs([m.pending.prompt for m in members], enc.orig_hw)
-        output_dict = (
-            {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}} if init else self._batched_memory(members)
-        )
+        output_dict = (empty_output_dict() if init else
+                       batched_output_dict([m.cond for m in members], [m.non_cond for m in members],
+                                           self._maskmem_pos_enc or []))
         step = self.backbone.track_step(
             enc,
             batch_size=len(members),
@@ -444,11 +332,7 @@ class StreamingTracker:
             # Identical for every frame and object: keep one copy (as SAM 2's predictor does).
             self._maskmem_pos_enc = [p[0:1].clone() for p in out["maskmem_pos_enc"]]
         for index, obj in enumerate(members):
-            memory = _FrameMemory(
-                maskmem_features=out["maskmem_features"][index : index + 1].to(self.memory_dtype, copy=True),
-                obj_ptr=out["obj_ptr"][index : index + 1].clone(),
-                object_score_logits=out["object_score_logits"][index : index + 1].clone(),
-            )
+            memory = FrameMemory.from_step(out, index, self.memory_dtype)
             if prompted:
                 obj.cond[frame] = memory
                 obj.non_cond.pop(frame, None)

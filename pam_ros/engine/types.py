@@ -11,6 +11,10 @@ import numpy as np
 
 from pam_ros.engine.geometry import ObjectGeometry
 
+# the PipelineConfig fields update_settings() changes while a pipeline runs; every other one needs a new pipeline
+LIVE_SETTINGS = ("refresh_period_s", "max_new_tokens", "max_batch", "greedy", "temperature", "top_p",
+                 "discover_period_s")
+
 
 class PromptAction(enum.IntEnum):
     """What a prompt does (same values as pam_ros/msg/Prompt)."""

@@ -31,120 +31,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pam_ros.errors import CheckpointError, ImageError, PromptError
+from pam_ros.model.image_input import check_rgb_array
+from pam_ros.model.memory_attention import memory_attention_in_chunks
+from pam_ros.model.sam2_checkpoint import load_sam2_config, load_state_dict_strict, read_sam2_checkpoint
+from pam_ros.model.visual_prompt import BOX_BOTTOM_RIGHT_LABEL, BOX_TOP_LEFT_LABEL, VisualPrompt
 
 log = logging.getLogger(__name__)
 
 # ImageNet statistics used by SAM 2 (and by PAM's frame loader).
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
-
-# Overrides PAM's `build_sam2_video_predictor` applies on top of the YAML (fixture README,
-# "How the reference was run"). `multimask_output_in_sam` is the value in PAM's own config copy;
-# setting it here makes the packaged SAM 2.1 configs behave like PAM's.
-PAM_BUILD_OVERRIDES: dict[str, Any] = {
-    "_target_": "sam2.sam2_video_predictor.SAM2VideoPredictor",
-    "sam_mask_decoder_extra_args": {
-        "dynamic_multimask_via_stability": True,
-        "dynamic_multimask_stability_delta": 0.05,
-        "dynamic_multimask_stability_thresh": 0.98,
-    },
-    "binarize_mask_from_pts_for_mem_enc": True,
-    "fill_hole_area": 8,
-    "multimask_output_in_sam": False,
-}
-
-# Key prefix of the SAM 2 copy inside a full PAM training save (model.safetensors).
-PAM_VISION_TOWER_PREFIX = "model.vision_tower.sam2_model_predictor."
-
-# SAM 2 point labels for the two box corners.
-BOX_TOP_LEFT_LABEL = 2
-BOX_BOTTOM_RIGHT_LABEL = 3
-
-
-# --------------------------------------------------------------------------------------------
-# Prompts
-# --------------------------------------------------------------------------------------------
-@dataclass
-class VisualPrompt:
-    """A visual prompt in pixel coordinates of the original image.
-
-    points: [P, 2] float (x, y); labels: [P] int, 1 = positive, 0 = negative; box: [4] x1, y1, x2, y2.
-    A box may be combined with points (SAM 2 puts the box corners first).
-    """
-
-    points: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    box: np.ndarray | None = None
-
-    @property
-    def num_sam_points(self) -> int:
-        """Number of SAM 2 prompt points this prompt becomes (a box counts as two)."""
-        n = 0 if self.points is None else int(np.asarray(self.points).reshape(-1, 2).shape[0])
-        return n + (2 if self.box is not None else 0)
-
-    def validate(self, image_size_wh: tuple[int, int] | None = None) -> "VisualPrompt":
-        """Check the prompt and return a normalised copy (float32/int32 arrays, clipped box).
-
-        Raises PromptError on: no prompt at all, points without labels (or the reverse), a count
-        mismatch, NaN/inf, labels not in {0, 1}, an inverted or zero-area box and, when the image
-        size is given, points outside the image or a box entirely outside it. A box partly outside
-        the image is clipped to it.
-        """
-        points = labels = box = None
-        if self.points is not None or self.labels is not None:
-            if self.points is None or self.labels is None:
-                raise PromptError("points and labels must be given together")
-            points = np.asarray(self.points, dtype=np.float64)
-            labels = np.asarray(self.labels)
-            if points.size == 0 and labels.size == 0:
-                points = labels = None
-            else:
-                if points.ndim != 2 or points.shape[1] != 2:
-                    raise PromptError(f"points must have shape [P, 2], got {list(points.shape)}")
-                if labels.ndim != 1 or labels.shape[0] != points.shape[0]:
-                    raise PromptError(
-                        f"labels must have shape [{points.shape[0]}] to match the points, "
-                        f"got {list(labels.shape)}"
-                    )
-                if not np.all(np.isfinite(points)):
-                    raise PromptError("point coordinates contain NaN or infinity")
-                if labels.dtype.kind == "f" and not np.all(np.isfinite(labels)):
-                    raise PromptError("point labels contain NaN or infinity")
-                if not np.all(np.isin(labels, (0, 1))):
-                    raise PromptError(f"point labels must be 0 or 1, got {labels.tolist()}")
-                labels = labels.astype(np.int32)
-        if self.box is not None:
-            box = np.asarray(self.box, dtype=np.float64).reshape(-1)
-            if box.shape[0] != 4:
-                raise PromptError(f"box must have 4 numbers x1, y1, x2, y2, got {box.shape[0]}")
-            if not np.all(np.isfinite(box)):
-                raise PromptError("box contains NaN or infinity")
-            if box[2] <= box[0] or box[3] <= box[1]:
-                raise PromptError(f"box {box.tolist()} is inverted or has zero area (need x2>x1, y2>y1)")
-        if points is None and box is None:
-            raise PromptError("a prompt needs at least one point or a box")
-        if image_size_wh is not None:
-            width, height = image_size_wh
-            if points is not None:
-                outside = (
-                    (points[:, 0] < 0) | (points[:, 0] > width) | (points[:, 1] < 0) | (points[:, 1] > height)
-                )
-                if np.any(outside):
-                    raise PromptError(
-                        f"points {points[outside].tolist()} lie outside the {width}x{height} image"
-                    )
-            if box is not None:
-                if box[2] <= 0 or box[3] <= 0 or box[0] >= width or box[1] >= height:
-                    raise PromptError(f"box {box.tolist()} lies entirely outside the {width}x{height} image")
-                box = np.array(
-                    [max(box[0], 0.0), max(box[1], 0.0), min(box[2], width), min(box[3], height)]
-                )
-        return VisualPrompt(
-            points=None if points is None else points.astype(np.float32),
-            labels=labels,
-            box=None if box is None else box.astype(np.float32),
-        )
-
 
 # --------------------------------------------------------------------------------------------
 # Results
@@ -284,161 +180,6 @@ class DecoderTap:
 
 
 # --------------------------------------------------------------------------------------------
-# Memory attention in slices of the batch
-# --------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def memory_attention_in_chunks(memory_attention: torch.nn.Module, chunk: int | None):
-    """While active, SAM 2's memory attention runs on at most `chunk` objects at a time (None: all).
-
-    Why: on a CPU one memory-attention call over N objects took longer than N calls over one object
-    (hiera-tiny, 256 px, 1 and 2 threads: about 20 % at 4 objects, 10-15 % at 16). Its activations
-    grow with N (the MLP's [N*HW, 2048] hidden layer, the [N, HW, memory] attention) and fall out of
-    cache, and SAM 2 stacks the memory sequence-first, so with N > 1 every key/value projection
-    reads it strided. The result is the same: each object's output depends on its own slice only
-    (checked bitwise on random inputs). The mask decoder and memory encoder stay batched. The
-    memory is laid out batch-first once, so that each slice is contiguous where the module
-    transposes it. A torch.compile'd module is left alone (its graph would be traced per slice).
-    """
-    if not chunk or getattr(memory_attention, "_compiled_call_impl", None) is not None:
-        yield
-        return
-    forward = memory_attention.forward  # the module's own (bound) forward
-
-    def forward_in_chunks(curr, memory, curr_pos=None, memory_pos=None, num_obj_ptr_tokens=0):
-        batch = memory.shape[1]  # sequence-first [tokens, batch, channels]
-        if batch <= chunk:
-            return forward(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens)
-        curr_list = curr if isinstance(curr, list) else [curr]
-        pos_list = curr_pos if isinstance(curr_pos, list) else [curr_pos]
-        memory_bf = memory.transpose(0, 1).contiguous()
-        memory_pos_bf = None if memory_pos is None else memory_pos.transpose(0, 1).contiguous()
-        parts = []
-        for start in range(0, batch, chunk):
-            rows = slice(start, start + chunk)
-            parts.append(
-                forward(
-                    [c[:, rows] for c in curr_list],
-                    memory_bf[rows].transpose(0, 1),
-                    [None if p is None else p[:, rows] for p in pos_list],
-                    None if memory_pos_bf is None else memory_pos_bf[rows].transpose(0, 1),
-                    num_obj_ptr_tokens,
-                )
-            )
-        # batch-first underneath, as the module's own output: later ops see the same memory layout
-        return torch.cat([part.transpose(0, 1) for part in parts], dim=0).transpose(0, 1)
-
-    replaced = vars(memory_attention).get("forward")  # an instance-level forward (e.g. sam2's VOS predictor)
-    memory_attention.forward = forward_in_chunks
-    try:
-        yield
-    finally:
-        if replaced is None:
-            del memory_attention.forward
-        else:
-            memory_attention.forward = replaced
-
-
-# --------------------------------------------------------------------------------------------
-# Config and checkpoint loading
-# --------------------------------------------------------------------------------------------
-def resolve_config_path(config: str | Path) -> Path:
-    """A YAML path as given, or the packaged SAM 2 / 2.1 config of that name.
-
-    Accepted names: "sam2.1_hiera_t", "sam2.1_hiera_l.yaml", "configs/sam2.1/sam2.1_hiera_b+.yaml".
-    """
-    path = Path(config)
-    if path.is_file():
-        return path
-    import sam2
-
-    package_dir = Path(sam2.__path__[0])
-    name = path.name if path.suffix == ".yaml" else path.name + ".yaml"
-    for folder in ("configs/sam2.1", "configs/sam2", "configs/sam2.1_training", "."):
-        candidate = package_dir / folder / name
-        if candidate.is_file():
-            return candidate
-    packaged = sorted(p.stem for p in (package_dir / "configs").glob("*/*.yaml"))
-    raise CheckpointError(
-        f"SAM 2 config {str(config)!r} is neither a YAML file nor a packaged config name "
-        f"(packaged: {', '.join(packaged)})"
-    )
-
-
-def load_sam2_config(config: str | Path, overrides: Mapping[str, Any] | None = None):
-    """The config's `model` node with PAM's build overrides applied (an OmegaConf DictConfig).
-
-    `overrides` (dotted keys under `model`, e.g. {"image_size": 512}) are applied last.
-    """
-    from omegaconf import OmegaConf
-
-    path = resolve_config_path(config)
-    try:
-        cfg = OmegaConf.load(path)
-    except Exception as exc:  # yaml errors come in many types
-        raise CheckpointError(f"cannot read SAM 2 config {path}: {exc}") from exc
-    if "model" not in cfg:
-        raise CheckpointError(f"SAM 2 config {path} has no 'model' section")
-    model_cfg = cfg.model
-    for key, value in {**PAM_BUILD_OVERRIDES, **(overrides or {})}.items():
-        OmegaConf.update(model_cfg, key, value, merge=True, force_add=True)
-    OmegaConf.resolve(model_cfg)
-    return model_cfg
-
-
-def read_sam2_checkpoint(checkpoint: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict of an official SAM 2 `.pt` ({"model": state_dict}); tensors only, no pickles."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise CheckpointError(f"SAM 2 checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read SAM 2 checkpoint {path}: {exc}") from exc
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"SAM 2 checkpoint {path} holds no state dict")
-    return dict(obj)
-
-
-def _short_list(keys: Sequence[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
-def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, Any], source: str) -> None:
-    """Load with strict key and shape checks; errors name the offending keys.
-
-    Stored tensors of another floating dtype (e.g. bf16) are upcast to the model's dtype by the
-    copy, which is exact for bf16 -> fp32.
-    """
-    if state_dict and all(k.startswith(PAM_VISION_TOWER_PREFIX) for k in state_dict):
-        state_dict = {k[len(PAM_VISION_TOWER_PREFIX) :]: v for k, v in state_dict.items()}
-    expected = model.state_dict()
-    missing = sorted(k for k in expected if k not in state_dict)
-    unexpected = sorted(k for k in state_dict if k not in expected)
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_short_list(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_short_list(unexpected)}")
-    for key in sorted(set(expected) & set(state_dict)):
-        value = state_dict[key]
-        if not isinstance(value, torch.Tensor):
-            problems.append(f"key {key} is not a tensor ({type(value).__name__})")
-        elif tuple(value.shape) != tuple(expected[key].shape):
-            problems.append(
-                f"shape mismatch for {key}: checkpoint {list(value.shape)}, "
-                f"model {list(expected[key].shape)}"
-            )
-        elif value.is_floating_point() != expected[key].is_floating_point():
-            problems.append(f"dtype mismatch for {key}: checkpoint {value.dtype}, model {expected[key].dtype}")
-    if problems:
-        raise CheckpointError(f"SAM 2 weights from {source} do not fit the model: " + "; ".join(problems))
-    model.load_state_dict(state_dict, strict=True)
-
-
-# --------------------------------------------------------------------------------------------
 # The backbone
 # --------------------------------------------------------------------------------------------
 class Sam2Backbone(torch.nn.Module):
@@ -542,13 +283,7 @@ class Sam2Backbone(torch.nn.Module):
             raise ImageError("pass images as numpy HxWx3 uint8 RGB arrays or PIL images, not tensors")
         if not isinstance(image, np.ndarray):
             raise ImageError(f"image must be a numpy array or PIL image, got {type(image).__name__}")
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ImageError(f"image must have shape [H, W, 3] (RGB), got {list(image.shape)}")
-        if image.shape[0] == 0 or image.shape[1] == 0:
-            raise ImageError(f"image is empty: shape {list(image.shape)}")
-        if image.dtype != np.uint8:
-            raise ImageError(f"image must be uint8, got {image.dtype}")
-        return Image.fromarray(np.ascontiguousarray(image), mode="RGB")
+        return Image.fromarray(check_rgb_array(image), mode="RGB")
 
     def preprocess(self, image: np.ndarray | Image.Image) -> torch.Tensor:
         """PAM's SAM 2 input [1, 3, 1024, 1024] float32 on the model's device."""

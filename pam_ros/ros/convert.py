@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from typing import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -92,20 +91,14 @@ def is_empty_image(msg: Image) -> bool:
 
 # --- prompts ------------------------------------------------------------------------------------
 
-def prompt_msg_to_request(msg: Prompt, image_size: tuple[int, int] | None = None) -> PromptRequest:
-    """Validate a Prompt message and turn it into the engine's PromptRequest (PromptConversionError if bad).
-
-    image_size (width, height), when known, also rejects points and boxes outside the image; otherwise
-    that check is the engine's (it knows the frame the prompt is applied to).
-    """
-    request = prompt_request_from_message(msg)
-    if image_size is not None and request.action in (PromptAction.ADD, PromptAction.REFINE):
-        _check_inside(request.points, request.box, image_size)
-    return request
+def prompt_msg_to_request(msg: Prompt) -> PromptRequest:
+    """Turn a Prompt message into the engine's PromptRequest (PromptConversionError for a malformed
+    message). Whether its points and box fit the image is the engine's check (engine/prompts.py): it
+    knows the frame the prompt is applied to."""
+    return prompt_request_from_message(msg)
 
 
-def describe_prompt_from_msg(msg: Prompt, has_image: bool,
-                             image_size: tuple[int, int] | None = None) -> PromptRequest:
+def describe_prompt_from_msg(msg: Prompt, has_image: bool) -> PromptRequest:
     """Describe / Caption prompt: points and/or a box (action ignored), or a tracked object's id alone.
 
     A bare object_id refers to a tracked object's latest mask and features, so it cannot be combined
@@ -122,18 +115,7 @@ def describe_prompt_from_msg(msg: Prompt, has_image: bool,
         return PromptRequest(action=PromptAction.ADD, object_id=object_id, stamp_ns=stamp_to_ns(msg.header.stamp))
     as_add = Prompt(header=msg.header, action=Prompt.ADD, object_id=msg.object_id, points=msg.points,
                     point_labels=msg.point_labels, box=msg.box, has_box=msg.has_box, tasks=msg.tasks)
-    return prompt_msg_to_request(as_add, image_size)
-
-
-def _check_inside(points: Sequence[tuple[float, float]], box, image_size: tuple[int, int]) -> None:
-    width, height = image_size
-    for x, y in points:
-        if not (0 <= x <= width and 0 <= y <= height):
-            raise PromptConversionError(f"point ({x:g}, {y:g}) is outside the {width}x{height} image")
-    if box is not None and (box[2] <= 0 or box[3] <= 0 or box[0] >= width or box[1] >= height):
-        raise PromptConversionError(f"box {list(box)} does not overlap the {width}x{height} image")
-
-
+    return prompt_msg_to_request(as_add)
 
 
 # --- results ------------------------------------------------------------------------------------

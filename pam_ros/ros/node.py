@@ -90,11 +90,8 @@ def _semantics_text(settings) -> str:
 
 def _image_encoder_text(pipeline) -> str:
     """e.g. "onnxruntime on TensorrtExecutionProvider" or "torch on cuda:0" (log line, diagnostics)."""
-    model = getattr(pipeline, "model", None)  # None once the pipeline is closed
-    if model is None:
-        return "none"
-    encoder = model.backbone.image_encoder
-    return f"{encoder.kind} on {encoder.provider}"
+    setup = pipeline.describe_setup() if pipeline is not None else None  # None once the pipeline is closed
+    return setup.image_encoder if setup is not None else "none"
 
 class PamNode(LifecycleNode):
     """The PAM perception node (see the module docstring for its interface)."""
@@ -554,8 +551,7 @@ class PamNode(LifecycleNode):
         try:
             has_image = not convert.is_empty_image(request.image)
             image = convert.image_msg_to_rgb(request.image) if has_image else None
-            size = (image.shape[1], image.shape[0]) if image is not None else self._latest_size
-            prompt = convert.describe_prompt_from_msg(request.prompt, has_image, size)
+            prompt = convert.describe_prompt_from_msg(request.prompt, has_image)
             tasks = [t.strip() for t in request.tasks if t.strip()] or list(DEFAULT_DESCRIBE_TASKS)
             header = request.image.header if has_image else self._latest_header
             future = pipeline.describe_async(image, prompt, tasks, int(request.max_new_tokens),
@@ -739,7 +735,7 @@ class PamNode(LifecycleNode):
                                                 on_text=publish_text, should_stop=should_stop)
             else:
                 # A prompt on the latest frame: one-shot describe, the whole text as one feedback.
-                prompt = convert.describe_prompt_from_msg(goal.prompt, has_image=False, image_size=self._latest_size)
+                prompt = convert.describe_prompt_from_msg(goal.prompt, has_image=False)
                 future = pipeline.describe_async(None, prompt, [task], int(goal.max_new_tokens),
                                                  should_stop=should_stop)
             generation = self._wait_for_caption(goal_handle, future)

@@ -10,6 +10,7 @@ from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
+from pam_ros.engine.types import LIVE_SETTINGS
 from pam_ros.errors import ConfigError, PamError, SettingsError
 from pam_ros.model.region_settings import DEFAULT_POINTS_PER_SIDE, GENERATOR_DEFAULTS
 from pam_ros.model.selection import PATH_FIELDS, ModelSpec, check_device_name, check_image_size
@@ -157,8 +158,8 @@ _SPECS = {spec.name: spec for spec in PARAMETERS}
 # Parameters that take effect when set, in any state; every other one is read at configure.
 LIVE_PARAMETERS = ("refresh_period_s", "max_new_tokens", "max_batch", "greedy", "temperature", "top_p",
                    "publish_overlay", "mask_encoding", "no_image_warn_s", "request_timeout_s", "discover_period_s")
-ENGINE_LIVE_PARAMETERS = ("refresh_period_s", "max_new_tokens", "max_batch", "greedy", "temperature", "top_p",
-                          "discover_period_s")
+ENGINE_LIVE_PARAMETERS = LIVE_SETTINGS  # handed to PerceptionPipeline.update_settings
+LIVE_PARAMETERS = ENGINE_LIVE_PARAMETERS + tuple(name for name in LIVE_PARAMETERS if name not in LIVE_SETTINGS)
 
 
 def descriptor(spec: ParameterSpec) -> ParameterDescriptor:
