@@ -659,6 +659,11 @@ class PerceptionPipeline:
     def wait_semantics_idle(self, timeout_s: float | None = None) -> bool:
         return self._worker.wait_idle(timeout_s)
 
+    def queue_position(self, future: Future) -> int | None:
+        """Semantics work running or waiting before a request's future (describe_async, caption_async,
+        find_objects); None once it runs or is done."""
+        return self._worker.position(future)
+
     @property
     def frames_processed(self) -> int:
         return self._frame_index

@@ -290,6 +290,17 @@ class SemanticsWorker:
         with self._lock:
             return len(self._queued) + len(self._first)
 
+    def position(self, future: Future) -> int | None:
+        """How many batches and requests run or wait before the queued work whose future this is (0: it
+        runs next); None once it runs or is done (or was never queued here)."""
+        with self._lock:
+            ahead = self._running
+            for item in list(self._first) + list(self._queued.values()):
+                if item.future is future or (isinstance(item, SemanticsJob) and future in item.merged_futures):
+                    return ahead
+                ahead += 1
+            return None
+
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         with self._lock:
             return self._lock.wait_for(lambda: not self._queued and not self._first and not self._running,
