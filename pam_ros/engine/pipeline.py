@@ -379,10 +379,6 @@ class PerceptionPipeline:
         """caption_async, waited for."""
         return self.caption_async(object_id, task, max_new_tokens, on_text, should_stop).result()
 
-    def queue_position(self, future: Future) -> int:
-        """Work that runs or waits on the semantics worker before this request (-1: it is not queued)."""
-        return self._worker.position(getattr(future, "inner", future))
-
     def describe_async(self, image: np.ndarray | None, prompt: PromptRequest, tasks: Sequence[str],
                        max_new_tokens: int = 0, should_stop: Callable[[], bool] | None = None) -> Future:
         """One-shot: segment (or look up) one object and run `tasks` on it in one batched generation on
@@ -484,6 +480,11 @@ class PerceptionPipeline:
 
     def wait_semantics_idle(self, timeout_s: float | None = None) -> bool:
         return self._worker.wait_idle(timeout_s)
+
+    def queue_position(self, future: Future) -> int | None:
+        """Semantics work running or waiting before a request's future (describe_async, caption_async,
+        find_objects); None once it runs or is done."""
+        return self._worker.position(getattr(future, "inner", future))
 
     @property
     def frames_processed(self) -> int:

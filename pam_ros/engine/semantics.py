@@ -306,17 +306,6 @@ class SemanticsWorker:
             self._lock.notify_all()
         return call.future
 
-    def position(self, future: Future) -> int:
-        """How many pieces of work run or wait before the one with this future (0: it runs now or is
-        next); -1 when it is not queued (done, running alone, or unknown)."""
-        with self._lock:
-            ahead = self._running + len(self._first)
-            for item in self._queued.values():
-                if item.future is future or future in item.merged_futures:
-                    return ahead
-                ahead += 1
-        return -1
-
     def pending(self) -> int:
         """Jobs and requests queued or running."""
         with self._lock:
@@ -325,6 +314,17 @@ class SemanticsWorker:
     def queued(self) -> int:
         with self._lock:
             return len(self._queued) + len(self._first)
+
+    def position(self, future: Future) -> int | None:
+        """How many batches and requests run or wait before the queued work whose future this is (0: it
+        runs next); None once it runs or is done (or was never queued here)."""
+        with self._lock:
+            ahead = self._running
+            for item in list(self._first) + list(self._queued.values()):
+                if item.future is future or (isinstance(item, SemanticsJob) and future in item.merged_futures):
+                    return ahead
+                ahead += 1
+            return None
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         with self._lock:

@@ -108,7 +108,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "discover: box IoU above which duplicate regions are dropped, in [0, 1].",
                   value_range=(0.0, 1.0, 0.0)),
     ParameterSpec("click_tasks", ["explain", "caption"],
-                  "Semantic tasks for an object added by a click on `clicked_point`; [\"\"] = new_object_tasks."),
+                  "Semantic tasks for an object added by a click (`image_click`, `clicked_point`); [\"\"] = "
+                  "new_object_tasks."),
     # --- node ---
     ParameterSpec("autostart", True, "Configure and activate on start (false: wait for lifecycle transitions)."),
     ParameterSpec("image_transport", "raw",

@@ -57,6 +57,11 @@ class DepthInput:
     def topic_names(self) -> list[str]:
         return [subscription.topic_name for subscription in self._subscriptions]
 
+    @property
+    def intrinsics(self) -> CameraIntrinsics | None:
+        """The latest usable CameraInfo's intrinsics; None before one arrived."""
+        return self._intrinsics
+
     def destroy(self) -> None:
         for subscription in self._subscriptions:
             self._node.destroy_subscription(subscription)
