@@ -57,6 +57,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="metres per 16UC1 depth unit (default 0.001: millimetres)")
     replay.add_argument("--depth-slop-ms", type=float, default=0.0, metavar="MS",
                         help="largest stamp difference between an image and its depth image (default 0: exact)")
+    replay.add_argument("--grasp-radius-m", type=float, default=0.02, metavar="M",
+                        help="the approach is the normal of the points within M of the grasp point (default 0.02)")
+    replay.add_argument("--grasp-slab-m", type=float, default=0.01, metavar="M",
+                        help="the grasp width is measured over the points within M of the grasp point along the "
+                             "object's long axis (default 0.01)")
     _add_engine_arguments(replay, default_model="")
     fleet = replay.add_argument_group("several bags (see README: 'Many bags at once')")
     fleet.add_argument("--workers", type=int, default=1, metavar="N",
@@ -138,10 +143,16 @@ def _pipeline_config(args: argparse.Namespace):
     config = PipelineConfig(new_object_tasks=tuple(args.tasks), max_new_tokens=args.max_new_tokens,
                             max_batch=args.max_batch, semantics_mode="sync", **cli_everything.discover_config(args))
     if getattr(args, "depth_topic", None):
-        from pam_ros.engine.geometry import DepthSettings
-
-        config.depth, config.depth_slop_ms = DepthSettings(depth_scale=args.depth_scale), args.depth_slop_ms
+        config.depth, config.depth_slop_ms = _depth_settings(args), args.depth_slop_ms
     return config
+
+
+def _depth_settings(args: argparse.Namespace):
+    """DepthSettings of the depth options (DepthError names a bad one)."""
+    from pam_ros.engine.geometry import DepthSettings
+
+    return DepthSettings(depth_scale=args.depth_scale, grasp_radius_m=args.grasp_radius_m,
+                         grasp_slab_m=args.grasp_slab_m)
 
 
 def _load_pipeline(args: argparse.Namespace):
@@ -171,9 +182,7 @@ def _check_inputs(args: argparse.Namespace, overwrite: bool) -> str:
                       camera_info_topic=getattr(args, "camera_info_topic", None)):
             pass
         if getattr(args, "depth_topic", None):
-            from pam_ros.engine.geometry import DepthSettings
-
-            DepthSettings(depth_scale=args.depth_scale)
+            _depth_settings(args)
             if not args.depth_slop_ms >= 0:
                 return f"--depth-slop-ms must be >= 0, got {args.depth_slop_ms}"
         if args.prompts:

@@ -29,11 +29,12 @@ def scene() -> np.ndarray:
     return img
 
 
-def depth_at(stamp_ns: int, size=(W, H)) -> DepthImage:
+def depth_at(stamp_ns: int, size=(W, H), decoy: bool = False) -> DepthImage:
+    """The scene's depth; a decoy has everything 0.3 m farther (taking it instead shows in every number)."""
     metres = np.full((size[1], size[0]), 1.2, np.float32)
     metres[25:50, 20:45] = 0.6
     metres[10:30, 60:85] = 0.9
-    return DepthImage(metres, INTRINSICS, "camera_depth_optical_frame", stamp_ns)
+    return DepthImage(metres + np.float32(0.3 if decoy else 0.0), INTRINSICS, "camera_depth_optical_frame", stamp_ns)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def track_two(pipe: PerceptionPipeline, **process_kwargs):
 def test_objects_get_the_defined_geometry_from_matched_depth(model):
     settings = DepthSettings(min_depth_points=1)
     pipe = make(model, depth=settings)
-    pipe.add_depth(depth_at(999))  # another stamp: not this frame's
+    pipe.add_depth(depth_at(999, decoy=True))  # another stamp: not this frame's
     pipe.add_depth(depth_at(1_000))
     result = track_two(pipe)
     assert result.has_depth and result.depth_error == ""

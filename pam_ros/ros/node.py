@@ -362,7 +362,7 @@ class PamNode(LifecycleNode):
         self._click_sub = self.create_subscription(PointStamped, "clicked_point", self._on_clicked_point, 10,
                                                    callback_group=self._prompt_group)
         if settings.use_depth:
-            self._depth_input = DepthInput(self, qos, self._depth_group, self._pipeline.add_depth,
+            self._depth_input = DepthInput(self, qos, self._depth_group, self._pipeline,
                                            float(settings.depth_scale), self._log_bad_input)
             self.get_logger().info("depth on: geometry from " + " + ".join(
                 self.resolve_topic_name(t) for t in self._depth_input.topic_names))
