@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pam_ros import cli_everything
+from pam_ros import cli_depth, cli_everything
 from pam_ros.cli_options import add_model_arguments, model_spec_from_args
 from pam_ros.errors import InputError
 
@@ -87,6 +87,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--save-overlay", "--overlay", dest="save_overlay", metavar="PNG",
                    help="write the image with the mask (with --everything: every region) drawn on it")
     cli_everything.add_arguments(p)
+    cli_depth.add_arguments(p)
     p.set_defaults(run=run)
     return p
 
@@ -186,6 +187,9 @@ def describe(args) -> dict:
     from pam_ros.masks import mask_bbox_xywh, mask_to_rle
 
     cli_everything.check_arguments(args)
+    if cli_depth.wants_depth(args) and (args.everything or (args.box and len(args.box) > 1)
+                                        or is_clip_path(args.image)):
+        raise InputError("--depth / --camera-info give geometry for one object on one image")
     if args.everything:
         return cli_everything.describe_everything(args)
     if args.box and len(args.box) > 1:
@@ -198,6 +202,7 @@ def describe(args) -> dict:
     height, width = image.shape[:2]
     prompt = build_prompt(args, (width, height))
     tasks = check_tasks(args)
+    depth = cli_depth.load_still_depth(args, (width, height))  # checked before the model loads
     options, model = checked_options_and_model(args)
     segmented = segment_object(model, image, prompt, frame_index=0)
     features, mask = segmented.features, segmented.mask
@@ -222,8 +227,11 @@ def describe(args) -> dict:
     if args.ask is not None:
         log.info("asking whether the object serves %r", args.ask.strip())
         result["ask"] = model.ask(features, args.ask)[0].to_json()
+    geometry = None
+    if depth is not None:
+        result["geometry"], geometry = cli_depth.geometry_json(depth, mask)
     if args.save_overlay:
-        save_overlay(image, mask, prompt, args.save_overlay)
+        save_overlay(image, mask, prompt, args.save_overlay, geometry=geometry)
     return result
 
 
@@ -288,8 +296,8 @@ def task_results(generations) -> tuple[dict, object]:
     return results, explanation
 
 
-def save_overlay(image: np.ndarray, mask: np.ndarray, prompt, path: str) -> None:
-    """The image with the mask tinted and the visual prompt drawn."""
+def save_overlay(image: np.ndarray, mask: np.ndarray, prompt, path: str, geometry=None) -> None:
+    """The image with the mask tinted and the visual prompt drawn (and the grasp, with --depth)."""
     from PIL import Image, ImageDraw
 
     tinted = image.astype(np.float32)
@@ -303,6 +311,10 @@ def save_overlay(image: np.ndarray, mask: np.ndarray, prompt, path: str) -> None
             for (x, y), label in zip(one.points, one.labels):
                 color = (0, 255, 0) if label == 1 else (255, 0, 0)
                 draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=color, outline=(255, 255, 255))
+    if geometry is not None:
+        from pam_ros.render import draw_grasp
+
+        draw_grasp(draw, geometry, (30, 144, 255))
     try:
         canvas.save(path)
     except (OSError, ValueError) as exc:
@@ -324,6 +336,8 @@ def print_text(result: dict) -> None:
     if result["category"] is not None:
         print(f"category: {result['category']}")
         print(f"definition: {result['definition']}")
+    if "geometry" in result:
+        cli_depth.print_geometry(result["geometry"])
 
 
 def run(args) -> int:
