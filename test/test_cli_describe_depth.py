@@ -15,7 +15,7 @@ from test_cli_describe import C0, IMG0, MODEL_ARGS
 
 from pam_ros.cli import main
 from pam_ros.engine.geometry import CameraIntrinsics, DepthImage, DepthSettings, object_geometry
-from pam_ros.masks import rle_to_mask
+from pam_ros.model.masks import rle_to_mask
 
 W, H = 640, 480
 K = [500.0, 0.0, 319.5, 0.0, 500.0, 239.5, 0.0, 0.0, 1.0]

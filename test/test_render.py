@@ -13,7 +13,8 @@ from pam_ros.engine.types import (
     SemanticsState,
     TrackingState,
 )
-from pam_ros.render import draw_overlay, mask_outline, object_colour, object_label
+from pam_ros.viz.colours import object_colour
+from pam_ros.viz.overlay import draw_overlay, mask_outline, object_label
 
 H, W = 60, 80
 
@@ -162,3 +163,13 @@ def test_without_intrinsics_only_the_grasp_pixel_is_drawn():
     plain = draw_overlay(image, frame_with(make_object("cup", (30, 20, 20, 20))))
     assert tuple(drawn[30, 40]) == object_colour("cup")
     assert tuple(drawn[22, 40]) == tuple(plain[22, 40])
+
+
+def test_rviz_markers_take_the_overlay_colour_of_each_object():
+    """One colour per object: the MarkerArray's colour is the overlay's (they used to differ)."""
+    from pam_ros.ros.planning import _colour
+
+    for object_id in ("obj_0", "obj_5", "cup", "front/obj_1"):
+        marker = _colour(object_id, 0.4)
+        assert (round(marker.r * 255), round(marker.g * 255), round(marker.b * 255)) == object_colour(object_id)
+        assert abs(marker.a - 0.4) < 1e-6
