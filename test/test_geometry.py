@@ -1,4 +1,4 @@
-"""3-D geometry from aligned depth (engine/geometry.py) and the colour/depth matcher (engine/depth_sync.py).
+"""3-D geometry from aligned depth (engine/geometry.py): part one's definition and the intrinsics checks.
 
 The scenes are rendered here from known geometry: a box's front face seen by a pinhole camera in
 front of a wall, so every expected number follows from the scene, not from the code under test.
@@ -10,7 +10,6 @@ import math
 import numpy as np
 import pytest
 
-from pam_ros.engine.depth_sync import DepthMatcher
 from pam_ros.engine.geometry import (
     CameraIntrinsics,
     DepthImage,
@@ -20,6 +19,7 @@ from pam_ros.engine.geometry import (
     depth_to_metres,
     frame_geometry,
     grasp_pixel_of,
+    intrinsics_problem,
     kept_pixels,
     object_geometry,
     valid_depth,
@@ -127,10 +127,29 @@ def test_wrong_size_depth_is_refused_naming_both_sizes():
 
 
 def test_uncalibrated_camera_info_is_refused():
-    with pytest.raises(DepthError, match="calibrated"):
+    with pytest.raises(DepthError, match="all zeros.*calibrated"):
         CameraIntrinsics.from_camera_info([0.0] * 9)
     k = CameraIntrinsics.from_camera_info([150, 0, 79.5, 0, 151, 59.5, 0, 0, 1], WIDTH, HEIGHT)
     assert (k.fx, k.fy, k.cx, k.cy) == (150, 151, 79.5, 59.5)
+
+
+K_GOOD = [150, 0, 79.5, 0, 150, 59.5, 0, 0, 1]
+
+
+@pytest.mark.parametrize("k, size, problem", [
+    (K_GOOD, (640, 480), "CameraInfo is 640x480 but the depth image is 160x120"),
+    ([-150, 0, 79.5, 0, 150, 59.5, 0, 0, 1], (WIDTH, HEIGHT), "no positive focal length"),
+    ([150, 0, float("nan"), 0, 150, 59.5, 0, 0, 1], (WIDTH, HEIGHT), "non-finite"),
+    ([150, 0, 79.5, 0, float("inf"), 59.5, 0, 0, 1], (WIDTH, HEIGHT), "non-finite"),
+    ([0.0] * 9, (WIDTH, HEIGHT), "all zeros"),
+], ids=["other-resolution", "negative-fx", "nan-in-k", "inf-fy", "all-zero"])
+def test_intrinsics_that_cannot_give_metres_are_named(k, size, problem):
+    intrinsics = CameraIntrinsics.from_camera_info(k, *size, check=False)
+    assert problem in intrinsics_problem(intrinsics, (WIDTH, HEIGHT))
+    if size == (WIDTH, HEIGHT):  # a bad K itself is refused at once where it is read checked (one-shot describe)
+        with pytest.raises(DepthError, match=problem):
+            CameraIntrinsics.from_camera_info(k, *size)
+    assert intrinsics_problem(CameraIntrinsics.from_camera_info(K_GOOD, WIDTH, HEIGHT), (WIDTH, HEIGHT)) == ""
 
 
 def test_bad_settings_are_refused_by_name():
@@ -240,65 +259,9 @@ def test_step7_frame_id_is_the_depth_images():
 def test_geometry_json_has_the_documented_keys():
     depth, mask = render_scene()
     data = object_geometry(depth_image(depth), mask).to_json()
-    assert set(data) == {"frame_id", "position", "size", "valid_fraction", "points", "grasp_pixel", "grasp_point"}
+    assert set(data) == {"frame_id", "position", "size", "valid_fraction", "points", "grasp_pixel", "grasp_point",
+                         "orientation", "oriented_size", "grasp_pose", "grasp_width"}
     assert len(data["position"]) == 3 and len(data["grasp_pixel"]) == 2
-
-
-# ------------------------------------------------------------------------------- matching by stamp
-
-def test_live_matching_takes_the_exact_stamp_and_counts_frames_without_depth():
-    matcher = DepthMatcher(slop_ns=0)
-    matcher.add_depth(100, "d100")
-    matcher.add_depth(200, "d200")
-    assert matcher.take(150) is None
-    assert matcher.take(200) == "d200"
-    assert matcher.take(300) is None
-    assert (matcher.frames_with_depth, matcher.frames_without_depth) == (1, 2)
-
-
-def test_live_matching_with_slop_takes_the_nearest_depth():
-    matcher = DepthMatcher(slop_ns=10_000_000)
-    for stamp in (100_000_000, 104_000_000, 130_000_000):
-        matcher.add_depth(stamp, stamp)
-    assert matcher.take(105_000_000) == 104_000_000
-    assert matcher.take(125_000_000) == 130_000_000
-    assert matcher.take(145_000_000) is None
-
-
-def test_live_matching_memory_is_bounded():
-    matcher = DepthMatcher(slop_ns=0, max_depth=4)
-    for stamp in range(10):
-        matcher.add_depth(stamp, stamp)
-    assert matcher.take(3) is None  # dropped: only the newest 4 are kept
-    assert matcher.take(6) == 6
-
-
-@pytest.mark.parametrize("depth_first", [True, False], ids=["depth-stored-first", "colour-stored-first"])
-def test_in_order_matching_works_whichever_is_stored_first(depth_first):
-    matcher = DepthMatcher(slop_ns=0)
-    settled = []
-    for stamp in (10, 20, 30):
-        if depth_first:
-            settled += matcher.add_depth(stamp, f"d{stamp}")
-            settled += matcher.add_colour(stamp, f"c{stamp}")
-        else:
-            settled += matcher.add_colour(stamp, f"c{stamp}")
-            settled += matcher.add_depth(stamp, f"d{stamp}")
-    settled += matcher.flush()
-    assert [(p.colour, p.depth) for p in settled] == [("c10", "d10"), ("c20", "d20"), ("c30", "d30")]
-
-
-def test_in_order_matching_settles_missing_depth_without_stalling():
-    matcher = DepthMatcher(slop_ns=0, max_waiting=2)
-    settled = matcher.add_colour(10, "c10") + matcher.add_depth(10, "d10")
-    settled += matcher.add_colour(20, "c20")  # its depth never comes
-    assert [p.colour for p in settled] == ["c10"]
-    settled += matcher.add_colour(30, "c30") + matcher.add_depth(30, "d30")  # a later depth settles c20
-    assert [(p.colour, p.depth) for p in settled] == [("c10", "d10"), ("c20", None), ("c30", "d30")]
-    # no depth at all: at most max_waiting colour frames wait
-    for stamp in (40, 50, 60, 70):
-        settled += matcher.add_colour(stamp, f"c{stamp}")
-    assert matcher.waiting == 2 and [p.colour for p in settled][-2:] == ["c40", "c50"]
-    settled += matcher.flush()
-    assert [p.colour for p in settled][-2:] == ["c60", "c70"] and matcher.waiting == 0
-    assert (matcher.frames_with_depth, matcher.frames_without_depth) == (2, 5)
+    assert len(data["orientation"]) == 4 and len(data["oriented_size"]) == 3
+    assert data["grasp_pose"]["position"] == data["grasp_point"] and len(data["grasp_pose"]["orientation"]) == 4
+    assert isinstance(data["grasp_width"], float)

@@ -19,6 +19,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_helpers.messages import mask_from_msg
 from ros_helpers.node_client import node_client, point_prompt, stamp, start_node
 from ros_helpers.ros_session import wait_until
+from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 from test_entry_points import _console_script
@@ -101,6 +102,15 @@ def check_geometry(obj, index: int) -> None:
     assert obj.depth_valid_fraction == pytest.approx(expected.valid_fraction, abs=1e-6)
     assert (obj.grasp_pixel.x, obj.grasp_pixel.y, obj.grasp_pixel.z) == (*map(float, expected.grasp_pixel), 0.0)
     assert (obj.grasp_point.x, obj.grasp_point.y, obj.grasp_point.z) == pytest.approx(expected.grasp_point, abs=1e-6)
+    q = obj.orientation
+    assert (q.x, q.y, q.z, q.w) == pytest.approx(expected.orientation, abs=1e-6)
+    assert (obj.oriented_size.x, obj.oriented_size.y, obj.oriented_size.z) == pytest.approx(expected.oriented_size,
+                                                                                            abs=1e-6)
+    pose = obj.grasp_pose
+    assert (pose.position.x, pose.position.y, pose.position.z) == pytest.approx(expected.grasp_point, abs=1e-6)
+    assert (pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w) == pytest.approx(
+        expected.grasp_orientation, abs=1e-6)
+    assert obj.grasp_width == pytest.approx(expected.grasp_width, abs=1e-6)
 
 
 def test_geometry_from_depth_sent_before_or_after_colour_and_none_without_it(node):
@@ -155,7 +165,18 @@ def test_markers_box_and_label_each_object_with_geometry(node):
     disk = next(o for o in objects.objects if o.object_id == "disk")
     assert (markers[0].pose.position.x, markers[0].pose.position.y, markers[0].pose.position.z) == (
         disk.position.x, disk.position.y, disk.position.z)
-    assert markers[0].scale.x == pytest.approx(max(disk.size.x, 1e-3))
+    q = markers[0].pose.orientation
+    assert (q.x, q.y, q.z, q.w) == (disk.orientation.x, disk.orientation.y, disk.orientation.z, disk.orientation.w)
+    assert markers[0].scale.x == pytest.approx(max(disk.oriented_size.x, 1e-3))
+    # the ARROW: from 0.1 m before the grasp point, along the approach (the grasp pose's z axis), to it
+    arrow = markers[2]
+    assert arrow.type == Marker.ARROW and len(arrow.points) == 2
+    g = disk.grasp_pose.position
+    tail, head = arrow.points
+    assert (head.x, head.y, head.z) == pytest.approx((g.x, g.y, g.z))
+    pq = disk.grasp_pose.orientation
+    approach = Rotation.from_quat([pq.x, pq.y, pq.z, pq.w]).as_matrix()[:, 2]
+    assert (tail.x, tail.y, tail.z) == pytest.approx(tuple(np.array([g.x, g.y, g.z]) - 0.1 * approach), abs=1e-5)
     node.index = index
 
 
@@ -200,7 +221,38 @@ def test_markers_are_deleted_when_the_object_is_removed(node):
     wait_until(lambda: any(m.ns == "disk" and m.action == Marker.DELETE for a in node.markers for m in a.markers),
                10.0, "DELETE markers for the removed disk", node.process.output)
     deleted = {m.id for a in node.markers for m in a.markers if m.ns == "disk" and m.action == Marker.DELETE}
-    assert deleted == {0, 1}
+    assert deleted == {0, 1, 2}
+
+
+def test_camera_info_of_another_resolution_gives_no_geometry_and_one_warning(node):
+    index = getattr(node, "index", 20) + 1
+    wrong = [400.0, 0.0, 319.5, 0.0, 400.0, 239.5, 0.0, 0.0, 1.0]
+    node.info_pub.publish(CameraInfo(header=Header(frame_id=DEPTH_FRAME), width=2 * W, height=2 * H, k=wrong))
+
+    def without_geometry() -> bool:
+        nonlocal index
+        node.depth_pub.publish(depth_msg(index))
+        msg = node.wait_objects_for(node.publish_image(frame(index), index))
+        index += 1
+        return bool(msg.objects) and not any(o.has_geometry for o in msg.objects)
+
+    wait_until(without_geometry, 60.0, "frames refused for a K of another resolution", node.process.output,
+               period_s=0.1)
+    values = node.wait_diagnostics(lambda v: int(v.get("engine.frames_bad_intrinsics", "0")) >= 1, "the counter")
+    assert int(values["engine.frames_bad_intrinsics"]) >= 1
+    node.process.wait_for_line("CameraInfo is 640x480 but the depth image is 320x240", 10.0)
+    assert node.process.count_lines("CameraInfo is 640x480") == 1  # one warning, not one per frame
+    send_camera_info(node)  # the right one again: geometry comes back
+
+    def with_geometry() -> bool:
+        nonlocal index
+        node.depth_pub.publish(depth_msg(index))
+        msg = node.wait_objects_for(node.publish_image(frame(index), index))
+        index += 1
+        return any(o.has_geometry for o in msg.objects)
+
+    wait_until(with_geometry, 60.0, "geometry with the right CameraInfo", node.process.output, period_s=0.1)
+    node.index = index
 
 
 # --- markers as a function (lost objects cannot be forced on the random-weight model) ---------------
@@ -217,10 +269,10 @@ def test_markers_follow_lost_and_depthless_frames():
     header = Header(stamp=Time(sec=3), frame_id="camera")
     shown: dict[str, str] = {}
     added = frame_markers(FrameResult(0, 0, 4, 4, [_object("cup", TrackingState.TRACKED, True)], 0.0), header, shown)
-    assert [(m.ns, m.id, m.action) for m in added.markers] == [("cup", 0, Marker.ADD), ("cup", 1, Marker.ADD)]
+    assert [(m.ns, m.id, m.action) for m in added.markers] == [("cup", i, Marker.ADD) for i in (0, 1, 2)]
     kept = frame_markers(FrameResult(1, 0, 4, 4, [_object("cup", TrackingState.TRACKED, False)], 0.0), header, shown)
     assert kept.markers == [] and shown == {"cup": DEPTH_FRAME}  # no depth this frame: the markers stay
     lost = frame_markers(FrameResult(2, 0, 4, 4, [_object("cup", TrackingState.LOST, False)], 0.0), header, shown)
     assert [(m.ns, m.id, m.action, m.header.frame_id) for m in lost.markers] == [
-        ("cup", 0, Marker.DELETE, DEPTH_FRAME), ("cup", 1, Marker.DELETE, DEPTH_FRAME)]
+        ("cup", i, Marker.DELETE, DEPTH_FRAME) for i in (0, 1, 2)]
     assert shown == {}

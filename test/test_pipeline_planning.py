@@ -29,11 +29,12 @@ def scene() -> np.ndarray:
     return img
 
 
-def depth_at(stamp_ns: int, size=(W, H)) -> DepthImage:
+def depth_at(stamp_ns: int, size=(W, H), decoy: bool = False) -> DepthImage:
+    """The scene's depth; a decoy has everything 0.3 m farther (taking it instead shows in every number)."""
     metres = np.full((size[1], size[0]), 1.2, np.float32)
     metres[25:50, 20:45] = 0.6
     metres[10:30, 60:85] = 0.9
-    return DepthImage(metres, INTRINSICS, "camera_depth_optical_frame", stamp_ns)
+    return DepthImage(metres + np.float32(0.3 if decoy else 0.0), INTRINSICS, "camera_depth_optical_frame", stamp_ns)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def track_two(pipe: PerceptionPipeline, **process_kwargs):
 def test_objects_get_the_defined_geometry_from_matched_depth(model):
     settings = DepthSettings(min_depth_points=1)
     pipe = make(model, depth=settings)
-    pipe.add_depth(depth_at(999))  # another stamp: not this frame's
+    pipe.add_depth(depth_at(999, decoy=True))  # another stamp: not this frame's
     pipe.add_depth(depth_at(1_000))
     result = track_two(pipe)
     assert result.has_depth and result.depth_error == ""
@@ -77,6 +78,31 @@ def test_a_frame_without_depth_is_tracked_and_counted(model):
     again = pipe.process(scene(), 2_000, depth=None)  # a front end that matched no depth itself
     assert not again.has_depth
     assert (pipe.stats()["frames_with_depth"], pipe.stats()["frames_without_depth"]) == (0, 2)
+
+
+def test_depth_pairs_with_the_camera_info_of_its_stamp_and_unusable_ones_are_counted(model):
+    settings = DepthSettings(min_depth_points=1)
+    pipe = make(model, depth=settings)
+    sized = CameraIntrinsics.from_camera_info([80.0, 0, 47.5, 0, 80.0, 35.5, 0, 0, 1], W, H)
+    other = CameraIntrinsics.from_camera_info([160.0, 0, 95.5, 0, 160.0, 71.5, 0, 0, 1], 2 * W, 2 * H)
+    bare = DepthImage(depth_at(1_000).metres, None, "camera_depth_optical_frame", 1_000)
+    pipe.add_depth(bare)
+    pipe.add_camera_info(1_000, sized)  # after its depth image, before the frame is tracked
+    result = track_two(pipe)
+    assert result.has_depth
+    for obj in result.objects:
+        assert obj.geometry == (object_geometry(depth_at(1_000), obj.mask, settings) if obj.mask_area else None)
+    pipe.add_camera_info(2_000, other)  # a K for another resolution
+    pipe.add_depth(DepthImage(bare.metres, None, bare.frame_id, 2_000))
+    refused = pipe.process(scene(), 2_000)
+    assert not refused.has_depth and all(obj.geometry is None for obj in refused.objects)
+    assert "192x144" in refused.depth_error and "96x72" in refused.depth_error
+    stats = pipe.stats()
+    assert (stats["frames_with_depth"], stats["frames_bad_intrinsics"], stats["frames_without_camera_info"]) == (1, 1, 0)
+
+    fresh = make(model, depth=settings)
+    fresh.add_depth(bare)  # no CameraInfo at all
+    assert not track_two(fresh).has_depth and fresh.stats()["frames_without_camera_info"] == 1
 
 
 def test_depth_slop_matches_a_nearby_stamp(model):

@@ -126,6 +126,45 @@ def test_labels_are_short_printable_and_do_not_cover_each_other(grey_image):
     assert (column == object_colour("a")).all(axis=1).any() and (column == object_colour("b")).all(axis=1).any()
 
 
+# ------------------------------------------------------------------------------- grasp (issue #25)
+
+def grasp_object(with_intrinsics: bool = True) -> ObjectResult:
+    """g = (0, 0, 1) m, approach a = (sin 45, 0, cos 45), closing axis y, 0.2 m wide, seen with fx = fy = 100.
+
+    By hand: g projects to (39.5, 29.5); the approach tail g - 0.1 a = (-0.0707, 0, 0.9293) to u = 31.9;
+    the fingers g -+ 0.1 y to v = 19.5 and 39.5.
+    """
+    from pam_ros.engine.geometry import CameraIntrinsics, ObjectGeometry
+
+    s = 0.5 ** 0.5
+    geometry = ObjectGeometry("cam", (0.0, 0.0, 1.0), (0.1, 0.1, 0.1), 1.0, 100, (40, 30), (0.0, 0.0, 1.0),
+                              approach=(s, 0.0, s), closing_axis=(0.0, 1.0, 0.0), grasp_width=0.2,
+                              intrinsics=CameraIntrinsics(100.0, 100.0, 39.5, 29.5, W, H) if with_intrinsics else None)
+    obj = make_object("cup", (30, 20, 20, 20))
+    obj.geometry = geometry
+    return obj
+
+
+def test_overlay_draws_grasp_pixel_approach_and_closing_axis():
+    image = np.zeros((H, W, 3), np.uint8)
+    colour = object_colour("cup")
+    drawn = draw_overlay(image, frame_with(grasp_object()))
+    plain = draw_overlay(image, frame_with(make_object("cup", (30, 20, 20, 20))))
+    assert tuple(drawn[30, 40]) == colour  # the grasp pixel (u = 40, v = 30)
+    assert tuple(drawn[30, 34]) == colour and tuple(plain[30, 34]) != colour  # on the approach, u 31.9 .. 39.5
+    assert tuple(drawn[22, 40]) == colour and tuple(plain[22, 40]) != colour  # on the closing axis, v 19.5 .. 39.5
+    assert tuple(drawn[36, 40]) == colour
+    assert np.array_equal(drawn[:15], plain[:15])  # nothing drawn above the fingers' reach
+
+
+def test_without_intrinsics_only_the_grasp_pixel_is_drawn():
+    image = np.zeros((H, W, 3), np.uint8)
+    drawn = draw_overlay(image, frame_with(grasp_object(with_intrinsics=False)))
+    plain = draw_overlay(image, frame_with(make_object("cup", (30, 20, 20, 20))))
+    assert tuple(drawn[30, 40]) == object_colour("cup")
+    assert tuple(drawn[22, 40]) == tuple(plain[22, 40])
+
+
 def test_rviz_markers_take_the_overlay_colour_of_each_object():
     """One colour per object: the MarkerArray's colour is the overlay's (they used to differ)."""
     from pam_ros.ros.planning import _colour

@@ -1,17 +1,21 @@
 """Replay with aligned depth (--depth-topic): geometry in frames.jsonl and /objects, whatever the storage order.
 
-Synthetic RGB-D bags: the colour scene of test_replay.py, a 16UC1 depth image per frame (the square at
-0.6 m before a wall at 1.5 m) and its CameraInfo. Geometry is checked against the definition
-(engine/geometry.py) applied to the mask the replay wrote for that frame.
+Synthetic RGB-D bags: the colour scene of test_replay.py, a 16UC1 depth image per frame (the square, a
+plane tilted about the vertical, at 0.6 m plus 1 cm per frame, before a wall at 1.5 m), its CameraInfo,
+and a decoy depth image half a period later whose content differs (everything 25 cm farther): wrong
+pairing shows in the numbers. Geometry is checked against the definition (engine/geometry.py,
+engine/grasp.py) applied to the mask the replay wrote for that frame.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
+from scipy.spatial.transform import Rotation
 from test_replay import (
     PERIOD,
     STAMP0,
@@ -37,7 +41,7 @@ def pipelines():
     from pam_ros.engine.pipeline import PerceptionPipeline, PipelineConfig
     from pam_ros.model.selection import ModelSpec
 
-    config = PipelineConfig(new_object_tasks=(), max_new_tokens=2, semantics_mode="sync")
+    config = PipelineConfig(new_object_tasks=(), max_new_tokens=2, semantics_mode="sync", depth=DepthSettings())
     made = [PerceptionPipeline.load(ModelSpec(name="tiny", image_size=256), config)]
 
     def make():
@@ -60,23 +64,35 @@ DEPTH_FRAME = "cam_depth"
 FRAMES = 5
 
 
-def depth_metres(t: int, size=(W, H)) -> np.ndarray:
+def depth_metres(t: int, size=(W, H), decoy: bool = False) -> np.ndarray:
     metres = np.full((size[1], size[0]), 1.5, np.float32)
     red = (scene(t)[..., 0] > 200)
     if size == (W, H):
-        metres[red] = 0.6
-    return metres
+        columns = np.nonzero(red.any(axis=0))[0]
+        u = np.arange(W)[None, :].repeat(H, axis=0)
+        tilted = 0.6 + 0.01 * t + 0.004 * (u - columns.mean())
+        metres[red] = tilted[red]
+    return metres + np.float32(0.25 if decoy else 0.0)
 
 
-def depth_fields(t: int, size=(W, H)) -> dict:
-    millimetres = np.round(depth_metres(t, size) * 1000).astype("<u2")
-    return {"header": header_fields(STAMP0 + t * PERIOD, DEPTH_FRAME), "height": size[1], "width": size[0],
+def depth_fields(t: int, size=(W, H), decoy: bool = False) -> dict:
+    millimetres = np.round(depth_metres(t, size, decoy) * 1000).astype("<u2")
+    stamp = STAMP0 + t * PERIOD + (PERIOD // 2 if decoy else 0)
+    return {"header": header_fields(stamp, DEPTH_FRAME), "height": size[1], "width": size[0],
             "encoding": "16UC1", "is_bigendian": 0, "step": size[0] * 2, "data": millimetres.tobytes()}
 
 
+def info_fields(t: int, k=K, size=(W, H)) -> dict:
+    return {"header": header_fields(STAMP0 + t * PERIOD, DEPTH_FRAME), "width": size[0], "height": size[1],
+            "k": list(k)}
+
+
 def write_rgbd_bag(path: Path, *, depth_after: tuple[int, ...] = (), missing: tuple[int, ...] = (),
-                   wrong_size: tuple[int, ...] = (), info_topics: tuple[str, ...] = ("/cam/info",)) -> Path:
-    """Frame t: CameraInfo, then depth before the image (log time stamp - 1) or after it (stamp + 1)."""
+                   wrong_size: tuple[int, ...] = (), info_topics: tuple[str, ...] = ("/cam/info",),
+                   info_after: tuple[int, ...] = (), infos: dict | None = None) -> Path:
+    """Frame t: CameraInfo (stored first, or after its image and depth for t in info_after; `infos` maps t
+    to other info_fields), then depth before the image (log time stamp - 1) or after it (stamp + 1), then
+    a decoy depth image stamped half a period later."""
     with BagWriter(path, "mcap") as bag:
         bag.add_topic("/cam", "sensor_msgs/msg/Image")
         bag.add_topic("/depth", "sensor_msgs/msg/Image")
@@ -85,18 +101,37 @@ def write_rgbd_bag(path: Path, *, depth_after: tuple[int, ...] = (), missing: tu
         for t in range(FRAMES):
             stamp = STAMP0 + t * PERIOD
             for topic in info_topics:
-                bag.write_fields(topic, stamp - 2, {"header": header_fields(stamp, DEPTH_FRAME), "width": W,
-                                                    "height": H, "k": K})
+                bag.write_fields(topic, stamp + 2 if t in info_after else stamp - 2,
+                                 (infos or {}).get(t, info_fields(t)))
             if t not in missing:
                 size = (W // 2, H // 2) if t in wrong_size else (W, H)
                 bag.write_fields("/depth", stamp + 1 if t in depth_after else stamp - 1, depth_fields(t, size))
             bag.write_fields("/cam", stamp, image_fields(t))
+            bag.write_fields("/depth", stamp + 3, depth_fields(t, decoy=True))
     return path
 
 
 def expected_geometry(t: int, mask: np.ndarray):
-    depth = DepthImage(depth_metres(t), CameraIntrinsics.from_camera_info(K), DEPTH_FRAME, 0)
+    depth = DepthImage(np.round(depth_metres(t) * 1000) / 1000, CameraIntrinsics.from_camera_info(K, W, H),
+                       DEPTH_FRAME, 0)
     return object_geometry(depth, mask, DepthSettings())
+
+
+def degrees_between(q1, q2) -> float:
+    return math.degrees((Rotation.from_quat(q1) * Rotation.from_quat(q2).inv()).magnitude())
+
+
+def assert_defined_geometry(geometry: dict, expected) -> None:
+    """The replay's geometry is the definition's for this mask, depth and CameraInfo (2 mm, 1 degree)."""
+    assert expected is not None and geometry["frame_id"] == DEPTH_FRAME
+    assert geometry["grasp_pixel"] == list(expected.grasp_pixel) and geometry["points"] == expected.points
+    for key, value in (("position", expected.position), ("size", expected.size),
+                       ("oriented_size", expected.oriented_size), ("grasp_point", expected.grasp_point)):
+        assert geometry[key] == pytest.approx(list(value), abs=0.002), key
+    assert geometry["grasp_pose"]["position"] == pytest.approx(list(expected.grasp_point), abs=0.002)
+    assert geometry["grasp_width"] == pytest.approx(expected.grasp_width, abs=0.002)
+    assert degrees_between(geometry["orientation"], expected.orientation) <= 1.0
+    assert degrees_between(geometry["grasp_pose"]["orientation"], expected.grasp_orientation) <= 1.0
 
 
 def test_geometry_for_depth_stored_before_or_after_its_image_and_none_without(pipelines, tmp_path):
@@ -111,11 +146,8 @@ def test_geometry_for_depth_stored_before_or_after_its_image_and_none_without(pi
     assert lines[0]["objects"] == []
     for t in (1, 2, 4):
         (cube,) = lines[t]["objects"]
-        expected = expected_geometry(t, rle_to_mask(cube["mask_rle"]))
-        assert expected is not None and cube["geometry"]["frame_id"] == DEPTH_FRAME
-        assert cube["geometry"]["position"] == pytest.approx(list(expected.position))
-        assert cube["geometry"]["grasp_pixel"] == list(expected.grasp_pixel)
-        assert cube["geometry"]["points"] == expected.points
+        # (the decoy, stamped half a period later, is 25 cm farther: taking it would show here)
+        assert_defined_geometry(cube["geometry"], expected_geometry(t, rle_to_mask(cube["mask_rle"])))
     assert lines[3]["objects"][0]["geometry"] is None
     summary = (out / "summary.txt").read_text()
     assert "/depth + /cam/info: 4 frames with geometry, 1 without depth" in summary
@@ -129,6 +161,15 @@ def test_geometry_for_depth_stored_before_or_after_its_image_and_none_without(pi
     assert [cube_msg.position.x, cube_msg.position.y, cube_msg.position.z] == pytest.approx(geometry["position"])
     assert [cube_msg.size.x, cube_msg.size.y, cube_msg.size.z] == pytest.approx(geometry["size"])
     assert [cube_msg.grasp_pixel.x, cube_msg.grasp_pixel.y] == geometry["grasp_pixel"]
+    orientation = cube_msg.orientation
+    assert [orientation.x, orientation.y, orientation.z, orientation.w] == pytest.approx(geometry["orientation"])
+    assert [cube_msg.oriented_size.x, cube_msg.oriented_size.y, cube_msg.oriented_size.z] == pytest.approx(
+        geometry["oriented_size"])
+    pose = cube_msg.grasp_pose
+    assert [pose.position.x, pose.position.y, pose.position.z] == pytest.approx(geometry["grasp_pose"]["position"])
+    assert [pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w] == pytest.approx(
+        geometry["grasp_pose"]["orientation"])
+    assert cube_msg.grasp_width == pytest.approx(geometry["grasp_width"], rel=1e-6)
     assert not objects[3].objects[0].has_geometry
 
 
@@ -140,6 +181,32 @@ def test_wrong_size_depth_is_refused_naming_both_sizes(pipelines, tmp_path):
     (problem,) = report.depth_problems
     assert "32x24" in problem and "64x48" in problem
     assert jsonl(out)[2]["objects"][0]["geometry"] is None
+
+
+def test_camera_info_stored_after_its_frame_still_gives_that_frame_geometry(pipelines, tmp_path):
+    """The first CameraInfo comes just after the first colour and depth images (as drivers often do)."""
+    bag = write_rgbd_bag(tmp_path / "in", info_after=tuple(range(FRAMES)))
+    out = tmp_path / "out"
+    report = replay(pipelines, bag, out, prompt_file=cube_prompt_file(tmp_path), depth_topic="/depth")
+    assert (report.frames_with_depth, report.frames_without_depth) == (FRAMES, 0) and not report.depth_problems
+    for t in range(1, FRAMES):
+        (cube,) = jsonl(out)[t]["objects"]
+        assert_defined_geometry(cube["geometry"], expected_geometry(t, rle_to_mask(cube["mask_rle"])))
+
+
+def test_unusable_camera_info_gives_no_geometry_for_its_frames_and_one_summary_line(pipelines, tmp_path):
+    big = [120.0, 0.0, 63.5, 0.0, 120.0, 47.5, 0.0, 0.0, 1.0]
+    infos = {1: info_fields(1, big, (2 * W, 2 * H)), 2: info_fields(2, big, (2 * W, 2 * H)),
+             3: info_fields(3, [-60.0] + K[1:])}
+    bag = write_rgbd_bag(tmp_path / "in", infos=infos)
+    out = tmp_path / "out"
+    report = replay(pipelines, bag, out, prompt_file=cube_prompt_file(tmp_path), depth_topic="/depth")
+    assert report.complete and (report.frames_with_depth, report.frames_without_depth) == (2, 3)
+    assert [line["objects"][0]["geometry"] is None for line in jsonl(out)[1:]] == [True, True, True, False]
+    summary = (out / "summary.txt").read_text()
+    size_lines = [line for line in summary.splitlines() if "128x96" in line]
+    assert len(size_lines) == 1 and "2 x" in size_lines[0] and "64x48" in size_lines[0]
+    assert "1 x CameraInfo K has no positive focal length" in summary
 
 
 def test_camera_info_topic_must_be_chosen_when_there_are_several(tmp_path):

@@ -291,7 +291,9 @@ def test_geometry_is_carried_and_absent_geometry_is_flagged():
     obj = _object(_mask(), "mug_7")
     assert convert.object_result_to_msg(obj, HEADER).has_geometry is False
     obj.geometry = ObjectGeometry(frame_id="depth_optical", position=(0.1, -0.2, 0.75), size=(0.08, 0.1, 0.03),
-                                  valid_fraction=0.5, points=12, grasp_pixel=(7, 4), grasp_point=(0.11, -0.19, 0.74))
+                                  valid_fraction=0.5, points=12, grasp_pixel=(7, 4), grasp_point=(0.11, -0.19, 0.74),
+                                  orientation=(0.5, -0.5, 0.5, 0.5), oriented_size=(0.12, 0.06, 0.01),
+                                  grasp_width=0.0625, grasp_orientation=(0.0, 0.0, 0.6, 0.8))
     msg = deserialize_message(serialize_message(convert.object_result_to_msg(obj, HEADER)), PerceivedObject)
     assert msg.has_geometry and msg.geometry_frame_id == "depth_optical"
     assert (msg.position.x, msg.position.y, msg.position.z) == (0.1, -0.2, 0.75)
@@ -299,6 +301,14 @@ def test_geometry_is_carried_and_absent_geometry_is_flagged():
     assert msg.depth_valid_fraction == 0.5
     assert (msg.grasp_pixel.x, msg.grasp_pixel.y, msg.grasp_pixel.z) == (7.0, 4.0, 0.0)
     assert (msg.grasp_point.x, msg.grasp_point.y, msg.grasp_point.z) == (0.11, -0.19, 0.74)
+    assert (msg.orientation.x, msg.orientation.y, msg.orientation.z, msg.orientation.w) == (0.5, -0.5, 0.5, 0.5)
+    assert (msg.oriented_size.x, msg.oriented_size.y, msg.oriented_size.z) == (0.12, 0.06, 0.01)
+    pose = msg.grasp_pose
+    assert (pose.position.x, pose.position.y, pose.position.z) == (0.11, -0.19, 0.74)
+    assert (pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w) == (0.0, 0.0, 0.6, 0.8)
+    assert msg.grasp_width == 0.0625
+    empty = convert.object_result_to_msg(_object(_mask(), "mug_8"), HEADER)
+    assert empty.grasp_pose.orientation.w == 1.0 and empty.orientation.w == 1.0  # identity, not a zero quaternion
 
 
 def test_depth_image_messages_decode_to_metres():

@@ -30,6 +30,7 @@ import json
 import logging
 import sys
 
+from pam_ros.cli import depth as still_depth
 from pam_ros.cli import regions
 from pam_ros.cli.describe_inputs import build_prompt, check_tasks, checked_options_and_model, load_rgb_image
 from pam_ros.cli.describe_output import add_ask, print_result, save_overlay, segmented_object_fields, semantics_fields
@@ -84,6 +85,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--save-overlay", "--overlay", dest="save_overlay", metavar="PNG",
                    help="write the image with the mask (with --everything: every region) drawn on it")
     regions.add_arguments(p)
+    still_depth.add_arguments(p)
     p.set_defaults(run=run)
     return p
 
@@ -94,6 +96,9 @@ def describe(args) -> dict:
     from pam_ros.engine.describe import describe_regions, segment_object
 
     regions.check_arguments(args)
+    if still_depth.wants_depth(args) and (args.everything or (args.box and len(args.box) > 1)
+                                          or is_clip_path(args.image)):
+        raise InputError("--depth / --camera-info give geometry for one object on one image")
     if args.everything:
         return regions.describe_everything(args)
     if args.box and len(args.box) > 1:
@@ -104,6 +109,7 @@ def describe(args) -> dict:
     height, width = image.shape[:2]
     prompt = build_prompt(args, (width, height))
     tasks = check_tasks(args)
+    depth = still_depth.load_still_depth(args, (width, height))  # checked before the model loads
     options, model = checked_options_and_model(args)
     segmented = segment_object(model, image, prompt, frame_index=0)
     log.info("running %s", ", ".join(tasks + (["prompt"] if args.prompt is not None else [])) or "no task")
@@ -113,8 +119,11 @@ def describe(args) -> dict:
     if args.ask is not None:
         log.info("asking whether the object serves %r", args.ask.strip())
         add_ask([result], model.ask(segmented.features, args.ask))
+    geometry = None
+    if depth is not None:
+        result["geometry"], geometry = still_depth.geometry_json(depth, segmented.mask)
     if args.save_overlay:
-        save_overlay(image, segmented.mask, prompt, args.save_overlay)
+        save_overlay(image, segmented.mask, prompt, args.save_overlay, geometry=geometry)
     return result
 
 

@@ -51,8 +51,8 @@ def add_ask(objects: list[dict], answers) -> None:
         obj["ask"] = answer.to_json()
 
 
-def save_overlay(image: np.ndarray, mask: np.ndarray, prompt, path: str) -> None:
-    """The image with the mask tinted and the visual prompt(s) drawn."""
+def save_overlay(image: np.ndarray, mask: np.ndarray, prompt, path: str, geometry=None) -> None:
+    """The image with the mask tinted and the visual prompt(s) drawn (and the grasp, with --depth)."""
     from PIL import Image, ImageDraw
 
     tinted = image.astype(np.float32)
@@ -66,6 +66,10 @@ def save_overlay(image: np.ndarray, mask: np.ndarray, prompt, path: str) -> None
             for (x, y), label in zip(one.points, one.labels):
                 color = (0, 255, 0) if label == 1 else (255, 0, 0)
                 draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=color, outline=(255, 255, 255))
+    if geometry is not None:  # --depth: the grasp as the overlay of the node and the replay draws it
+        from pam_ros.viz.overlay import draw_grasp
+
+        draw_grasp(draw, geometry, (30, 144, 255))
     _save_png(canvas, path)
     log.info("overlay written to %s", path)
 
@@ -132,3 +136,7 @@ def print_result(result: dict) -> None:
         present = sum(frame["score"] > 0.5 for frame in result["frames"])
         print(f"tracked through {len(result['frames'])} frames, present in {present}")
     _print_semantics(result, "")
+    if "geometry" in result:
+        from pam_ros.cli.depth import print_geometry
+
+        print_geometry(result["geometry"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pam_ros.cli.options import MAX_BATCH_HELP, add_model_arguments, max_batch_argument
 from pam_ros.cli.regions import add_discover_arguments, discover_config
-from pam_ros.cli.replay_settings import model_spec, pipeline_config
+from pam_ros.cli.replay_settings import depth_settings, model_spec, pipeline_config
 
 DEFAULT_TASKS = ("explain", "caption")
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
@@ -57,6 +57,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="metres per 16UC1 depth unit (default 0.001: millimetres)")
     replay.add_argument("--depth-slop-ms", type=float, default=0.0, metavar="MS",
                         help="largest stamp difference between an image and its depth image (default 0: exact)")
+    replay.add_argument("--grasp-radius-m", type=float, default=0.02, metavar="M",
+                        help="the approach is the normal of the points within M of the grasp point (default 0.02)")
+    replay.add_argument("--grasp-slab-m", type=float, default=0.01, metavar="M",
+                        help="the grasp width is measured over the points within M of the grasp point along the "
+                             "object's long axis (default 0.01)")
     _add_engine_arguments(replay, default_model="")
     fleet = replay.add_argument_group("several bags (see README: 'Many bags at once')")
     fleet.add_argument("--workers", type=int, default=1, metavar="N",
@@ -146,9 +151,7 @@ def _check_inputs(args: argparse.Namespace, overwrite: bool) -> str:
                       camera_info_topic=getattr(args, "camera_info_topic", None)):
             pass
         if getattr(args, "depth_topic", None):
-            from pam_ros.engine.geometry import DepthSettings
-
-            DepthSettings(depth_scale=args.depth_scale)
+            depth_settings(args)
             if not args.depth_slop_ms >= 0:
                 return f"--depth-slop-ms must be >= 0, got {args.depth_slop_ms}"
         if args.prompts:

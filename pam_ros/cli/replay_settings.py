@@ -26,7 +26,13 @@ def pipeline_config(args: argparse.Namespace):
     config = PipelineConfig(new_object_tasks=tuple(args.tasks), max_new_tokens=args.max_new_tokens,
                             max_batch=args.max_batch, semantics_mode="sync", **discover_config(args))
     if getattr(args, "depth_topic", None):
-        from pam_ros.engine.geometry import DepthSettings
-
-        config.depth, config.depth_slop_ms = DepthSettings(depth_scale=args.depth_scale), args.depth_slop_ms
+        config.depth, config.depth_slop_ms = depth_settings(args), args.depth_slop_ms
     return config
+
+
+def depth_settings(args: argparse.Namespace):
+    """DepthSettings of the depth options (DepthError names a bad one)."""
+    from pam_ros.engine.geometry import DepthSettings
+
+    return DepthSettings(depth_scale=args.depth_scale, grasp_radius_m=args.grasp_radius_m,
+                         grasp_slab_m=args.grasp_slab_m)

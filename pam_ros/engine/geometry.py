@@ -14,16 +14,21 @@ node, the replay and the tests alike:
 6. grasp_pixel = the mask pixel farthest (Euclidean) from the nearest non-mask pixel, grasp_point = it
    back-projected at its own depth when that pixel is in K, else at m;
 7. frame_id = the depth image's header frame_id.
+
+Orientation, oriented size and the grasp pose (issue #25, part two) are computed from the same kept
+points by engine/grasp.py. The intrinsics are checked against the depth image before any of it
+(`intrinsics_problem`): a CameraInfo of another size or without positive finite fx, fy gives no geometry.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.ndimage import distance_transform_edt
 
+from pam_ros.engine.grasp import grasp_of
 from pam_ros.errors import DepthError, DepthSizeError
 
 # Depth encodings of aligned depth: 16UC1 counts depth_scale metres per unit (0 = no reading),
@@ -40,6 +45,8 @@ class DepthSettings:
     max_depth_m: float = 10.0
     min_depth_points: int = 20
     depth_band_m: float = 0.05
+    grasp_radius_m: float = 0.02  # the approach is the normal of the points this close to the grasp point
+    grasp_slab_m: float = 0.01  # the width is measured over the points this close to g along e1
 
     def __post_init__(self) -> None:
         problems = []
@@ -51,40 +58,80 @@ class DepthSettings:
             problems.append(f"min_depth_points must be >= 1, got {self.min_depth_points}")
         if not (math.isfinite(self.depth_band_m) and self.depth_band_m > 0):
             problems.append(f"depth_band_m must be > 0 metres, got {self.depth_band_m}")
+        for name in ("grasp_radius_m", "grasp_slab_m"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                problems.append(f"{name} must be > 0 metres, got {value}")
         if problems:
             raise DepthError("; ".join(problems))
 
 
 @dataclass(frozen=True)
 class CameraIntrinsics:
-    """Pinhole intrinsics of the (rectified, aligned) depth image: sensor_msgs/CameraInfo's K."""
+    """Pinhole intrinsics of the (rectified, aligned) depth image: sensor_msgs/CameraInfo's K and size."""
 
     fx: float
     fy: float
     cx: float
     cy: float
-    width: int = 0  # CameraInfo's size (0 = not given)
-    height: int = 0
+    width: int | None = None  # CameraInfo's size (None = not given, not checked against the depth image)
+    height: int | None = None
 
     @classmethod
-    def from_camera_info(cls, k, width: int = 0, height: int = 0) -> "CameraIntrinsics":
-        """From CameraInfo.k (row-major 3x3: fx 0 cx / 0 fy cy / 0 0 1). An uncalibrated K (zeros) is refused."""
+    def from_camera_info(cls, k, width: int | None = None, height: int | None = None, *,
+                         check: bool = True) -> "CameraIntrinsics":
+        """From CameraInfo.k (row-major 3x3: fx 0 cx / 0 fy cy / 0 0 1).
+
+        check=True refuses a K that cannot give metres (DepthError: zeros, non-positive or non-finite
+        fx, fy); streams pass check=False and let `intrinsics_problem` refuse the frames it pairs with.
+        """
         k = [float(v) for v in k]
         if len(k) != 9:
             raise DepthError(f"CameraInfo.k must have 9 values, got {len(k)}")
-        fx, fy, cx, cy = k[0], k[4], k[2], k[5]
-        if not all(math.isfinite(v) for v in (fx, fy, cx, cy)) or fx <= 0 or fy <= 0:
-            raise DepthError(f"CameraInfo has no usable intrinsics (fx={fx:g}, fy={fy:g}, cx={cx:g}, cy={cy:g}): "
-                             "is the camera calibrated?")
-        return cls(fx, fy, cx, cy, int(width), int(height))
+        intrinsics = cls(k[0], k[4], k[2], k[5], None if width is None else int(width),
+                         None if height is None else int(height))
+        problem = intrinsics.k_problem()
+        if check and problem:
+            raise DepthError(problem)
+        return intrinsics
+
+    def k_problem(self) -> str:
+        """Why K cannot back-project ("" when it can)."""
+        values = (self.fx, self.fy, self.cx, self.cy)
+        shown = f"fx={self.fx:g}, fy={self.fy:g}, cx={self.cx:g}, cy={self.cy:g}"
+        if not all(math.isfinite(v) for v in values):
+            return f"CameraInfo K has a non-finite value ({shown})"
+        if not any(values):
+            return "CameraInfo K is all zeros: is the camera calibrated?"
+        if self.fx <= 0 or self.fy <= 0:
+            return f"CameraInfo K has no positive focal length ({shown})"
+        return ""
+
+
+def intrinsics_problem(intrinsics: CameraIntrinsics, depth_size: tuple[int, int]) -> str:
+    """Why these intrinsics cannot give metres for a depth image of depth_size (width, height); "" when they can.
+
+    A K calibrated at another resolution silently scales every point, so the sizes must agree.
+    """
+    problem = intrinsics.k_problem()
+    if problem:
+        return problem
+    if intrinsics.width is not None and (intrinsics.width, intrinsics.height) != tuple(depth_size):
+        return (f"CameraInfo is {intrinsics.width}x{intrinsics.height} but the depth image is "
+                f"{depth_size[0]}x{depth_size[1]}: its K is for another resolution")
+    return ""
 
 
 @dataclass(frozen=True)
 class DepthImage:
-    """One depth image in metres (float32 HxW, invalid readings as NaN or out of range), ready for geometry."""
+    """One depth image in metres (float32 HxW, invalid readings as NaN or out of range), ready for geometry.
+
+    intrinsics None: a depth image from a stream whose CameraInfo the pipeline pairs by stamp
+    (engine/depth.py); geometry itself needs them set.
+    """
 
     metres: np.ndarray
-    intrinsics: CameraIntrinsics
+    intrinsics: CameraIntrinsics | None
     frame_id: str
     stamp_ns: int
 
@@ -96,7 +143,8 @@ class DepthImage:
 
 @dataclass(frozen=True)
 class ObjectGeometry:
-    """Where an object is, in metres in the depth image's frame (camera optical frame)."""
+    """Where an object is, how it lies and how to grasp it, in metres in the depth image's frame
+    (camera optical frame). Quaternions are (x, y, z, w)."""
 
     frame_id: str
     position: tuple[float, float, float]
@@ -105,12 +153,24 @@ class ObjectGeometry:
     points: int
     grasp_pixel: tuple[int, int]  # (u, v) = (column, row)
     grasp_point: tuple[float, float, float]
+    orientation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)  # columns e1, e2, e3
+    oriented_size: tuple[float, float, float] = (0.0, 0.0, 0.0)  # along e1, e2, e3
+    approach: tuple[float, float, float] = (0.0, 0.0, 1.0)  # a: unit, from the gripper into the object
+    closing_axis: tuple[float, float, float] = (1.0, 0.0, 0.0)  # x_g: unit, the fingers close along it
+    grasp_width: float = 0.0
+    grasp_orientation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)  # columns x_g, a x x_g, a
+    # the camera the points were back-projected with (projects the grasp back into the image); context,
+    # not a value: not in JSON, not compared
+    intrinsics: CameraIntrinsics | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict:
         """The frames.jsonl "geometry" object."""
         return {"frame_id": self.frame_id, "position": list(self.position), "size": list(self.size),
                 "valid_fraction": self.valid_fraction, "points": self.points,
-                "grasp_pixel": list(self.grasp_pixel), "grasp_point": list(self.grasp_point)}
+                "grasp_pixel": list(self.grasp_pixel), "grasp_point": list(self.grasp_point),
+                "orientation": list(self.orientation), "oriented_size": list(self.oriented_size),
+                "grasp_pose": {"position": list(self.grasp_point), "orientation": list(self.grasp_orientation)},
+                "grasp_width": self.grasp_width}
 
 
 # ------------------------------------------------------------------------------------- decoding
@@ -199,10 +259,13 @@ def grasp_pixel_of(mask: np.ndarray) -> tuple[int, int]:
 
 def object_geometry(depth: DepthImage, mask: np.ndarray, settings: DepthSettings = DepthSettings()
                     ) -> ObjectGeometry | None:
-    """Steps 1-7 for one object's mask (bool HxW at the depth image's size); None = no geometry."""
+    """Steps 1-7 (and engine/grasp.py's) for one object's mask (bool HxW at the depth image's size);
+    None = no geometry."""
     if mask.shape != depth.metres.shape:
         raise DepthSizeError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the depth image is "
                              f"{depth.metres.shape[1]}x{depth.metres.shape[0]}")
+    if depth.intrinsics is None:
+        raise DepthError("the depth image has no intrinsics (pair it with its CameraInfo first)")
     mask = np.asarray(mask, dtype=bool)
     mask_pixels = int(mask.sum())
     if mask_pixels == 0:
@@ -218,6 +281,7 @@ def object_geometry(depth: DepthImage, mask: np.ndarray, settings: DepthSettings
     grasp_u, grasp_v = grasp_pixel_of(mask)
     grasp_depth = float(depth.metres[grasp_v, grasp_u]) if kept[grasp_v, grasp_u] else median
     grasp_point = back_project(grasp_u, grasp_v, grasp_depth, depth.intrinsics)
+    grasp = grasp_of(points, position, grasp_point, settings.grasp_radius_m, settings.grasp_slab_m)
     return ObjectGeometry(
         frame_id=depth.frame_id,
         position=tuple(float(x) for x in position),
@@ -226,6 +290,13 @@ def object_geometry(depth: DepthImage, mask: np.ndarray, settings: DepthSettings
         points=int(kept.sum()),
         grasp_pixel=(grasp_u, grasp_v),
         grasp_point=tuple(float(x) for x in grasp_point),
+        orientation=grasp.orientation,
+        oriented_size=grasp.oriented_size,
+        approach=grasp.approach,
+        closing_axis=grasp.closing_axis,
+        grasp_width=grasp.grasp_width,
+        grasp_orientation=grasp.grasp_orientation,
+        intrinsics=depth.intrinsics,
     )
 
 

@@ -8,7 +8,7 @@ It wires the pieces and delegates; each piece owns its logic:
   engine.semantics   the worker: owns the language model, batches, streams, out-of-memory splits
   engine.discovery   segment everything and track what is new, on request or periodically
   engine.describe    one-shot segmentation
-  engine.geometry    3-D geometry from aligned depth (engine.depth_sync pairs depth with frames)
+  engine.geometry    3-D geometry from aligned depth (engine.depth pairs depth and CameraInfo with frames)
 Front ends only translate its inputs and outputs.
 """
 from __future__ import annotations
@@ -24,10 +24,16 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pam_ros.engine.affordance import RankedObject, check_query, rank
-from pam_ros.engine.depth_sync import DepthMatcher
+from pam_ros.engine.depth import DepthPairing, FrameDepth, with_intrinsics
 from pam_ros.engine.describe import segment_object
 from pam_ros.engine.discovery import Discoverer, DiscoverFuture, DiscoverRequest
-from pam_ros.engine.geometry import DepthImage, DepthSettings, check_depth_size, object_geometry
+from pam_ros.engine.geometry import (
+    CameraIntrinsics,
+    DepthImage,
+    DepthSettings,
+    check_depth_size,
+    object_geometry,
+)
 from pam_ros.engine.objects import ObjectRegistry
 from pam_ros.engine.prompts import PromptFuture, PromptQueue, visual_prompt
 from pam_ros.engine.scheduler import SemanticsScheduler
@@ -199,10 +205,10 @@ class PerceptionPipeline:
         self._frame_index = 0
         self._closed = False
         self._tracking_s = 0.0
-        # depth images fed by add_depth (live front ends), matched to frames by stamp
-        self._depth_matcher: DepthMatcher = DepthMatcher(int(cfg.depth_slop_ms * 1e6))
-        self.frames_with_depth = 0
-        self.frames_without_depth = 0
+        # depth images and CameraInfos fed by add_depth / add_camera_info (node and replay alike),
+        # paired with frames by stamp (engine/depth.py); frames counted per outcome
+        self._depth_pairing: DepthPairing = DepthPairing(int(cfg.depth_slop_ms * 1e6))
+        self._depth_outcomes = dict.fromkeys(("depth", "no_depth", "no_camera_info", "bad_intrinsics"), 0)
 
     @classmethod
     def load(cls, spec: ModelSpec, config: PipelineConfig | None = None) -> "PerceptionPipeline":
@@ -266,10 +272,35 @@ class PerceptionPipeline:
         return PromptOutcome(request.object_id, True)
 
     # ----------------------------------------------------------------- tracking
-    def add_depth(self, depth: DepthImage) -> None:
+    def add_depth(self, depth: DepthImage) -> list:
         """A depth image aligned to the colour stream, for the frame with its stamp (any thread, any
-        order: process() looks it up once the frame is tracked, so it has the tracking time to come)."""
-        self._depth_matcher.add_depth(depth.stamp_ns, depth)
+        order: process() pairs it once the frame is tracked, so it has the tracking time to come).
+        intrinsics None: the CameraInfo given to add_camera_info with its stamp (or the latest before).
+        Returns the frames held by hold_frame that it settles (in order)."""
+        return self._depth_pairing.add_depth(depth)
+
+    def add_camera_info(self, stamp_ns: int, intrinsics: CameraIntrinsics) -> list:
+        """A CameraInfo of the depth stream (unchecked here: a frame paired with an unusable one gets no
+        geometry and says why). Returns the frames held by hold_frame that it settles (in order)."""
+        return self._depth_pairing.add_camera_info(stamp_ns, intrinsics)
+
+    def hold_frame(self, stamp_ns: int, item) -> list:
+        """In-order input (bag replay): hold `item` (a colour frame of stamp_ns) until its depth and
+        CameraInfo are settled; returns the items now settled, in order, each to be process()ed next."""
+        return self._depth_pairing.hold(stamp_ns, item)
+
+    def release_held_frames(self) -> list:
+        """Every item still held by hold_frame (end of the input), in order."""
+        return self._depth_pairing.flush()
+
+    @property
+    def frames_with_depth(self) -> int:
+        return self._depth_outcomes["depth"]
+
+    @property
+    def frames_without_depth(self) -> int:
+        """Frames that got no geometry for any reason (no depth image, no or unusable CameraInfo, wrong size)."""
+        return sum(self._depth_outcomes.values()) - self._depth_outcomes["depth"]
 
     def process(self, image: np.ndarray, stamp_ns: int, depth: DepthImage | None | object = ...) -> FrameResult:
         """Track every object on one frame (HxWx3 uint8 RGB); apply the prompts due on it.
@@ -322,23 +353,25 @@ class PerceptionPipeline:
                            has_depth=has_depth, depth_error=depth_error)
 
     def _geometry(self, objects, stamp_ns: int, size_wh: tuple[int, int], depth) -> tuple[dict, bool, str]:
-        """({object id: ObjectGeometry or None}, depth used, why the depth image was refused)."""
+        """({object id: ObjectGeometry or None}, depth used, why the frame's depth was refused)."""
         settings = self.config.depth
         if settings is None:
             return {}, False, ""
         if depth is ...:
-            depth = self._depth_matcher.take(stamp_ns)
-        if depth is None:
-            self.frames_without_depth += 1
-            return {}, False, ""
+            paired = self._depth_pairing.take(stamp_ns)
+        else:
+            paired = with_intrinsics(depth, None) if depth is not None else FrameDepth(None)
+        if paired.depth is None:
+            self._depth_outcomes[paired.outcome] += 1
+            return {}, False, paired.problem
         try:
-            check_depth_size(depth, size_wh)
-            geometries = {obj.object_id: object_geometry(depth, obj.mask, settings)
+            check_depth_size(paired.depth, size_wh)
+            geometries = {obj.object_id: object_geometry(paired.depth, obj.mask, settings)
                           for obj in objects if obj.mask_area > 0}
         except DepthError as exc:
-            self.frames_without_depth += 1
+            self._depth_outcomes["no_depth"] += 1
             return {}, False, str(exc)
-        self.frames_with_depth += 1
+        self._depth_outcomes["depth"] += 1
         return geometries, True, ""
 
     # ----------------------------------------------------------------- discover
@@ -522,6 +555,8 @@ class PerceptionPipeline:
         if self.config.depth is not None:
             out["frames_with_depth"] = self.frames_with_depth
             out["frames_without_depth"] = self.frames_without_depth
+            out["frames_without_camera_info"] = self._depth_outcomes["no_camera_info"]
+            out["frames_bad_intrinsics"] = self._depth_outcomes["bad_intrinsics"]
         device = getattr(self.model, "device", None)
         if device is not None and getattr(device, "type", str(device)).startswith("cuda"):
             import torch

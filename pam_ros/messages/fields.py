@@ -90,12 +90,19 @@ def _point(xyz: Sequence[float]) -> dict:
     return {"x": float(xyz[0]), "y": float(xyz[1]), "z": float(xyz[2])}
 
 
+def _quaternion(xyzw: Sequence[float]) -> dict:
+    return {"x": float(xyzw[0]), "y": float(xyzw[1]), "z": float(xyzw[2]), "w": float(xyzw[3])}
+
+
 def geometry_fields(geometry: ObjectGeometry | None) -> dict:
-    """PerceivedObject's geometry fields (has_geometry false and zeros when there is none)."""
+    """PerceivedObject's geometry fields (has_geometry false and zeros, identity rotations, when there is none)."""
     if geometry is None:
         zero = _point((0.0, 0.0, 0.0))
+        identity = _quaternion((0.0, 0.0, 0.0, 1.0))
         return {"has_geometry": False, "geometry_frame_id": "", "position": zero, "size": dict(zero),
-                "depth_valid_fraction": 0.0, "grasp_point": dict(zero), "grasp_pixel": dict(zero)}
+                "depth_valid_fraction": 0.0, "grasp_point": dict(zero), "grasp_pixel": dict(zero),
+                "orientation": identity, "oriented_size": dict(zero),
+                "grasp_pose": {"position": dict(zero), "orientation": dict(identity)}, "grasp_width": 0.0}
     return {
         "has_geometry": True,
         "geometry_frame_id": geometry.frame_id,
@@ -104,6 +111,11 @@ def geometry_fields(geometry: ObjectGeometry | None) -> dict:
         "depth_valid_fraction": float(geometry.valid_fraction),
         "grasp_point": _point(geometry.grasp_point),
         "grasp_pixel": _point((geometry.grasp_pixel[0], geometry.grasp_pixel[1], 0.0)),
+        "orientation": _quaternion(geometry.orientation),
+        "oriented_size": _point(geometry.oriented_size),
+        "grasp_pose": {"position": _point(geometry.grasp_point),
+                       "orientation": _quaternion(geometry.grasp_orientation)},
+        "grasp_width": float(geometry.grasp_width),
     }
 
 

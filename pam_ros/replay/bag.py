@@ -356,13 +356,15 @@ class BagInput:
                                  is_bigendian=bool(msg.is_bigendian), depth_scale=depth_scale)
         return metres, stamp_ns_of(msg.header.stamp.sec, msg.header.stamp.nanosec), msg.header.frame_id
 
-    def decode_camera_info(self, record: BagRecord) -> CameraIntrinsics:
-        """The intrinsics of a CameraInfo record. Raises DepthError (unreadable or uncalibrated)."""
+    def decode_camera_info(self, record: BagRecord) -> tuple[int, CameraIntrinsics]:
+        """(header stamp ns, intrinsics) of a CameraInfo record, K unchecked (the frames it pairs with
+        are refused with the reason; engine/depth.py). Raises DepthError when unreadable."""
         try:
             msg = self._deserialize(record)
         except Exception as err:
             raise DepthError(f"not a valid {record.msgtype} message: {_reason(err)}") from None
-        return CameraIntrinsics.from_camera_info(list(msg.k), int(msg.width), int(msg.height))
+        intrinsics = CameraIntrinsics.from_camera_info(list(msg.k), int(msg.width), int(msg.height), check=False)
+        return stamp_ns_of(msg.header.stamp.sec, msg.header.stamp.nanosec), intrinsics
 
     def decode_prompt(self, record: BagRecord) -> PromptRequest:
         """A pam_ros/msg/Prompt record -> PromptRequest. Raises PromptMessageError when unusable."""

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from pam_ros.engine.geometry import DepthImage
 from pam_ros.engine.types import PromptOutcome, TrackingState
-from pam_ros.errors import BagReadError, ImageError
+from pam_ros.errors import BagReadError, ConfigError, ImageError
 from pam_ros.messages.images import ImageDecodeError
 from pam_ros.replay.bag import BagInput, BagRecord
 from pam_ros.replay.outputs import ReplayOutputs
@@ -94,14 +95,13 @@ def run_replay(bag_path: str | Path, out_dir: str | Path, pipeline: "PerceptionP
     KeyboardInterrupt from it stops the replay as Ctrl-C does, outputs closed and kept.
 
     depth_topic: aligned depth images (16UC1 / 32FC1) whose geometry goes into /objects and
-    frames.jsonl; camera_info_topic defaults to the bag's only CameraInfo topic. Each image takes the
-    depth image with its stamp (pipeline.config.depth_slop_ms), whichever of the two is stored first.
+    frames.jsonl (the pipeline must be built with PipelineConfig.depth; ConfigError otherwise);
+    camera_info_topic defaults to the bag's only CameraInfo topic. Each image takes the depth image and
+    CameraInfo of its stamp (pipeline.config.depth_slop_ms), whichever is stored first (engine/depth.py).
     """
     file_prompts = load_prompt_file(prompt_file) if prompt_file else []
     if depth_topic and pipeline.config.depth is None:
-        from pam_ros.engine.geometry import DepthSettings
-
-        pipeline.config.depth = DepthSettings()  # asking for a depth topic asks for geometry
+        raise ConfigError("a depth topic needs a pipeline built for geometry: PipelineConfig(depth=DepthSettings(...))")
     with BagInput(bag_path, image_topic, depth_topic=depth_topic, camera_info_topic=camera_info_topic) as bag:
         outputs = ReplayOutputs(out_dir, overwrite=overwrite, overlay_pngs=overlay_pngs,
                                 mask_encoding=mask_encoding)
@@ -208,32 +208,21 @@ def _replay_records(bag: BagInput, pipeline, schedule: FramePromptSchedule, outp
 
 def _replay_records_with_depth(bag: BagInput, pipeline, schedule: FramePromptSchedule, outputs: ReplayOutputs,
                                report: ReplayReport, bar, on_frame: Callable[[int], None] | None = None) -> None:
-    """As _replay_records, each image paired with the depth image of its stamp (DepthMatcher: images
-    wait, in order, until a depth image stamped at or after theirs is read, so depth may be stored
-    before or after its image; memory stays bounded)."""
-    from pam_ros.engine.depth_sync import DepthMatcher
-    from pam_ros.engine.geometry import DepthImage, DepthSettings
+    """As _replay_records, with depth images and CameraInfos handed to the pipeline's one depth pairing
+    (engine/depth.py, as the node does). Images are held there, in order, until the depth image and
+    CameraInfo of their stamp have been read (either may be stored before or after the image; memory
+    stays bounded), then tracked: the pipeline pairs each exactly as it does live."""
     from pam_ros.errors import DepthError
 
-    settings = pipeline.config.depth or DepthSettings()
-    matcher = DepthMatcher(int(pipeline.config.depth_slop_ms * 1e6))
-    intrinsics = None
+    depth_scale = pipeline.config.depth.depth_scale
     prompt_index = 0
 
     def problem(text: str) -> None:
         report.depth_problems[text] = report.depth_problems.get(text, 0) + 1
 
     def run(settled) -> None:
-        for paired in settled:
-            record, image = paired.colour
-            depth = None
-            if paired.depth is not None:
-                metres, stamp_ns, frame_id, camera = paired.depth
-                if camera is None:
-                    problem(f"depth image without a CameraInfo before it on {bag.camera_info_topic}")
-                else:
-                    depth = DepthImage(metres, camera, frame_id, stamp_ns)
-            _replay_image(record, bag, pipeline, schedule, outputs, report, image=image, depth=depth)
+        for record, image in settled:
+            _replay_image(record, bag, pipeline, schedule, outputs, report, image=image, with_depth=True)
             bar.update(1)
             bar.set_postfix(objects=len(report.objects), skipped=report.frames_skipped, refresh=False)
             if on_frame is not None:
@@ -245,20 +234,22 @@ def _replay_records_with_depth(bag: BagInput, pipeline, schedule: FramePromptSch
             prompt_index += 1
         elif record.kind == "camera_info":
             try:
-                intrinsics = bag.decode_camera_info(record)
+                stamp_ns, intrinsics = bag.decode_camera_info(record)
             except DepthError as err:
                 problem(f"{bag.camera_info_topic}: {err}")
+                continue
+            run(pipeline.add_camera_info(stamp_ns, intrinsics))
         elif record.kind == "depth":
             try:
-                metres, stamp_ns, frame_id = bag.decode_depth(record, settings.depth_scale)
+                metres, stamp_ns, frame_id = bag.decode_depth(record, depth_scale)
             except DepthError as err:
                 problem(f"{bag.depth_topic}: {err}")
                 continue
-            run(matcher.add_depth(stamp_ns, (metres, stamp_ns, frame_id, intrinsics)))
+            run(pipeline.add_depth(DepthImage(metres, None, frame_id, stamp_ns)))
         else:
             image = _read_image(record, bag, outputs, report)
-            run(matcher.add_colour(image.stamp_ns if not isinstance(image, Exception) else 0, (record, image)))
-    run(matcher.flush())
+            run(pipeline.hold_frame(image.stamp_ns if not isinstance(image, Exception) else 0, (record, image)))
+    run(pipeline.release_held_frames())
 
 
 def _read_image(record: BagRecord, bag: BagInput, outputs: ReplayOutputs, report: ReplayReport):
@@ -272,9 +263,9 @@ def _read_image(record: BagRecord, bag: BagInput, outputs: ReplayOutputs, report
 
 
 def _replay_image(record: BagRecord, bag: BagInput, pipeline, schedule: FramePromptSchedule,
-                  outputs: ReplayOutputs, report: ReplayReport, *, image=None, depth=...) -> None:
-    """One image through the engine; `image` (decoded, or its ImageDecodeError) and `depth` (a DepthImage,
-    or None: no depth for this frame) when the caller read them already."""
+                  outputs: ReplayOutputs, report: ReplayReport, *, image=None, with_depth: bool = False) -> None:
+    """One image through the engine; `image` (decoded, or its ImageDecodeError) when the caller read it
+    already; with_depth: the pipeline pairs it with the depth it was given (counted in the report)."""
     if image is None:
         image = _read_image(record, bag, outputs, report)
     if isinstance(image, ImageDecodeError):
@@ -290,7 +281,7 @@ def _replay_image(record: BagRecord, bag: BagInput, pipeline, schedule: FramePro
             submitted_outcomes.append(PromptOutcome(future.object_id, False,
                                                     f"{prompt.source}: {future.result().error}"))
     try:
-        result = pipeline.process(image.rgb, image.stamp_ns, depth=depth)
+        result = pipeline.process(image.rgb, image.stamp_ns)
     except ImageError as err:
         _skip(record, image.stamp_ns, "rejected by the engine", str(err), outputs, report, submitted_outcomes)
         return
@@ -307,7 +298,7 @@ def _replay_image(record: BagRecord, bag: BagInput, pipeline, schedule: FramePro
         seen["lost_frames"] += int(obj.tracking_state == TrackingState.LOST)
         seen["category"] = obj.semantics.category or seen["category"]
     report.frames_processed += 1
-    if depth is not ...:
+    if with_depth:
         if result.has_depth:
             report.frames_with_depth += 1
         else:

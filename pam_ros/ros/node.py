@@ -330,7 +330,7 @@ class PamNode(LifecycleNode):
         self._prompt_sub = self.create_subscription(Prompt, "prompts", self._on_prompt, 10,
                                                     callback_group=self._prompt_group)
         if settings.use_depth:
-            self._depth_input = DepthInput(self, qos, self._depth_group, pipeline.add_depth,
+            self._depth_input = DepthInput(self, qos, self._depth_group, pipeline,
                                            float(settings.depth_scale), self._reporter.bad_input)
             self.get_logger().info("depth on: geometry from " + " + ".join(
                 self.resolve_topic_name(t) for t in self._depth_input.topic_names))

@@ -148,6 +148,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "Mask pixels whose depth is farther than this from the object's median depth are dropped "
                   "(background the mask bleeds onto).",
                   value_range=(0.0, 100.0, 0.0)),
+    ParameterSpec("grasp_radius_m", 0.02,
+                  "The grasp approach is the normal of the object's points within this distance (metres) of its "
+                  "grasp point (all its points when fewer than 10).",
+                  value_range=(0.0, 10.0, 0.0)),
+    ParameterSpec("grasp_slab_m", 0.01,
+                  "grasp_width is measured over the object's points within this distance (metres) of the grasp "
+                  "point along its long axis (oriented_size.y when fewer than 5).",
+                  value_range=(0.0, 10.0, 0.0)),
     ParameterSpec("affordance_question", AFFORDANCE_QUESTION,
                   "find_objects: the question asked per object; {query} is replaced by the request's query and "
                   "<image> marks the object's region tokens."),
@@ -213,7 +221,8 @@ def check_parameter_value(name: str, value: Any) -> None:
         raise SettingsError(f"parameter top_p={value!r} must be in (0, 1]")
     if name == "device":
         _check_with(check_device_name, name, value)
-    if name in ("depth_scale", "max_depth_m", "depth_band_m", "min_depth_points") and not value > 0:
+    if name in ("depth_scale", "max_depth_m", "depth_band_m", "min_depth_points", "grasp_radius_m",
+                "grasp_slab_m") and not value > 0:
         raise SettingsError(f"parameter {name}={value!r} must be > 0")
     if name in ("depth_slop_ms", "min_depth_m") and not value >= 0:
         raise SettingsError(f"parameter {name}={value!r} must be >= 0")
@@ -304,7 +313,8 @@ class NodeSettings:
         try:
             return DepthSettings(depth_scale=float(self.depth_scale), min_depth_m=float(self.min_depth_m),
                                  max_depth_m=float(self.max_depth_m), min_depth_points=int(self.min_depth_points),
-                                 depth_band_m=float(self.depth_band_m))
+                                 depth_band_m=float(self.depth_band_m),
+                                 grasp_radius_m=float(self.grasp_radius_m), grasp_slab_m=float(self.grasp_slab_m))
         except PamError as error:
             raise SettingsError(f"depth parameters: {error}") from None
 

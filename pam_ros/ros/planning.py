@@ -2,13 +2,14 @@
 
 Kept out of ros/node.py so the node only wires these in:
 - DepthInput: subscriptions `depth/image` (16UC1 or 32FC1, aligned to the colour image) and
-  `depth/camera_info`; each depth image becomes an engine DepthImage (metres, intrinsics of the latest
-  CameraInfo, its header frame_id and stamp) handed to the pipeline, which matches it to the colour
-  frame with the same stamp (engine/depth_sync.py) and computes the geometry (engine/geometry.py).
+  `depth/camera_info`; each depth image (metres, header frame_id and stamp) and each CameraInfo (K,
+  size, stamp) is handed to the pipeline, which pairs both with the colour frame of their stamp
+  (engine/depth.py, as the replay does) and computes the geometry (engine/geometry.py, engine/grasp.py).
 - MarkerPublisher: `markers` (visualization_msgs/MarkerArray), only while someone subscribes: per
-  object with geometry a CUBE at position/size and a TEXT_VIEW_FACING label (id + category), in
-  geometry_frame_id, namespace = the object id; both DELETEd when the object is removed or lost (a
-  frame without depth leaves them where they were).
+  object with geometry a CUBE at position with orientation and oriented_size, a TEXT_VIEW_FACING label
+  (id + category) and an ARROW from 0.1 m before the grasp point along the approach to the grasp
+  point (where the gripper comes from), in geometry_frame_id, namespace = the object id; all DELETEd
+  when the object is removed or lost (a frame without depth leaves them where they were).
 - answer_find_objects: a FindObjects request -> the pipeline's ranking (on the semantics worker),
   waited for at most request_timeout_s.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 
+import numpy as np
 from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import ColorRGBA, Header
@@ -34,18 +36,20 @@ DEPTH_INFO_TOPIC = "depth/camera_info"
 MARKERS_TOPIC = "markers"
 LABEL_HEIGHT_M = 0.04  # TEXT_VIEW_FACING scale.z: the height of a capital letter
 LABEL_GAP_M = 0.03  # the label floats this far above the box (optical frame: y points down)
+APPROACH_ARROW_M = 0.1  # the approach ARROW starts this far before the grasp point
+ARROW_SHAFT_M = 0.005  # ARROW with points: scale.x shaft diameter, y head diameter, z head length
 
 
 class DepthInput:
-    """Depth image + CameraInfo subscriptions that feed `sink(DepthImage)` (the pipeline's add_depth)."""
+    """Depth image + CameraInfo subscriptions that feed the pipeline's add_depth / add_camera_info."""
 
-    def __init__(self, node, qos, callback_group, sink, depth_scale: float, log_bad_input) -> None:
-        self._sink = sink
+    def __init__(self, node, qos, callback_group, pipeline, depth_scale: float, log_bad_input) -> None:
+        self._pipeline = pipeline
         self._depth_scale = depth_scale
         self._log_bad_input = log_bad_input
-        self._intrinsics: CameraIntrinsics | None = None
         self.depth_received = 0
         self.depth_unusable = 0
+        self._intrinsics: CameraIntrinsics | None = None
         self._node = node
         self._subscriptions = [
             node.create_subscription(Image, DEPTH_TOPIC, self._on_depth, qos, callback_group=callback_group),
@@ -68,25 +72,21 @@ class DepthInput:
         self._subscriptions = []
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        try:
-            self._intrinsics = CameraIntrinsics.from_camera_info(msg.k, msg.width, msg.height)
-        except PamError as error:
-            self._log_bad_input(f"{DEPTH_INFO_TOPIC} unusable: {error}")
+        # K is checked against each depth image it pairs with (its size): the frame says why it is refused
+        intrinsics = CameraIntrinsics.from_camera_info(msg.k, msg.width, msg.height, check=False)
+        if not intrinsics.k_problem():  # clicks in the camera frame are projected with the latest usable one
+            self._intrinsics = intrinsics
+        self._pipeline.add_camera_info(convert.stamp_to_ns(msg.header.stamp), intrinsics)
 
     def _on_depth(self, msg: Image) -> None:
         self.depth_received += 1
-        if self._intrinsics is None:
-            self.depth_unusable += 1
-            self._log_bad_input(f"depth image ignored: no CameraInfo received on "
-                                f"{self._node.resolve_topic_name(DEPTH_INFO_TOPIC)} yet")
-            return
         try:
             metres = convert.depth_msg_to_metres(msg, self._depth_scale)
         except PamError as error:
             self.depth_unusable += 1
             self._log_bad_input(f"depth image ignored: {error}")
             return
-        self._sink(DepthImage(metres, self._intrinsics, msg.header.frame_id, convert.stamp_to_ns(msg.header.stamp)))
+        self._pipeline.add_depth(DepthImage(metres, None, msg.header.frame_id, convert.stamp_to_ns(msg.header.stamp)))
 
 
 class MarkerPublisher:
@@ -123,10 +123,11 @@ def frame_markers(result: FrameResult, header: Header, shown: dict[str, str]) ->
         shown[obj.object_id] = geometry.frame_id
         marker_header = Header(stamp=header.stamp, frame_id=geometry.frame_id)
         x, y, z = geometry.position
+        qx, qy, qz, qw = geometry.orientation
         box = Marker(header=marker_header, ns=obj.object_id, id=0, type=Marker.CUBE, action=Marker.ADD,
-                     pose=Pose(position=Point(x=x, y=y, z=z), orientation=Quaternion(w=1.0)),
-                     scale=Vector3(x=max(geometry.size[0], 1e-3), y=max(geometry.size[1], 1e-3),
-                                   z=max(geometry.size[2], 1e-3)),
+                     pose=Pose(position=Point(x=x, y=y, z=z), orientation=Quaternion(x=qx, y=qy, z=qz, w=qw)),
+                     scale=Vector3(x=max(geometry.oriented_size[0], 1e-3), y=max(geometry.oriented_size[1], 1e-3),
+                                   z=max(geometry.oriented_size[2], 1e-3)),
                      color=_colour(obj.object_id, 0.4))
         label_text = obj.object_id + (f": {obj.semantics.category}" if obj.semantics.category else "")
         label = Marker(header=marker_header, ns=obj.object_id, id=1, type=Marker.TEXT_VIEW_FACING,
@@ -134,11 +135,19 @@ def frame_markers(result: FrameResult, header: Header, shown: dict[str, str]) ->
                        pose=Pose(position=Point(x=x, y=y - geometry.size[1] / 2 - LABEL_GAP_M, z=z),
                                  orientation=Quaternion(w=1.0)),
                        scale=Vector3(z=LABEL_HEIGHT_M), color=_colour(obj.object_id, 1.0))
-        markers += [box, label]
+        grasp = np.asarray(geometry.grasp_point)
+        tail = grasp - APPROACH_ARROW_M * np.asarray(geometry.approach)
+        arrow = Marker(header=marker_header, ns=obj.object_id, id=2, type=Marker.ARROW, action=Marker.ADD,
+                       points=[Point(x=float(tail[0]), y=float(tail[1]), z=float(tail[2])),
+                               Point(x=float(grasp[0]), y=float(grasp[1]), z=float(grasp[2]))],
+                       pose=Pose(orientation=Quaternion(w=1.0)),
+                       scale=Vector3(x=ARROW_SHAFT_M, y=2 * ARROW_SHAFT_M, z=3 * ARROW_SHAFT_M),
+                       color=_colour(obj.object_id, 1.0))
+        markers += [box, label, arrow]
     lost = {obj.object_id for obj in result.objects if obj.tracking_state == TrackingState.LOST}
     for object_id in [oid for oid in shown if oid not in present or oid in lost]:
         marker_header = Header(stamp=header.stamp, frame_id=shown.pop(object_id))
-        markers += [Marker(header=marker_header, ns=object_id, id=i, action=Marker.DELETE) for i in (0, 1)]
+        markers += [Marker(header=marker_header, ns=object_id, id=i, action=Marker.DELETE) for i in (0, 1, 2)]
     return MarkerArray(markers=markers)
 
 

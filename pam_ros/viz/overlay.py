@@ -3,9 +3,13 @@
 Pure numpy + PIL, no ROS: every front end turns a FrameResult into the same picture.
 Each object gets its colour from its id only (viz/colours.py, as the RViz markers do), so it keeps its
 colour across frames, runs and front ends; its mask is tinted semi-transparently, outlined, boxed and labelled with
-"id category score". Lost objects are drawn grey with a LOST marker.
+"id category score". Lost objects are drawn grey with a LOST marker. An object with geometry also gets its
+grasp drawn (draw_grasp): the grasp pixel, the approach (the last 0.1 m before the grasp point, projected
+with the depth camera's K) and the closing axis across grasp_width.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -95,11 +99,76 @@ def draw_overlay(image_rgb: np.ndarray, frame_result: FrameResult) -> np.ndarray
             continue
         box_width = 1 if obj.tracking_state == TrackingState.LOST else 2
         draw.rectangle((x, y, x + w - 1, y + h - 1), outline=colour, width=box_width)
+        if obj.geometry is not None and obj.tracking_state != TrackingState.LOST:
+            draw_grasp(draw, obj.geometry, colour)
         _draw_label(draw, font, object_label(obj), (x, y), colour, width, height, placed)
     if lost_without_box:
         _draw_label(draw, font, "LOST: " + ", ".join(lost_without_box), (0, 0), LOST_COLOUR, width, height,
                     placed, above=False)
     return np.asarray(picture, dtype=np.uint8).copy()
+
+
+APPROACH_DRAWN_M = 0.1  # as the RViz ARROW: from 0.1 m before the grasp point to it
+GRASP_MARK_PX = 4
+
+
+def project(point, intrinsics) -> tuple[float, float] | None:
+    """A point in the camera optical frame -> (u, v) pixels; None behind the camera."""
+    x, y, z = (float(v) for v in point)
+    if z <= 1e-6:
+        return None
+    return intrinsics.fx * x / z + intrinsics.cx, intrinsics.fy * y / z + intrinsics.cy
+
+
+def grasp_segments(geometry) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
+    """Pixel segments of a grasp: "approach" (tail -> grasp point) and "closing" (finger to finger).
+
+    Needs the intrinsics the geometry was computed with; {} without them or when a point is behind the camera.
+    """
+    intrinsics = geometry.intrinsics
+    if intrinsics is None:
+        return {}
+    g = np.asarray(geometry.grasp_point, dtype=np.float64)
+    a, x = np.asarray(geometry.approach), np.asarray(geometry.closing_axis)
+    half = max(geometry.grasp_width, 0.0) / 2
+    ends = {"approach": (g - APPROACH_DRAWN_M * a, g), "closing": (g - half * x, g + half * x)}
+    segments = {}
+    for name, (start, end) in ends.items():
+        pixels = project(start, intrinsics), project(end, intrinsics)
+        if None not in pixels:
+            segments[name] = pixels
+    return segments
+
+
+def draw_grasp(draw: ImageDraw.ImageDraw, geometry, colour: tuple[int, int, int]) -> None:
+    """The grasp pixel (ringed dot), the approach (an arrow ending at the grasp point) and the closing axis
+    (a bar with finger ticks), each dark-outlined so that it reads on any background."""
+    outline = _text_colour_on(colour)
+    segments = grasp_segments(geometry)
+    closing = segments.get("closing")
+    if closing is not None:
+        (u0, v0), (u1, v1) = closing
+        for width, fill in ((5, outline), (3, colour)):
+            draw.line((u0, v0, u1, v1), fill=fill, width=width)
+        length = max(math.hypot(u1 - u0, v1 - v0), 1e-6)
+        nu, nv = -(v1 - v0) / length * GRASP_MARK_PX, (u1 - u0) / length * GRASP_MARK_PX
+        for u, v in closing:  # the fingers
+            draw.line((u - nu, v - nv, u + nu, v + nv), fill=outline, width=3)
+    approach = segments.get("approach")
+    if approach is not None:
+        (u0, v0), (u1, v1) = approach
+        for width, fill in ((4, outline), (2, colour)):
+            draw.line((u0, v0, u1, v1), fill=fill, width=width)
+        length = math.hypot(u1 - u0, v1 - v0)
+        if length > 1:
+            du, dv = (u1 - u0) / length, (v1 - v0) / length
+            head = min(3 * GRASP_MARK_PX, length)
+            left = (u1 - head * du + 0.5 * head * dv, v1 - head * dv - 0.5 * head * du)
+            right = (u1 - head * du - 0.5 * head * dv, v1 - head * dv + 0.5 * head * du)
+            draw.polygon([(u1, v1), left, right], fill=colour, outline=outline)
+    u, v = geometry.grasp_pixel
+    r = GRASP_MARK_PX
+    draw.ellipse((u - r, v - r, u + r, v + r), fill=colour, outline=outline, width=2)
 
 
 def _colour_of(obj: ObjectResult) -> tuple[int, int, int]:

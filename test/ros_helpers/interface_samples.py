@@ -6,7 +6,7 @@ the expected values live in one place.
 from __future__ import annotations
 
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import Point, Vector3
+from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
 from sensor_msgs.msg import Image, RegionOfInterest
 from std_msgs.msg import Header
 
@@ -76,6 +76,11 @@ def perceived_object(object_id: str = "mug_1") -> PerceivedObject:
         depth_valid_fraction=0.8125,
         grasp_point=Point(x=0.1171875, y=-0.05, z=0.7421875),
         grasp_pixel=Point(x=13.0, y=21.0, z=0.5),
+        orientation=Quaternion(x=0.5, y=-0.5, z=0.5, w=0.5),
+        oriented_size=Vector3(x=0.125, y=0.0625, z=0.015625),
+        grasp_pose=Pose(position=Point(x=0.1171875, y=-0.05, z=0.7421875),
+                        orientation=Quaternion(x=0.125, y=0.25, z=-0.5, w=0.75)),
+        grasp_width=0.0625,
     )
 
 
