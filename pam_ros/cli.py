@@ -1,4 +1,4 @@
-"""The `pam-ros` command: describe, replay, bench, download, demo, export-onnx.
+"""The `pam-ros` command: describe, replay, compare, bench, download, demo, export-onnx.
 
 Front end only: it parses arguments, calls the engine / model core, and prints results.
 """
@@ -17,13 +17,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pam-ros {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from pam_ros import cli_bench, cli_describe, cli_download, cli_export, cli_replay
+    from pam_ros import cli_bench, cli_compare, cli_describe, cli_download, cli_export, cli_replay
 
     cli_describe.add_parser(subparsers)
     cli_download.add_parser(subparsers)
     cli_export.add_parser(subparsers)
     cli_bench.add_parser(subparsers)
     cli_replay.add_parser(subparsers)
+    cli_compare.add_parser(subparsers)
     return parser
 
 

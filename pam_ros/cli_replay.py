@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from pam_ros import cli_everything
+from pam_ros import cli_compare, cli_everything
 from pam_ros.cli_options import MAX_BATCH_HELP, add_model_arguments, max_batch_argument, model_spec_from_args
 
 DEFAULT_TASKS = ("explain", "caption")
@@ -67,6 +67,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                             "default: start a local Ray instance for this command and stop it after")
     fleet.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
                        help="GPUs reserved per Ray worker (default 1 when --device is CUDA, else 0)")
+    replay.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                        help="compare the outputs with this earlier replay right after the replay, as `pam-ros "
+                             "compare DIR OUT` does (its options below, its exit status)")
+    cli_compare.add_check_arguments(replay)
     replay.set_defaults(run=run)
 
     demo = subparsers.add_parser(
@@ -102,6 +106,19 @@ def run(args: argparse.Namespace) -> int:
     """Run `replay` or `demo`; returns the process exit code."""
     if args.command == "demo":
         return _run_demo(args)
+    if args.baseline is None:
+        return _run_bags(args)
+    problem = cli_compare.baseline_problem(args)  # before the replay, which may take hours
+    if problem:
+        print(f"pam-ros replay: error: {problem}", file=sys.stderr)
+        return 2
+    code = _run_bags(args)
+    if code not in (0, 1):  # unusable inputs or interrupted: nothing to compare
+        return code
+    return max(code, cli_compare.run_comparison(args.baseline, args.out, args, command="replay"))
+
+
+def _run_bags(args: argparse.Namespace) -> int:
     if len(args.bag) > 1:
         from pam_ros.cli_fleet import run_fleet_command
 
