@@ -127,10 +127,11 @@ class ObjectComparison:
         return 1.0 - differing / compared if compared else None
 
     def is_perfect(self) -> bool:
-        """Same masks everywhere, never lost in one run only, the same texts, in both runs."""
+        """Same masks everywhere, never lost in one run only, the same texts and positions, in both runs."""
         return (self.presence == "both" and (not self.iou.count or self.iou.min >= 1.0)
                 and not any(r.count for r in self.lost_in.values())
-                and all(not task.differing.count for task in self.semantics.values()))
+                and all(not task.differing.count for task in self.semantics.values())
+                and (not self.position_mm.count or self.position_mm.max == 0.0))
 
     def to_json(self) -> dict:
         return {
@@ -364,8 +365,9 @@ def compare_bag(name: str, baseline: ReplayRun, candidate: ReplayRun, settings: 
             if line is not None:
                 bag.frames[role] += 1
                 bag.timing[role].add(line)
-                bag.refused_in_frames[role] += sum(1 for o in line.get("prompt_outcomes") or ()
-                                                   if not o.get("accepted", True))
+                outcomes = line.get("prompt_outcomes")
+                if outcomes:
+                    bag.refused_in_frames[role] += sum(1 for o in outcomes if not o.get("accepted", True))
         if base_line is None or cand_line is None:
             role, line = (CANDIDATE, cand_line) if base_line is None else (BASELINE, base_line)
             bag.unmatched[role].add(line["frame"])
@@ -412,20 +414,27 @@ class _ImageSizes:
         return (int(known[1]), int(known[0])) if known else None
 
     def check(self, base_line: dict, cand_line: dict) -> None:
-        sizes = {}
-        for role, line in ((BASELINE, base_line), (CANDIDATE, cand_line)):
-            size = next((o["mask_rle"].get("size") for o in line["objects"] if isinstance(o.get("mask_rle"), dict)),
-                        None)
-            sizes[role] = size
-            if size is not None and self.first[role] is None:
-                self.first[role] = size
-        pair = (sizes[BASELINE] or self.first[BASELINE], sizes[CANDIDATE] or self.first[CANDIDATE])
-        if None not in pair and list(pair[0]) != list(pair[1]):
-            (bh, bw), (ch, cw) = pair
+        base, cand = _mask_size(base_line), _mask_size(cand_line)
+        if self.first[BASELINE] is None:
+            self.first[BASELINE] = base
+        if self.first[CANDIDATE] is None:
+            self.first[CANDIDATE] = cand
+        base, cand = base or self.first[BASELINE], cand or self.first[CANDIDATE]
+        if base is not None and cand is not None and list(base) != list(cand):
+            (bh, bw), (ch, cw) = base, cand
             raise CompareInputError(
                 f"the baseline's masks are {bw}x{bh} pixels ({self.readers[BASELINE].path}) and the candidate's "
                 f"{cw}x{ch} ({self.readers[CANDIDATE].path}) at frame {base_line['frame']}: masks are compared as "
                 f"they are, never resized, so replay both at the same image size")
+
+
+def _mask_size(line: dict) -> list | None:
+    """[height, width] of the frame's first mask (every mask of a frame has the image's size)."""
+    for obj in line["objects"]:
+        rle = obj.get("mask_rle")
+        if isinstance(rle, dict):
+            return rle.get("size")
+    return None
 
 
 def _compare_frame(bag: BagComparison, base_line: dict, cand_line: dict, settings: CompareSettings,

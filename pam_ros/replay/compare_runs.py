@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pam_ros.errors import CompareInputError
 from pam_ros.replay.outputs import FRAMES_FILE, SUMMARY_JSON
 
 SINGLE, FLEET = "one bag", "several bags"
+_decode_json = json.JSONDecoder().decode
 STORAGE_SUFFIXES = (".mcap", ".db3")
 
 
@@ -98,7 +99,6 @@ class FrameReader:
     role: str
     lines_read: int = 0
     warning: str = ""
-    first_stamp_ns: int | None = field(default=None, init=False)
 
     def __iter__(self) -> Iterator[dict]:
         try:
@@ -117,14 +117,12 @@ class FrameReader:
                 line = self._parse(raw, number, last=not pending)
                 if line is None:
                     return
-                if self.first_stamp_ns is None:
-                    self.first_stamp_ns = line["stamp_ns"]
                 self.lines_read += 1
                 yield line
 
     def _parse(self, raw: bytes, number: int, *, last: bool) -> dict | None:
         try:
-            line = json.loads(raw)
+            line = _decode_json(raw.decode("utf-8"))  # not json.loads: it would guess the encoding per line
             usable = (isinstance(line, dict) and isinstance(line.get("stamp_ns"), int)
                       and isinstance(line.get("frame"), int) and isinstance(line.get("objects"), list))
         except ValueError:

@@ -30,8 +30,10 @@ class Histogram:
         self.counts[max(bisect.bisect_right(self.edges, value) - 1, 0)] += 1
         self.count += 1
         self.total += value
-        self.min = min(self.min, value)
-        self.max = max(self.max, value)
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
 
     @property
     def mean(self) -> float | None:
