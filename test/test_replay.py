@@ -553,7 +553,10 @@ def replay(tiny_pipelines, bag: Path, out: Path, **kwargs):
 
 
 def jsonl(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
+    """OUT/frames.jsonl's lines without the per-frame processing times (wall-clock: they differ run to run)."""
+    from pam_ros.replay.outputs import without_timing
+
+    return [json.loads(line) for line in without_timing((out / "frames.jsonl").read_bytes()).splitlines()]
 
 
 def cube_prompt_file(tmp_path: Path) -> Path:
