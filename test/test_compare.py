@@ -55,8 +55,9 @@ def write_run(out: Path, lines: list[str], *, bag: str = "/recordings/kitchen", 
     return out
 
 
-def cube_frames(frames: int = 6, *, moved: dict[int, int] = {}, **kwargs) -> list[str]:
+def cube_frames(frames: int = 6, *, moved: dict[int, int] | None = None, **kwargs) -> list[str]:
     """A cube moving right 2 px per frame; `moved`: frame -> extra x shift of its mask."""
+    moved = moved or {}
     return [line(t, [obj("cube", box(2 + 2 * t + moved.get(t, 0)), **kwargs)]) for t in range(frames)]
 
 
@@ -101,6 +102,7 @@ def test_moved_mask_is_a_regression_naming_object_and_frames(tmp_path, capsys):
     assert cube["iou"]["min"] == pytest.approx(24 / 72, abs=1e-4)  # 4x6 shared of 72 pixels
     assert cube["iou"]["mean"] == pytest.approx((4 + 2 * 24 / 72) / 6, abs=1e-4)
     assert cube["iou"]["below_min_iou"]["ranges"] == [[2, 3]]
+    assert cube["regression"] is True and cube["reasons"] == [last_lines(out, 1)[0].removeprefix("regression: ")]
     # a lower threshold lets the same change pass
     assert compare(capsys, base, cand, "--min-iou", "0.3")[0] == 0
 
@@ -299,6 +301,7 @@ def test_report_shows_the_regression_with_files_beside_it(tmp_path, capsys):
     page = check_report(tmp_path / "report" / "index.html")
     text = (tmp_path / "report" / "index.html").read_text()
     assert "REGRESSION" in text and "object cube: 2 frames below IoU 0.9: frames 2-3" in text
+    assert '<tr class="regressed"><td>cube</td>' in text, "the object's row is marked"
     assert [src for src in page.images if src.endswith("_iou.png")] == ["bag0_kitchen_iou.png"]
     worst = [src for src in page.images if "_frame" in src]
     assert worst == ["bag0_kitchen_frame2.png", "bag0_kitchen_frame3.png"], "worst first, only changed frames"

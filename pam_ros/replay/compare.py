@@ -105,6 +105,7 @@ class ObjectComparison:
         self.lost_in = {BASELINE: FrameRanges(), CANDIDATE: FrameRanges()}  # lost there, tracked in the other
         self.semantics: dict[str, TaskComparison] = {}
         self.position_mm = log_histogram(1e-3, 1e7)
+        self.reasons: list[str] = []  # why this object is a regression (set by the verdict)
 
     @property
     def presence(self) -> str:
@@ -137,6 +138,8 @@ class ObjectComparison:
         return {
             "object_id": self.object_id,
             "presence": self.presence,
+            "regression": bool(self.reasons),
+            "reasons": list(self.reasons),
             "frames_in_baseline": self.frames_in[BASELINE],
             "frames_in_candidate": self.frames_in[CANDIDATE],
             "iou": {"frames": self.iou.count, "mean": _rounded(self.iou.mean), "p5": _rounded(self.iou.quantile(0.05)),
@@ -512,31 +515,36 @@ def _position_difference_mm(base: dict | None, cand: dict | None) -> float | Non
     return 1000.0 * distance if math.isfinite(distance) else None
 
 
+def _object_reasons(bag_name: str, obj: ObjectComparison, settings: CompareSettings) -> list[str]:
+    where = f"bag {bag_name}, object {obj.object_id}"
+    if obj.presence == "baseline only":
+        return [f"{where}: missing in the candidate (the baseline has it in {obj.frames_in[BASELINE]} frames)"]
+    if obj.presence == "candidate only":
+        return []  # new objects are listed, not a regression
+    reasons = []
+    if obj.below_min_iou.count:
+        reasons.append(f"{where}: {counted(obj.below_min_iou.count, 'frame')} below IoU {settings.min_iou:g}: "
+                       f"{obj.below_min_iou.phrase()} (lowest {obj.iou.min:.3f} at frame {obj.lowest_iou_frame})")
+    lost = obj.lost_in[CANDIDATE]
+    if lost.count > settings.max_lost_frames:
+        reasons.append(f"{where}: lost in {counted(lost.count, 'frame')} the baseline tracks: {lost.phrase()} "
+                       f"(--max-lost-frames {settings.max_lost_frames})")
+    if settings.semantics == "exact":
+        for task, comparison in sorted(obj.semantics.items()):
+            if comparison.differing.count:
+                first = comparison.first_difference
+                reasons.append(f"{where}: {task} text differs in {counted(comparison.differing.count, 'frame')}: "
+                               f"{comparison.differing.phrase()} (first at frame {first['frame']}: "
+                               f"{quoted(first[BASELINE])} vs {quoted(first[CANDIDATE])})")
+    return reasons
+
+
 def _verdict(bag: BagComparison, settings: CompareSettings) -> list[str]:
-    """The reasons this bag is a regression (empty: it is not)."""
+    """The reasons this bag is a regression (empty: it is not); each object keeps its own as well."""
     reasons = []
     for obj in bag.objects.values():
-        where = f"bag {bag.name}, object {obj.object_id}"
-        if obj.presence == "baseline only":
-            reasons.append(f"{where}: missing in the candidate (the baseline has it in {obj.frames_in[BASELINE]} "
-                           f"frames)")
-            continue
-        if obj.presence == "candidate only":
-            continue  # new objects are listed, not a regression
-        if obj.below_min_iou.count:
-            reasons.append(f"{where}: {counted(obj.below_min_iou.count, 'frame')} below IoU {settings.min_iou:g}: "
-                           f"{obj.below_min_iou.phrase()} (lowest {obj.iou.min:.3f} at frame {obj.lowest_iou_frame})")
-        lost = obj.lost_in[CANDIDATE]
-        if lost.count > settings.max_lost_frames:
-            reasons.append(f"{where}: lost in {counted(lost.count, 'frame')} the baseline tracks: {lost.phrase()} "
-                           f"(--max-lost-frames {settings.max_lost_frames})")
-        if settings.semantics == "exact":
-            for task, comparison in sorted(obj.semantics.items()):
-                if comparison.differing.count:
-                    first = comparison.first_difference
-                    reasons.append(f"{where}: {task} text differs in {counted(comparison.differing.count, 'frame')}: "
-                                   f"{comparison.differing.phrase()} (first at frame {first['frame']}: "
-                                   f"{quoted(first[BASELINE])} vs {quoted(first[CANDIDATE])})")
+        obj.reasons = _object_reasons(bag.name, obj, settings)
+        reasons += obj.reasons
     if settings.max_slowdown is not None:
         timing = bag.timing_figures()
         if timing["slowdown"] is None:

@@ -129,8 +129,6 @@ def _objects_table(bag: BagComparison, min_iou: float) -> str:
     head += [f"{task} identical" for task in tasks] + ["position diff mm (median / max)"]
     rows = []
     for obj in bag.objects.values():
-        regressed = obj.presence == "baseline only" or (obj.presence == "both" and any(
-            f"object {obj.object_id}:" in reason for reason in bag.reasons))
         cells = [_e(obj.object_id), _e(obj.presence), f"{obj.frames_in[BASELINE]} / {obj.frames_in[CANDIDATE]}",
                  _num(obj.iou.mean), _num(obj.iou.quantile(0.05)),
                  f"{_num(obj.iou.min if obj.iou.count else None)} ({obj.lowest_iou_frame})",
@@ -141,7 +139,7 @@ def _objects_table(bag: BagComparison, min_iou: float) -> str:
             cells.append("-" if share is None else f"{100 * share:.0f} %")
         cells.append(f"{_num(obj.position_mm.quantile(0.5), 1)} / {_num(obj.position_mm.max, 1)}"
                      if obj.position_mm.count else "-")
-        row_class = ' class="regressed"' if regressed else ""
+        row_class = ' class="regressed"' if obj.reasons else ""
         rows.append(f"<tr{row_class}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     if not rows:
         return "<p>No objects in either run.</p>"
