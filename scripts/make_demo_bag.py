@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pam_ros.message_fields import header_fields  # noqa: E402
+from pam_ros.messages.fields import header_fields  # noqa: E402
 from pam_ros.replay.bag_writer import BagWriter  # noqa: E402
 
 WIDTH, HEIGHT = 320, 240

@@ -13,7 +13,7 @@ from pam_tiny_fixture import FIXTURE_DIR, PAM_DIR, SAM2_CHECKPOINT, SAM2_CONFIG,
 from PIL import Image
 
 from pam_ros.cli import main
-from pam_ros.masks import rle_to_mask
+from pam_ros.model.masks import rle_to_mask
 from pam_ros.model.tasks import parse_explanation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,7 +142,8 @@ def test_images_that_are_not_8bit_rgb_are_refused(capsys, odd_images, name, mess
 def test_partly_outside_box_is_clipped(capsys):
     import argparse
 
-    from pam_ros.cli_describe import add_parser, build_prompt
+    from pam_ros.cli.describe import add_parser
+    from pam_ros.cli.describe_inputs import build_prompt
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())

@@ -16,7 +16,7 @@ from PIL import Image
 
 from pam_ros.cli import main
 from pam_ros.engine.clip import ClipError, open_clip, select_video_frames, track_clip
-from pam_ros.masks import rle_to_mask
+from pam_ros.model.masks import rle_to_mask
 from pam_ros.model.sam2_backbone import VisualPrompt
 from pam_ros.model.tasks import task_prompt
 

@@ -16,7 +16,7 @@ from pam_tiny_fixture import FIXTURE_DIR, PAM_DIR, SAM2_CHECKPOINT, SAM2_CONFIG
 from PIL import Image
 
 from pam_ros.cli import main
-from pam_ros.masks import mask_to_rle, rle_to_mask
+from pam_ros.model.masks import mask_to_rle, rle_to_mask
 
 IMAGE = str(FIXTURE_DIR / "inputs" / "video" / "00000.png")  # 320x240
 MODEL_ARGS = ["--pam", str(PAM_DIR), "--sam2-config", str(SAM2_CONFIG), "--sam2-checkpoint", str(SAM2_CHECKPOINT)]
@@ -141,8 +141,8 @@ def test_overlay_draws_every_region(everything):
 def test_defaults_are_16_points_the_generators_own_and_16_regions():
     import argparse
 
-    from pam_ros.cli_describe import add_parser
-    from pam_ros.cli_everything import region_settings
+    from pam_ros.cli.describe import add_parser
+    from pam_ros.cli.regions import region_settings
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from pam_ros.cli import main
-from pam_ros.masks import mask_bbox_xywh, mask_to_rle
+from pam_ros.model.masks import mask_bbox_xywh, mask_to_rle
 
 STAMP0 = 1_700_000_000_000_000_000
 PERIOD = 100_000_000

@@ -18,7 +18,7 @@ from PIL import Image
 from test_compare import check_report, last_lines
 
 from pam_ros.cli import main
-from pam_ros.message_fields import header_fields
+from pam_ros.messages.fields import header_fields
 from pam_ros.replay.bag_writer import BagWriter
 
 W, H, FRAMES = 256, 192, 4

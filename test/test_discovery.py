@@ -112,3 +112,11 @@ def test_discover_every_n_frames_is_deterministic(model):
     assert first == second
     counts = [len(objs) for objs in first]
     assert counts[0] >= 1 and counts[1] == counts[0] and counts[2] >= counts[1]  # frames 0, 2, 4 discover
+
+
+def test_generator_defaults_are_the_official_generators():
+    """The defaults the CLI help, the node's parameters and the engine share are SAM 2's own."""
+    from pam_ros.model.region_settings import GENERATOR_DEFAULTS
+    from pam_ros.model.regions import generator_default
+
+    assert GENERATOR_DEFAULTS == {name: generator_default(name) for name in GENERATOR_DEFAULTS}

@@ -34,7 +34,7 @@ from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import Image
 from test_entry_points import _console_script
 
-from pam_ros.message_fields import header_fields
+from pam_ros.messages.fields import header_fields
 from pam_ros.msg import PerceivedObject, Prompt
 from pam_ros.replay.bag_writer import BagWriter
 from pam_ros.ros.convert import fill_message

@@ -33,7 +33,6 @@ from pam_tiny_fixture import case_prompt as visual_prompt
 
 from pam_ros.engine.tracker import StreamingTracker
 from pam_ros.errors import ConfigError, OnnxModelError
-from pam_ros.masks import rle_to_mask
 from pam_ros.model.image_encoder import (
     MAX_ABS_DIFF,
     EncoderIdentity,
@@ -43,6 +42,7 @@ from pam_ros.model.image_encoder import (
     file_sha256,
     make_image_encoder,
 )
+from pam_ros.model.masks import rle_to_mask
 from pam_ros.model.sam2_backbone import Sam2Backbone, VisualPrompt
 from pam_ros.model.selection import ModelSpec
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pam_ros.imaging import ImageDecodeError, decode_compressed, decode_image
+from pam_ros.messages.images import ImageDecodeError, decode_compressed, decode_image
 
 RNG = np.random.default_rng(7)
 RGB = RNG.integers(0, 256, (5, 6, 3), dtype=np.uint8)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pam_ros.masks import mask_bbox_xywh, mask_to_rle, rle_to_mask
+from pam_ros.model.masks import mask_bbox_xywh, mask_to_rle, rle_to_mask
 
 
 def test_rle_is_column_major_and_starts_with_background():

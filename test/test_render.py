@@ -13,7 +13,8 @@ from pam_ros.engine.types import (
     SemanticsState,
     TrackingState,
 )
-from pam_ros.render import draw_overlay, mask_outline, object_colour, object_label
+from pam_ros.viz.colours import object_colour
+from pam_ros.viz.overlay import draw_overlay, mask_outline, object_label
 
 H, W = 60, 80
 
@@ -123,3 +124,13 @@ def test_labels_are_short_printable_and_do_not_cover_each_other(grey_image):
     # both tags are visible: rows near the top carry colour a, the rows below colour b
     column = out[:, 2]
     assert (column == object_colour("a")).all(axis=1).any() and (column == object_colour("b")).all(axis=1).any()
+
+
+def test_rviz_markers_take_the_overlay_colour_of_each_object():
+    """One colour per object: the MarkerArray's colour is the overlay's (they used to differ)."""
+    from pam_ros.ros.planning import _colour
+
+    for object_id in ("obj_0", "obj_5", "cup", "front/obj_1"):
+        marker = _colour(object_id, 0.4)
+        assert (round(marker.r * 255), round(marker.g * 255), round(marker.b * 255)) == object_colour(object_id)
+        assert abs(marker.a - 0.4) < 1e-6

@@ -24,7 +24,7 @@ from pam_ros.engine.types import (
     TrackingState,
 )
 from pam_ros.errors import BagOpenError, BagReadError, PromptFileError, TopicNotFoundError
-from pam_ros.message_fields import header_fields, perceived_object_array_fields
+from pam_ros.messages.fields import header_fields, perceived_object_array_fields
 from pam_ros.model.selection import ModelSpec
 from pam_ros.replay.bag import BagInput
 from pam_ros.replay.bag_writer import BagWriter
@@ -236,7 +236,7 @@ def test_mcap_that_ends_cleanly_without_its_footer_is_read_to_the_end(tmp_path):
 
 
 def test_undecodable_image_message_is_reported_per_frame(tmp_path):
-    from pam_ros.imaging import ImageDecodeError
+    from pam_ros.messages.images import ImageDecodeError
 
     path = write_bag(tmp_path / "in", "mcap", frames=3, garbage_frames=(1,))
     with BagInput(path) as bag:
@@ -273,7 +273,7 @@ def test_prompts_topic_is_read_in_bag_order(tmp_path):
     (prompt_fields(0, "a", box=(1, 1, 5, 5), action=9), "unknown prompt action 9"),
 ])
 def test_malformed_prompt_messages_are_clear_errors(tmp_path, fields, message):
-    from pam_ros.message_fields import PromptMessageError
+    from pam_ros.messages.fields import PromptMessageError
 
     path = write_bag(tmp_path / "in", "mcap", frames=1, prompts=[(STAMP0 + 1, fields)])
     with BagInput(path) as bag:
@@ -443,7 +443,7 @@ def test_mask_encodings_full_and_none():
 
 
 def test_frames_line_format():
-    from pam_ros.masks import rle_to_mask
+    from pam_ros.model.masks import rle_to_mask
     from pam_ros.replay.outputs import frame_line
 
     result = hand_built_result()
@@ -565,7 +565,7 @@ def cube_prompt_file(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 def test_replay_writes_every_frame_and_a_decodable_bag(tiny_pipelines, tmp_path, storage):
-    from pam_ros.masks import rle_to_mask
+    from pam_ros.model.masks import rle_to_mask
 
     bag = write_bag(tmp_path / "in", storage, frames=4)
     out = tmp_path / "out"

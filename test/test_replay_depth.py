@@ -25,8 +25,8 @@ from test_replay import (
 
 from pam_ros.engine.geometry import CameraIntrinsics, DepthImage, DepthSettings, object_geometry
 from pam_ros.errors import TopicNotFoundError
-from pam_ros.masks import rle_to_mask
-from pam_ros.message_fields import header_fields
+from pam_ros.messages.fields import header_fields
+from pam_ros.model.masks import rle_to_mask
 from pam_ros.replay.bag import BagInput
 from pam_ros.replay.bag_writer import BagWriter
 

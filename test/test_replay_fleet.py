@@ -15,7 +15,7 @@ import pytest
 from test_replay import CUBE_BOX, write_bag, write_chunked_mcap, write_yaml
 
 from pam_ros.errors import BagReadError, OutputExistsError
-from pam_ros.replay.fleet import FAILED, plan_fleet, prompt_file_for, unique_names
+from pam_ros.replay.fleet_plan import FAILED, plan_fleet, prompt_file_for, unique_names
 from pam_ros.replay.outputs import without_timing
 
 TASKS, TOKENS, IMAGE_SIZE = ("caption",), 6, 256
@@ -95,7 +95,7 @@ def assert_interrupted_part_way(out: Path, row, single: bytes, frames: int) -> N
 def fleet_settings():
     from pam_ros.engine.pipeline import PipelineConfig
     from pam_ros.model.selection import ModelSpec
-    from pam_ros.replay.fleet import FleetSettings
+    from pam_ros.replay.fleet_plan import FleetSettings
 
     return FleetSettings(spec=ModelSpec(name="tiny", image_size=IMAGE_SIZE),
                          config=PipelineConfig(new_object_tasks=TASKS, max_new_tokens=TOKENS, semantics_mode="sync"))

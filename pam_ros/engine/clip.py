@@ -21,7 +21,7 @@ import numpy as np
 from pam_ros.engine.tracker import StreamingTracker
 from pam_ros.engine.types import TrackingState
 from pam_ros.errors import ClipError, PromptError, TaskError
-from pam_ros.masks import mask_to_rle, rle_to_mask, score_from_logit
+from pam_ros.model.masks import mask_to_rle, rle_to_mask, score_from_logit
 from pam_ros.model.pam import RegionFeatures
 from pam_ros.model.tasks import VIDEO_FRAMES, canonical_task, is_video_task, select_video_frames
 
@@ -184,7 +184,7 @@ class ClipFrame:
     state: TrackingState  # PROMPTED (frame 0), TRACKED or LOST
     roi: tuple[int, int, int, int]  # x, y, w, h of the mask's bounding box (zeros if empty)
     mask_area: int
-    mask_rle: dict  # COCO uncompressed RLE at the frame's resolution (pam_ros.masks)
+    mask_rle: dict  # COCO uncompressed RLE at the frame's resolution (pam_ros.model.masks)
 
     def mask(self) -> np.ndarray:
         return rle_to_mask(self.mask_rle)

@@ -1,16 +1,18 @@
-"""One-shot segmentation of one object on one image: the mask, its numbers and its PAM features.
+"""One-shot describes: segment objects on one image and run PAM tasks on them, in one batch.
 
-Used by `pam-ros describe` and by the pipeline's describe (a prompt on a given or the latest
-frame), so both report the same mask, box, score and features for the same prompt.
+`segment_object` is used by the pipeline's describe (a prompt on a given or the latest frame);
+`describe_regions` by `pam-ros describe` with one box, several boxes or --everything, so every
+one-shot path reports the same mask, score and words for the same prompt, and always batches.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from pam_ros.engine.types import ObjectResult, TrackingState
-from pam_ros.masks import mask_bbox_xywh, mask_centroid, score_from_logit
+from pam_ros.model.masks import mask_bbox_xywh, mask_centroid, score_from_logit
 from pam_ros.model.pam import RegionFeatures
 
 
@@ -50,3 +52,17 @@ def segment_object(model, image_or_encoding, visual, *, frame_index: int = -1, s
     mask = (dec.mask_logits[0, 0] > 0).cpu().numpy()
     features = RegionFeatures(dec.mid_mask_tokens[0], dec.mid_image_embed[0], frame_index, stamp_ns, logit)
     return SegmentedObject(mask, logit, features)
+
+
+def describe_regions(model, regions: Sequence[RegionFeatures], tasks: Sequence[str], *,
+                     free_prompt: str | None = None, **options) -> list[list]:
+    """Every task (then the free prompt, as task "prompt") on every region, in one batched generation
+    (each region's visual prefix computed once). Returns, per region, its PamGenerations in task order."""
+    from pam_ros.model.pam import DescribeJob
+
+    runs = [(task, None) for task in tasks] + ([(None, free_prompt)] if free_prompt is not None else [])
+    if not runs or not regions:
+        return [[] for _ in regions]
+    jobs = [DescribeJob(features, task, prompt=free) for features in regions for task, free in runs]
+    generations = model.describe_batch(jobs, **options)
+    return [generations[k * len(runs):(k + 1) * len(runs)] for k in range(len(regions))]

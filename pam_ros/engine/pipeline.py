@@ -54,8 +54,8 @@ from pam_ros.errors import (
     TaskError,
     UnknownObjectError,
 )
-from pam_ros.masks import mask_centroid
 from pam_ros.model.decoding import is_out_of_memory, release_cached_memory
+from pam_ros.model.masks import mask_centroid
 from pam_ros.model.pam import DescribeJob
 from pam_ros.model.regions import RegionSettings, automatic_mask_generator, find_regions
 from pam_ros.model.selection import ModelSpec

@@ -52,7 +52,7 @@ from sam2.utils.amg import batched_mask_to_box
 from pam_ros.engine.ids import ObjectIdNamer
 from pam_ros.engine.types import TrackingState
 from pam_ros.errors import PromptError, TrackerError, UnknownObjectError
-from pam_ros.masks import score_from_logit
+from pam_ros.model.masks import score_from_logit
 from pam_ros.model.pam import RegionFeatures
 from pam_ros.model.sam2_backbone import ImageEncoding, Sam2Backbone, TrackStepOutput, VisualPrompt
 

@@ -16,18 +16,15 @@ features differ from a `describe --box` run only by that resize.
 from __future__ import annotations
 
 import inspect
-import math
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from pam_ros.errors import RegionSettingsError
+from pam_ros.model.region_settings import DEFAULT_MAX_REGIONS, DEFAULT_POINTS_PER_SIDE, RegionSettings  # noqa: F401
 from pam_ros.model.sam2_backbone import DecoderOutput, ImageEncoding, Sam2Backbone, VisualPrompt
-
-DEFAULT_POINTS_PER_SIDE = 16  # 256 prompts: the generator's 32 (1024 prompts) is too slow for a robot
-DEFAULT_MAX_REGIONS = 16
 
 
 def _generator_class():
@@ -39,44 +36,6 @@ def _generator_class():
 def generator_default(keyword: str):
     """The official generator's own default for one of its keyword arguments."""
     return inspect.signature(_generator_class().__init__).parameters[keyword].default
-
-
-@dataclass(frozen=True)
-class RegionSettings:
-    """The settings given to SAM2AutomaticMaskGenerator, by its keywords. None = the generator's default
-    (resolved by `resolved()`, so what was run can always be reported in full)."""
-
-    points_per_side: int = DEFAULT_POINTS_PER_SIDE
-    pred_iou_thresh: float | None = None
-    stability_score_thresh: float | None = None
-    box_nms_thresh: float | None = None
-    min_mask_region_area: int | None = None
-
-    def resolved(self) -> "RegionSettings":
-        """A copy with every None replaced by the generator's default, checked (RegionSettingsError)."""
-        values = {name: (generator_default(name) if value is None else value)
-                  for name, value in asdict(self).items()}
-        settings = RegionSettings(**values)
-        settings.validate()
-        return settings
-
-    def validate(self) -> None:
-        pps = self.points_per_side
-        if isinstance(pps, bool) or not isinstance(pps, (int, np.integer)) or pps < 1:
-            raise RegionSettingsError(f"points per side must be an integer >= 1, got {pps!r}")
-        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0.0 <= value <= 1.0:
-                raise RegionSettingsError(f"{name} must be in [0, 1], got {value!r}")
-        area = self.min_mask_region_area
-        if area is not None and (isinstance(area, bool) or not isinstance(area, (int, np.integer)) or area < 0):
-            raise RegionSettingsError(f"min_mask_region_area must be an integer >= 0, got {area!r}")
-
-    def generator_kwargs(self) -> dict:
-        """Keyword arguments for SAM2AutomaticMaskGenerator (every setting, defaults resolved)."""
-        return {name: value for name, value in asdict(self.resolved()).items()}
 
 
 def check_max_regions(max_regions: int) -> int:

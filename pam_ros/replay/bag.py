@@ -30,8 +30,8 @@ from rosbags.typesys.store import Typestore
 from pam_ros.engine.geometry import CameraIntrinsics, depth_to_metres
 from pam_ros.engine.types import PromptRequest
 from pam_ros.errors import BagOpenError, BagReadError, DepthError, TopicNotFoundError
-from pam_ros.imaging import ImageDecodeError, decode_compressed, decode_image
-from pam_ros.message_fields import PromptMessageError, prompt_request_from_message, stamp_ns_of
+from pam_ros.messages.fields import PromptMessageError, prompt_request_from_message, stamp_ns_of
+from pam_ros.messages.images import ImageDecodeError, decode_compressed, decode_image
 from pam_ros.replay.interfaces import (
     CAMERA_INFO_TYPE,
     COMPRESSED_IMAGE_TYPE,

@@ -1,7 +1,7 @@
 """Writing rosbag2 bags (MCAP by default) from plain field dicts, with definitions embedded.
 
 Thin layer over rosbags' Writer: topics are added by name and type, messages are given as dicts
-in the pam_ros.message_fields layout (or as already serialized CDR bytes). Every topic's schema is
+in the pam_ros.messages.fields layout (or as already serialized CDR bytes). Every topic's schema is
 the .msg text of its type (pam_ros's own from msg/), so MCAP tools decode the bag without ROS.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ Frames are matched by stamp and objects by id. Per object: mask IoU in every fra
 has it, frames one run tracks (score > 0.5) and the other has lost, per-task semantics text, and the
 3-D position difference when both have geometry; per run: per-frame processing time and prompts
 refused / never applied. Both frames.jsonl files are streamed; every figure is kept in memory that
-does not grow with the number of frames (compare_stats). No ROS, no model.
+does not grow with the number of frames (compare_stats). No ROS, and no model is loaded.
 """
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pam_ros.errors import CompareInputError, InputError
-from pam_ros.masks import rle_to_mask
-from pam_ros.render import printable
+from pam_ros.model.masks import rle_to_mask
 from pam_ros.replay.compare_runs import (
     SINGLE,
     FrameReader,
@@ -32,6 +31,7 @@ from pam_ros.replay.compare_stats import (
     log_histogram,
 )
 from pam_ros.replay.outputs import TIMING_KEY
+from pam_ros.viz.overlay import printable
 
 TRACKED_SCORE = 0.5  # above: the object is tracked in that frame; at or below (or absent): lost
 SEMANTICS_MODES = ("report", "exact")

@@ -3,7 +3,7 @@
 Self-contained: inline CSS, no script, nothing fetched from the network; the plots (matplotlib) and
 the worst frames' side-by-side overlays are PNG files in DIR beside it. Per bag: the verdict and its
 reasons, the IoU of every object over the frames (the --min-iou threshold drawn), a table of objects,
-the changed texts, timing and prompts, and the worst frames drawn as each run saw them (render.py's
+the changed texts, timing and prompts, and the worst frames drawn as each run saw them (viz.overlay's
 overlay on the input image from the replay's output bag) with the changed pixels highlighted.
 matplotlib is imported here only, and only when a report is written.
 """
@@ -20,7 +20,7 @@ from pam_ros.replay.compare import BASELINE, CANDIDATE, ROLES, BagComparison, Co
 from pam_ros.replay.outputs import BAG_DIR
 
 INDEX = "index.html"
-CHANGED_COLOUR = (255, 0, 255)  # magenta: not an object colour's saturation/value (render.object_colour)
+CHANGED_COLOUR = (255, 0, 255)  # magenta: not an object colour's saturation/value (viz.colours.object_colour)
 PANEL_MIN_WIDTH = 480  # small camera images are enlarged (nearest neighbour: every changed pixel stays visible)
 NO_IMAGE_GREY = 96
 
@@ -171,7 +171,7 @@ def _plot_iou(objects: list[ObjectComparison], bag: BagComparison, min_iou: floa
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
     from matplotlib.ticker import MaxNLocator
 
-    from pam_ros.render import object_colour
+    from pam_ros.viz.colours import object_colour_unit
 
     figure = Figure(figsize=(10, 3.4), dpi=100, layout="constrained")
     axes = figure.add_subplot()
@@ -180,7 +180,7 @@ def _plot_iou(objects: list[ObjectComparison], bag: BagComparison, min_iou: floa
         points = obj.iou_series.values()
         coarsest = max(coarsest, obj.iou_series.frames_per_point)
         frames, ious = [p[0] for p in points], [p[1] for p in points]
-        colour = tuple(v / 255 for v in object_colour(obj.object_id))
+        colour = object_colour_unit(obj.object_id)  # the overlay's colour of the object
         axes.plot(frames, ious, color=colour, linewidth=1.6, marker="o" if len(points) <= 60 else None,
                   markersize=3.5, label=f"{obj.object_id} ({obj.presence})" if obj.presence != "both" else obj.object_id)
     axes.axhline(min_iou, color="#c0392b", linestyle="--", linewidth=1.2, label=f"--min-iou {min_iou:g}")
@@ -242,7 +242,7 @@ def _input_images(bag: BagComparison, frames: set[int]) -> tuple[dict[int, np.nd
 
 
 def _side_by_side(item, image: np.ndarray | None, size: tuple[int, int] | None) -> Image.Image:
-    from pam_ros.render import draw_overlay
+    from pam_ros.viz.overlay import draw_overlay
 
     results = {role: _frame_result(item, role) for role in ROLES}
     height, width = next((m.mask.shape for r in results.values() for m in r.objects), (size[1], size[0]))
@@ -265,9 +265,9 @@ def _side_by_side(item, image: np.ndarray | None, size: tuple[int, int] | None) 
 
 
 def _frame_result(item, role: str):
-    """A FrameResult of one run's frames.jsonl objects, for render.draw_overlay."""
+    """A FrameResult of one run's frames.jsonl objects, for viz.overlay.draw_overlay."""
     from pam_ros.engine.types import FrameResult, ObjectResult, ObjectSemantics, TrackingState
-    from pam_ros.masks import mask_centroid, rle_to_mask
+    from pam_ros.model.masks import mask_centroid, rle_to_mask
 
     objects = []
     for data in item.objects[role]:

@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import replace
 
 from pam_ros.errors import ConfigError, InputError, PamError
-from pam_ros.replay.fleet import (
+from pam_ros.replay.fleet_plan import (
     FAILED,
     INCOMPLETE,
     BagReplayer,

@@ -76,7 +76,7 @@ def pam_ros_typestore(msg_dir: Path | None = None) -> Typestore:
 
 
 def build_message(store: Typestore, msgtype: str, fields: dict):
-    """A rosbags message object of `msgtype` from a plain dict (pam_ros.message_fields layout).
+    """A rosbags message object of `msgtype` from a plain dict (pam_ros.messages.fields layout).
 
     Missing fields get the type's zero value, so dicts may omit what they do not set.
     """

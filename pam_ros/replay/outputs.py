@@ -18,12 +18,12 @@ from PIL import Image
 
 from pam_ros.engine.types import FrameResult, PromptOutcome, TrackingState
 from pam_ros.errors import OutputExistsError, ReplayError
-from pam_ros.masks import mask_to_rle
-from pam_ros.message_fields import header_fields, perceived_object_array_fields
-from pam_ros.render import draw_overlay
+from pam_ros.messages.fields import header_fields, perceived_object_array_fields
+from pam_ros.model.masks import mask_to_rle
 from pam_ros.replay.bag import BagInput, BagRecord, DecodedImage
 from pam_ros.replay.bag_writer import BagWriter
 from pam_ros.replay.interfaces import IMAGE_TYPE, OBJECTS_TYPE, PROMPT_TYPE
+from pam_ros.viz.overlay import draw_overlay
 
 OBJECTS_TOPIC = "/objects"
 OVERLAY_TOPIC = "/overlay"

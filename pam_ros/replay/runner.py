@@ -19,11 +19,11 @@ from tqdm import tqdm
 
 from pam_ros.engine.types import PromptOutcome, TrackingState
 from pam_ros.errors import BagReadError, ImageError
-from pam_ros.imaging import ImageDecodeError
-from pam_ros.render import printable
+from pam_ros.messages.images import ImageDecodeError
 from pam_ros.replay.bag import BagInput, BagRecord
 from pam_ros.replay.outputs import ReplayOutputs
 from pam_ros.replay.prompts import FramePromptSchedule, load_prompt_file
+from pam_ros.viz.overlay import printable
 
 if TYPE_CHECKING:
     from pam_ros.engine.pipeline import PerceptionPipeline

@@ -1,7 +1,7 @@
 """ROS 2 (rclpy) messages <-> the engine's plain types: numpy images, PromptRequest, results.
 
 What the messages say is decided in the ROS-free modules shared with the bag replay, so the node
-and the replay cannot drift: pam_ros.imaging decodes image payloads, pam_ros.message_fields turns
+and the replay cannot drift: pam_ros.messages.images decodes image payloads, pam_ros.messages.fields turns
 results into message field values and Prompt messages into PromptRequests. This module only moves
 values between those and rclpy message objects (no cv_bridge: it is not available from pip).
 Every malformed input raises a PamError subclass (pam_ros.errors) with a message a user can act on.
@@ -20,8 +20,7 @@ from std_msgs.msg import Header
 from pam_ros.action import Caption
 from pam_ros.engine.geometry import depth_to_metres
 from pam_ros.engine.types import FrameResult, GenerationResult, ObjectResult, PromptAction, PromptRequest
-from pam_ros.imaging import SUPPORTED_ENCODINGS, ImageDecodeError, decode_compressed, decode_image
-from pam_ros.message_fields import (
+from pam_ros.messages.fields import (
     MASK_ENCODINGS,
     PromptMessageError,
     perceived_object_array_fields,
@@ -29,6 +28,7 @@ from pam_ros.message_fields import (
     prompt_request_from_message,
     stamp_ns_of,
 )
+from pam_ros.messages.images import SUPPORTED_ENCODINGS, ImageDecodeError, decode_compressed, decode_image
 from pam_ros.msg import PerceivedObject, PerceivedObjectArray, Prompt
 
 __all__ = ["MASK_ENCODINGS", "SUPPORTED_ENCODINGS", "ImageConversionError", "PromptConversionError"]

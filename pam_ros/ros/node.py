@@ -497,10 +497,10 @@ class PamNode(LifecycleNode):
         if self._overlay_unavailable:
             return None
         try:
-            from pam_ros.render import draw_overlay
+            from pam_ros.viz.overlay import draw_overlay
         except ImportError as error:
             self._overlay_unavailable = str(error)
-            self.get_logger().warn(f"overlay disabled: pam_ros.render is not available ({error})")
+            self.get_logger().warn(f"overlay disabled: pam_ros.viz.overlay is not available ({error})")
             return None
         return draw_overlay(image, result)
 

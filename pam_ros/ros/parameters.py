@@ -11,6 +11,7 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from pam_ros.errors import ConfigError, PamError, SettingsError
+from pam_ros.model.region_settings import DEFAULT_POINTS_PER_SIDE, GENERATOR_DEFAULTS
 from pam_ros.model.selection import PATH_FIELDS, ModelSpec, check_device_name, check_image_size
 from pam_ros.model.tasks import AFFORDANCE_QUESTION, DTYPE_NAMES, VIDEO_FRAMES
 
@@ -94,15 +95,15 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "Run `discover` on every N-th processed frame (0, N, 2N, ...); 0 = off. Deterministic, unlike "
                   "discover_period_s.",
                   value_range=(0, 1000000, 1)),
-    ParameterSpec("discover_points_per_side", 16, "discover: grid of N x N point prompts for SAM 2's automatic mask "
+    ParameterSpec("discover_points_per_side", DEFAULT_POINTS_PER_SIDE, "discover: grid of N x N point prompts for SAM 2's automatic mask "
                   "generator (>= 1).",
                   value_range=(1, 128, 1)),
-    ParameterSpec("discover_pred_iou_thresh", 0.8, "discover: keep regions whose predicted IoU is above this, in [0, 1].",
+    ParameterSpec("discover_pred_iou_thresh", GENERATOR_DEFAULTS["pred_iou_thresh"], "discover: keep regions whose predicted IoU is above this, in [0, 1].",
                   value_range=(0.0, 1.0, 0.0)),
-    ParameterSpec("discover_stability_score_thresh", 0.95,
+    ParameterSpec("discover_stability_score_thresh", GENERATOR_DEFAULTS["stability_score_thresh"],
                   "discover: keep regions with at least this stability score, in [0, 1].",
                   value_range=(0.0, 1.0, 0.0)),
-    ParameterSpec("discover_box_nms_thresh", 0.7,
+    ParameterSpec("discover_box_nms_thresh", GENERATOR_DEFAULTS["box_nms_thresh"],
                   "discover: box IoU above which duplicate regions are dropped, in [0, 1].",
                   value_range=(0.0, 1.0, 0.0)),
     ParameterSpec("click_tasks", ["explain", "caption"],

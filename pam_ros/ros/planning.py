@@ -27,6 +27,7 @@ from pam_ros.errors import PamError
 from pam_ros.msg import ObjectMatch
 from pam_ros.ros import convert
 from pam_ros.srv import FindObjects
+from pam_ros.viz.colours import object_colour_unit
 
 DEPTH_TOPIC = "depth/image"
 DEPTH_INFO_TOPIC = "depth/camera_info"
@@ -137,11 +138,9 @@ def frame_markers(result: FrameResult, header: Header, shown: dict[str, str]) ->
 
 
 def _colour(object_id: str, alpha: float) -> ColorRGBA:
-    """A stable colour per object id (the same id keeps its colour across frames and runs)."""
-    h = sum((i + 1) * ord(c) for i, c in enumerate(object_id)) % 360 / 60.0
-    x = 1 - abs(h % 2 - 1)
-    r, g, b = [(1, x, 0), (x, 1, 0), (0, 1, x), (0, x, 1), (x, 0, 1), (1, 0, x)][int(h) % 6]
-    return ColorRGBA(r=float(r), g=float(g), b=float(b), a=float(alpha))
+    """The object's colour in the overlay (viz.colours), so markers and overlay agree."""
+    r, g, b = object_colour_unit(object_id)
+    return ColorRGBA(r=r, g=g, b=b, a=float(alpha))
 
 
 def answer_find_objects(pipeline, request: FindObjects.Request, response: FindObjects.Response, *,

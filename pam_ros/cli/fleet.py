@@ -10,9 +10,10 @@ import sys
 def run_fleet_command(args: argparse.Namespace) -> int:
     """Replay args.bag (several bags) into OUT/<bag name>/; the exit code: 0 when every bag is
     complete, 1 when one is not, 2 for unusable inputs (nothing replayed), 130 after Ctrl-C."""
-    from pam_ros.cli_replay import _model_spec, _pipeline_config
+    from pam_ros.cli.replay_settings import model_spec, pipeline_config
     from pam_ros.errors import PamError
-    from pam_ros.replay.fleet import FleetSettings, format_fleet_summary, run_fleet
+    from pam_ros.replay.fleet import format_fleet_summary, run_fleet
+    from pam_ros.replay.fleet_plan import FleetSettings
 
     def fail(message: str) -> int:
         print(f"pam-ros replay: error: {message}", file=sys.stderr)
@@ -23,8 +24,8 @@ def run_fleet_command(args: argparse.Namespace) -> int:
     if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
         return fail(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker:g}")
     try:
-        spec = _model_spec(args)
-        config = _pipeline_config(args)
+        spec = model_spec(args)
+        config = pipeline_config(args)
         config.validate()
         if not args.ray_address:  # on a cluster the workers' machines decide (the head may have no GPU)
             spec = spec.validate()

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
-from pam_ros import cli_compare, cli_everything
-from pam_ros.cli_options import MAX_BATCH_HELP, add_model_arguments, max_batch_argument, model_spec_from_args
+from pam_ros.cli import compare
+from pam_ros.cli.options import MAX_BATCH_HELP, add_model_arguments, max_batch_argument
+from pam_ros.cli.regions import add_discover_arguments, discover_config
+from pam_ros.cli.replay_settings import model_spec, pipeline_config
 
 DEFAULT_TASKS = ("explain", "caption")
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
@@ -70,7 +71,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     replay.add_argument("--baseline", type=Path, default=None, metavar="DIR",
                         help="compare the outputs with this earlier replay right after the replay, as `pam-ros "
                              "compare DIR OUT` does (its options below, its exit status)")
-    cli_compare.add_check_arguments(replay)
+    compare.add_check_arguments(replay)
     replay.set_defaults(run=run)
 
     demo = subparsers.add_parser(
@@ -99,7 +100,7 @@ def _add_engine_arguments(parser: argparse.ArgumentParser, default_model: str) -
     parser.add_argument("--mask-encoding", default="roi", choices=("roi", "full", "none"),
                         help="masks in /objects: roi-sized (default), full-frame, or none")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    cli_everything.add_discover_arguments(parser)
+    add_discover_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,22 +109,22 @@ def run(args: argparse.Namespace) -> int:
         return _run_demo(args)
     if args.baseline is None:
         return _run_bags(args)
-    problem = cli_compare.baseline_problem(args)  # before the replay, which may take hours
+    problem = compare.baseline_problem(args)  # before the replay, which may take hours
     if problem:
         print(f"pam-ros replay: error: {problem}", file=sys.stderr)
         return 2
     code = _run_bags(args)
     if code not in (0, 1):  # unusable inputs or interrupted: nothing to compare
         return code
-    return max(code, cli_compare.run_comparison(args.baseline, args.out, args, command="replay"))
+    return max(code, compare.run_comparison(args.baseline, args.out, args, command="replay"))
 
 
 def _run_bags(args: argparse.Namespace) -> int:
     if len(args.bag) > 1:
-        from pam_ros.cli_fleet import run_fleet_command
+        from pam_ros.cli.fleet import run_fleet_command
 
         return run_fleet_command(args)
-    from pam_ros.replay.fleet import prompt_file_for, unique_names
+    from pam_ros.replay.fleet_plan import prompt_file_for, unique_names
 
     if args.workers != 1 or args.ray_address:
         print("note: one bag is replayed in this process (--workers and --ray-address are for several bags)",
@@ -137,35 +138,11 @@ def _run_bags(args: argparse.Namespace) -> int:
     return _run_replay(args)
 
 
-TINY_DEMO_IMAGE_SIZE = 256
-
-
-def _model_spec(args: argparse.Namespace):
-    """The model these arguments select; the tiny model runs at a 256-pixel input unless told otherwise
-    (its output is meaningless anyway), every real model at its config's size."""
-    spec = model_spec_from_args(args, default_model="tiny")
-    if args.image_size is None and spec.name == "tiny":
-        spec = replace(spec, image_size=TINY_DEMO_IMAGE_SIZE)
-    return spec
-
-
-def _pipeline_config(args: argparse.Namespace):
-    from pam_ros.engine.pipeline import PipelineConfig
-
-    config = PipelineConfig(new_object_tasks=tuple(args.tasks), max_new_tokens=args.max_new_tokens,
-                            max_batch=args.max_batch, semantics_mode="sync", **cli_everything.discover_config(args))
-    if getattr(args, "depth_topic", None):
-        from pam_ros.engine.geometry import DepthSettings
-
-        config.depth, config.depth_slop_ms = DepthSettings(depth_scale=args.depth_scale), args.depth_slop_ms
-    return config
-
-
 def _load_pipeline(args: argparse.Namespace):
     from pam_ros.engine.pipeline import PerceptionPipeline
 
-    spec = _model_spec(args).validate()
-    config = _pipeline_config(args)
+    spec = model_spec(args).validate()
+    config = pipeline_config(args)
     size = f", SAM 2 input {spec.image_size} px" if spec.image_size else ""
     print(f"loading model {spec.label()} on {spec.device} ({spec.dtype}{size}) ...",
           file=sys.stderr)
@@ -196,7 +173,7 @@ def _check_inputs(args: argparse.Namespace, overwrite: bool) -> str:
         if args.prompts:
             load_prompt_file(args.prompts)
         check_out_dir(args.out, overwrite)
-        cli_everything.discover_config(args)
+        discover_config(args)
     except (ReplayError, InputError, DepthError) as err:
         return str(err)
     return ""

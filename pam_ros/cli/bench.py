@@ -7,8 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pam_ros.cli_options import add_encoder_arguments, max_batch_argument
-from pam_ros.model.tasks import DTYPE_NAMES
+from pam_ros.cli.options import add_device_arguments, add_encoder_arguments, add_summary_argument, max_batch_argument
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -26,19 +25,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help="shorthand: tiny = sam2.1_hiera_t at 256, real = sam2.1_hiera_l at 1024 (PAM's)")
     track.add_argument("--config", default=None, help="SAM 2.1 config name or YAML path (default sam2.1_hiera_t)")
     track.add_argument("--checkpoint", default=None, help="SAM 2 .pt (default: random weights, timing only)")
-    track.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
-    track.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
+    add_device_arguments(track, default_device="auto", auto_dtype=False)
     track.add_argument("--image-size", type=int, default=None,
                        help="model input size (default 256; PAM uses 1024; smaller is faster on CPU)")
     track.add_argument("--frames", type=int, default=20, help="frames per comparison run")
     track.add_argument("--objects", default="1,4,16", help="comma-separated object counts")
     track.add_argument("--width", type=int, default=64)
     track.add_argument("--height", type=int, default=48)
-    track.add_argument("--long-frames", default="100,10000",
-                       help="frame counts after which the long stream's state is printed ('' to skip)")
+    track.add_argument("--long-frames", default="100",
+                       help="frame counts after which the long stream's state is printed, e.g. 100,10000 for the "
+                            "bounded-memory check over 10,000 frames (about 45 minutes on a 2-core CPU); "
+                            "default 100; '' to skip")
     track.add_argument("--no-upstream", action="store_true", help="skip the SAM2VideoPredictor runs")
-    track.add_argument("--summary", type=Path, default=None, metavar="TSV",
-                       help="also append one tab-separated line per streaming row to TSV (scripts/gpu_check.sh)")
+    add_summary_argument(track)
     track.add_argument("--warmup-frames", type=int, default=None, metavar="N",
                        help="untimed frames first (default: 10 with --compile or --image-encoder onnxruntime, "
                             "whose first frames compile / build TensorRT engines; else 0)")
@@ -62,10 +61,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     semantics.add_argument("--max-batch", type=max_batch_argument, default=8, metavar="N",
                            help="objects per batched generation in the batched run, as the node's max_batch "
                                 "(default 8)")
-    semantics.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
-    semantics.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
-    semantics.add_argument("--summary", type=Path, default=None, metavar="TSV",
-                           help="also append tab-separated result lines to TSV (scripts/gpu_check.sh)")
+    add_device_arguments(semantics, default_device="auto", auto_dtype=False)
+    add_summary_argument(semantics)
     semantics.set_defaults(run=run_semantics)
 
     encoder = kinds.add_parser(
@@ -81,9 +78,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     encoder.add_argument("--config", default=None, help="SAM 2.1 config name or YAML path (overrides --size)")
     encoder.add_argument("--checkpoint", default=None, help="SAM 2 .pt (default: random weights)")
     encoder.add_argument("--image-size", type=int, default=1024, help="model input size (default 1024, as PAM)")
-    encoder.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
-    encoder.add_argument("--dtype", choices=DTYPE_NAMES, default="float32",
-                         help="torch autocast dtype; TensorRT runs in fp16 when this is not float32")
+    add_device_arguments(encoder, default_device="auto", auto_dtype=False,
+                         dtype_help="torch autocast dtype; TensorRT runs in fp16 when this is not float32")
     encoder.add_argument("--runs", type=int, default=5, help="timed calls per row (median printed)")
     encoder.add_argument("--warmup", type=int, default=1, help="untimed calls before each row")
     encoder.add_argument("--threads", type=int, default=0,
@@ -91,8 +87,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     encoder.add_argument("--compile", action="store_true", help="also time the torch.compile'd encoder")
     encoder.add_argument("--providers", default="",
                          help="comma-separated ONNX Runtime providers to time (default: all that fit the device)")
-    encoder.add_argument("--summary", type=Path, default=None, metavar="TSV",
-                         help="also append one tab-separated line per row to TSV (scripts/gpu_check.sh)")
+    add_summary_argument(encoder)
     encoder.set_defaults(run=run_encoder)
     return bench
 

@@ -6,6 +6,7 @@ One group, so `describe`, `replay`, `demo` and the benches spell and check model
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pam_ros.model.tasks import DTYPE_NAMES
 
@@ -22,15 +23,30 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default_model: str =
                        help="SAM 2.1 config name (sam2.1_hiera_l) or YAML path")
     group.add_argument("--sam2-checkpoint", metavar="PT", default="", help="SAM 2.1 checkpoint (.pt)")
     group.add_argument("--pam", metavar="DIR", default="", help="PAM checkpoint folder (Hugging Face layout)")
-    group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    group.add_argument("--dtype", default="float32", choices=DTYPE_NAMES + ("auto",),
-                       help="compute dtype (default float32; auto = bfloat16 on CUDA)")
+    add_device_arguments(group)
     group.add_argument("--image-size", type=int, default=None, metavar="N",
                        help=image_size_help or "SAM 2 input size, a multiple of 64 (default: the config's, 1024 "
                                                "as PAM was trained; smaller is faster but no longer the "
                                                "official computation)")
     add_encoder_arguments(parser)
     return group
+
+
+def add_device_arguments(parser, *, default_device: str = "cpu", auto_dtype: bool = True,
+                         dtype_help: str = "") -> None:
+    """--device and --dtype, as every command spells them (a bench defaults to auto: the GPU when there is one)."""
+    parser.add_argument("--device", default=default_device, help=f"cpu, cuda, cuda:N or auto (default {default_device}"
+                                                                 + ("; auto = cuda when available)" if default_device
+                                                                    == "auto" else ")"))
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES + (("auto",) if auto_dtype else ()),
+                        help=dtype_help or ("compute dtype (default float32" +
+                                            ("; auto = bfloat16 on CUDA)" if auto_dtype else ")")))
+
+
+def add_summary_argument(parser) -> None:
+    """--summary TSV: the benches' tab-separated result lines, which scripts/gpu_check.sh gathers into one table."""
+    parser.add_argument("--summary", type=Path, default=None, metavar="TSV",
+                        help="also append tab-separated result lines to TSV (scripts/gpu_check.sh)")
 
 
 def max_batch_argument(text: str) -> int:

@@ -1,46 +1,22 @@
 """Overlay drawing: what the tracker sees, drawn on the frame (shared by node, replay and CLI).
 
 Pure numpy + PIL, no ROS: every front end turns a FrameResult into the same picture.
-Each object gets a colour derived from its id only, so it keeps its colour across frames, runs
-and front ends; its mask is tinted semi-transparently, outlined, boxed and labelled with
+Each object gets its colour from its id only (viz/colours.py, as the RViz markers do), so it keeps its
+colour across frames, runs and front ends; its mask is tinted semi-transparently, outlined, boxed and labelled with
 "id category score". Lost objects are drawn grey with a LOST marker.
 """
 from __future__ import annotations
-
-import colorsys
-import re
-import zlib
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pam_ros.engine.types import FrameResult, ObjectResult, SemanticsState, TrackingState
+from pam_ros.viz.colours import object_colour
 
 MASK_ALPHA = 0.45
 LOST_COLOUR = (160, 160, 160)
 FONT_SIZE = 12
 MAX_CATEGORY_CHARS = 24  # a label names the object; long generated text would hide the image
-
-
-_GOLDEN = 0.618033988749895  # successive multiples spread evenly around a circle
-_NUMBERED = re.compile(r"(.*?)(\d{1,9})")
-
-
-def object_colour(object_id: str) -> tuple[int, int, int]:
-    """A bright RGB colour that depends on the object id only (stable across frames and runs).
-
-    Numbered ids (obj_1, obj_2, ...: how the node names objects) step around the hue circle by the
-    golden ratio from their prefix's hue, so neighbours in a scene never get look-alike colours; other
-    ids get a hue from their hash."""
-    # crc32 rather than hash(): Python salts str hashes per process, colours must not change.
-    numbered = _NUMBERED.fullmatch(object_id)
-    if numbered is not None:
-        start = zlib.crc32(numbered.group(1).encode("utf-8")) / 2**32
-        hue = (start + int(numbered.group(2)) * _GOLDEN) % 1.0
-    else:
-        hue = (zlib.crc32(object_id.encode("utf-8")) * _GOLDEN) % 1.0
-    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 1.0)
-    return int(round(r * 255)), int(round(g * 255)), int(round(b * 255))
 
 
 def mask_outline(mask: np.ndarray) -> np.ndarray:

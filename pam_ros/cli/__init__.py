@@ -1,11 +1,12 @@
-"""The `pam-ros` command: describe, replay, compare, bench, download, demo, export-onnx.
+"""The `pam-ros` command: describe, replay, demo, compare, bench, download, export-onnx.
 
-Front end only: it parses arguments, calls the engine / model core, and prints results.
+Front end only: one module per command parses its arguments, calls the engine / model core and
+prints results; shared options live in cli/options.py. torch loads only when a command runs, so
+`pam-ros --help` stays fast.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 
 from pam_ros import __version__
 
@@ -17,14 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pam-ros {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from pam_ros import cli_bench, cli_compare, cli_describe, cli_download, cli_export, cli_replay
+    from pam_ros.cli import bench, compare, describe, download, export, replay
 
-    cli_describe.add_parser(subparsers)
-    cli_download.add_parser(subparsers)
-    cli_export.add_parser(subparsers)
-    cli_bench.add_parser(subparsers)
-    cli_replay.add_parser(subparsers)
-    cli_compare.add_parser(subparsers)
+    for command in (describe, download, export, bench, replay, compare):
+        command.add_parser(subparsers)
     return parser
 
 
@@ -35,7 +32,3 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     return args.run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
