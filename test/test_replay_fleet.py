@@ -1,7 +1,8 @@
 """Replaying several bags in one command: here one after another, and on a real local Ray instance
 with two workers (three small bags, one of them damaged; a worker killed mid-bag).
 
-Every bag's outputs are compared byte for byte with a single replay of that bag by run_replay.
+Every bag's frames.jsonl is compared byte for byte (less the per-frame process_ms) with a single replay of
+that bag by run_replay.
 The model is the tiny fixture at a 256-pixel SAM 2 input; Ray gets 2 CPUs and a small object store.
 """
 from __future__ import annotations
