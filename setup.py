@@ -26,6 +26,7 @@ setup(
         "rosbags-image>=0.10",
         "opencv-python-headless",
         "mcap",
+        "matplotlib",  # pam-ros compare --report
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "mcap-ros2-support", "ruff==0.14.0"],

@@ -120,3 +120,8 @@ class OnnxModelError(ConfigError):
 
 class OnnxExportError(PamError):
     """Exporting the image encoder failed, or its self-check found ONNX Runtime and torch disagree."""
+
+
+class CompareInputError(ReplayError):
+    """`pam-ros compare` inputs that cannot be compared: not a replay output, a damaged frames.jsonl,
+    replays of two different bags, masks of two image sizes (one sentence naming the file; exit status 2)."""

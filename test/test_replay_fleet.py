@@ -1,7 +1,8 @@
 """Replaying several bags in one command: here one after another, and on a real local Ray instance
 with two workers (three small bags, one of them damaged; a worker killed mid-bag).
 
-Every bag's outputs are compared byte for byte with a single replay of that bag by run_replay.
+Every bag's frames.jsonl is compared byte for byte (less the per-frame process_ms) with a single replay of
+that bag by run_replay.
 The model is the tiny fixture at a 256-pixel SAM 2 input; Ray gets 2 CPUs and a small object store.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from test_replay import CUBE_BOX, write_bag, write_chunked_mcap, write_yaml
 
 from pam_ros.errors import BagReadError, OutputExistsError
 from pam_ros.replay.fleet_plan import FAILED, plan_fleet, prompt_file_for, unique_names
+from pam_ros.replay.outputs import without_timing
 
 TASKS, TOKENS, IMAGE_SIZE = ("caption",), 6, 256
 LONG_FRAMES, TAIL_FRAMES = 12, 20  # `tail` outlasts a retried `long` started before it
@@ -61,10 +63,15 @@ def single_replay(bags, tmp_path_factory):
                 report = err.report
             finally:
                 pipeline.close()
-            done[key] = ((out / "frames.jsonl").read_bytes(), report)
+            done[key] = (frames_of(out), report)
         return done[key]
 
     return replay
+
+
+def frames_of(out: Path) -> bytes:
+    """OUT/frames.jsonl without the per-frame processing times (wall-clock, the one part that may differ)."""
+    return without_timing((out / "frames.jsonl").read_bytes())
 
 
 def summary(out: Path) -> dict:
@@ -80,7 +87,7 @@ def interrupt_when(condition):
 
 def assert_interrupted_part_way(out: Path, row, single: bytes, frames: int) -> None:
     assert row.status == "incomplete" and row.reason.startswith("interrupted")
-    lines = (out / row.name / "frames.jsonl").read_bytes().splitlines(keepends=True)
+    lines = frames_of(out / row.name).splitlines(keepends=True)
     assert 3 <= row.frames_read == len(lines) < frames
     assert b"".join(lines) == b"".join(single.splitlines(keepends=True)[:row.frames_read])
     assert (out / row.name / "bag" / "metadata.yaml").is_file(), "its output bag was closed properly"
@@ -141,8 +148,8 @@ def test_workers_1_replays_bags_here_into_one_folder_each(bags, single_replay, t
     out = tmp_path / "out"
     code = main(["replay", str(bags["a"]), str(twin), "--out", str(out), "--prompts", str(prompts), *CLI_MODEL])
     assert code == 0
-    assert (out / "a" / "frames.jsonl").read_bytes() == single_replay("a")[0]
-    assert (out / "a-2" / "frames.jsonl").read_bytes() == single_replay("b", prompts=False)[0], \
+    assert frames_of(out / "a") == single_replay("a")[0]
+    assert frames_of(out / "a-2") == single_replay("b", prompts=False)[0], \
         "a-2.yaml is not in the folder: only the bag's own prompts"
     assert (out / "a" / "bag" / "metadata.yaml").is_file() and (out / "a-2" / "summary.txt").is_file()
     data = summary(out)
@@ -167,7 +174,7 @@ def test_ray_two_workers_three_bags_one_damaged(bags, single_replay, tmp_path, c
     printed = capsys.readouterr().out
     assert code == 1, "one bag is not complete"
     for name in ("a", "b", "c"):
-        assert (out / name / "frames.jsonl").read_bytes() == single_replay(name)[0], name
+        assert frames_of(out / name) == single_replay(name)[0], name
     data = summary(out)
     assert data["executor"] == "ray" and data["workers"] == 2 and data["complete"] is False
     rows = {b["name"]: b for b in data["bags"]}
@@ -216,7 +223,7 @@ def test_ray_worker_killed_mid_bag_is_replaced_then_ctrl_c_keeps_finished_bags(b
     assert rows["long"].worker_pid != killed[0] and report.worker_restarts == 1
     assert rows["long-2"].status == "complete" and rows["long-2"].attempts == 1
     for name in ("long", "long-2"):
-        assert (out / name / "frames.jsonl").read_bytes() == single_replay("long")[0], name
+        assert frames_of(out / name) == single_replay("long")[0], name
     assert "complete (try 2)" in (out / "summary.txt").read_text()
 
     assert report.interrupted and report.executor == "ray" and summary(out)["interrupted"] is True
@@ -232,7 +239,7 @@ def test_ctrl_c_here_keeps_finished_bags(bags, single_replay, tmp_path):
                        progress=False, on_progress=interrupt_when(lambda running: running.get("long", (0, 0))[1] >= 3))
     assert report.interrupted and not report.complete
     rows = {r.name: r for r in report.bags}
-    assert rows["a"].status == "complete" and (out / "a" / "frames.jsonl").read_bytes() == single_replay("a")[0]
+    assert rows["a"].status == "complete" and frames_of(out / "a") == single_replay("a")[0]
     assert_interrupted_part_way(out, rows["long"], single_replay("long")[0], frames=LONG_FRAMES)
     assert rows["b"].status == "not started" and not (out / "b").exists()
     assert [b["status"] for b in summary(out)["bags"]] == ["complete", "incomplete", "not started"]

@@ -1,4 +1,4 @@
-"""The `pam-ros` command: describe, replay, demo, bench, download, export-onnx.
+"""The `pam-ros` command: describe, replay, demo, compare, bench, download, export-onnx.
 
 Front end only: one module per command parses its arguments, calls the engine / model core and
 prints results; shared options live in cli/options.py. torch loads only when a command runs, so
@@ -18,9 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pam-ros {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from pam_ros.cli import bench, describe, download, export, replay
+    from pam_ros.cli import bench, compare, describe, download, export, replay
 
-    for command in (describe, download, export, bench, replay):
+    for command in (describe, download, export, bench, replay, compare):
         command.add_parser(subparsers)
     return parser
 

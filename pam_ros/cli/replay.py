@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pam_ros.cli import compare
 from pam_ros.cli.options import MAX_BATCH_HELP, add_model_arguments, max_batch_argument
 from pam_ros.cli.regions import add_discover_arguments, discover_config
 from pam_ros.cli.replay_settings import depth_settings, model_spec, pipeline_config
@@ -72,6 +73,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                             "default: start a local Ray instance for this command and stop it after")
     fleet.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
                        help="GPUs reserved per Ray worker (default 1 when --device is CUDA, else 0)")
+    replay.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                        help="compare the outputs with this earlier replay right after the replay, as `pam-ros "
+                             "compare DIR OUT` does (its options below, its exit status)")
+    compare.add_check_arguments(replay)
     replay.set_defaults(run=run)
 
     demo = subparsers.add_parser(
@@ -107,6 +112,19 @@ def run(args: argparse.Namespace) -> int:
     """Run `replay` or `demo`; returns the process exit code."""
     if args.command == "demo":
         return _run_demo(args)
+    if args.baseline is None:
+        return _run_bags(args)
+    problem = compare.baseline_problem(args)  # before the replay, which may take hours
+    if problem:
+        print(f"pam-ros replay: error: {problem}", file=sys.stderr)
+        return 2
+    code = _run_bags(args)
+    if code not in (0, 1):  # unusable inputs or interrupted: nothing to compare
+        return code
+    return max(code, compare.run_comparison(args.baseline, args.out, args, command="replay"))
+
+
+def _run_bags(args: argparse.Namespace) -> int:
     if len(args.bag) > 1:
         from pam_ros.cli.fleet import run_fleet_command
 

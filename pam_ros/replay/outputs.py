@@ -2,7 +2,8 @@
 
 OUT/bag/          rosbag2 MCAP: the input images (and prompt messages) as they were, `/objects`
                   (pam_ros/msg/PerceivedObjectArray) and `/overlay` (sensor_msgs/Image rgb8)
-OUT/frames.jsonl  one JSON line per input image, in bag order (also for skipped images)
+OUT/frames.jsonl  one JSON line per input image, in bag order (also for skipped images); a processed
+                  image's line ends with "process_ms", the wall-clock time the engine took for it
 OUT/overlays/     frame_00000.png ... (only when asked for)
 OUT/summary.json, OUT/summary.txt
 """
@@ -32,6 +33,9 @@ OVERLAY_DIR = "overlays"
 SUMMARY_JSON = "summary.json"
 SUMMARY_TEXT = "summary.txt"
 OUTPUT_NAMES = (BAG_DIR, FRAMES_FILE, OVERLAY_DIR, SUMMARY_JSON, SUMMARY_TEXT)
+# Per-frame processing time (ms) in frames.jsonl: read by `pam-ros compare`. The only key whose value
+# differs between two replays of a bag with the same settings.
+TIMING_KEY = "process_ms"
 
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> list[str]:
@@ -48,8 +52,9 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> list[str]:
 
 
 def frame_line(index: int, stamp_ns: int, result: FrameResult | None, *, skipped: str = "",
-               prompt_outcomes: list[PromptOutcome] = ()) -> str:
-    """The frames.jsonl line of one input image (no trailing newline)."""
+               prompt_outcomes: list[PromptOutcome] = (), process_ms: float | None = None) -> str:
+    """The frames.jsonl line of one input image (no trailing newline); process_ms: the engine's time for
+    it (processed images only), written last."""
     line: dict = {"frame": int(index), "stamp_ns": int(stamp_ns), "objects": []}
     if result is not None:
         line["objects"] = [
@@ -70,7 +75,28 @@ def frame_line(index: int, stamp_ns: int, result: FrameResult | None, *, skipped
         line["prompt_outcomes"] = [
             {"object_id": o.object_id, "accepted": bool(o.accepted), "error": o.error} for o in prompt_outcomes
         ]
+    if process_ms is not None:
+        line[TIMING_KEY] = round(float(process_ms), 3)
     return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+
+
+def without_timing(frames_jsonl: bytes) -> bytes:
+    """frames.jsonl content with the per-frame processing time taken out of every line: what two replays
+    of a bag with the same settings write byte for byte alike (a line that is not JSON stays as it is)."""
+    kept = []
+    for raw in frames_jsonl.splitlines(keepends=True):
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            kept.append(raw)
+            continue
+        if not isinstance(line, dict) or TIMING_KEY not in line:
+            kept.append(raw)
+            continue
+        del line[TIMING_KEY]
+        ending = raw[len(raw.rstrip(b"\r\n")):]
+        kept.append(json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + ending)
+    return b"".join(kept)
 
 
 def _json_float(value: float) -> float | None:
@@ -124,7 +150,8 @@ class ReplayOutputs:
         self._writer.write_raw(record.topic, record.log_time_ns, record.raw)
 
     def write_processed(self, record: BagRecord, image: DecodedImage, result: FrameResult, *,
-                        frames_received: int, prompt_outcomes: list[PromptOutcome]) -> None:
+                        frames_received: int, prompt_outcomes: list[PromptOutcome],
+                        process_ms: float | None = None) -> None:
         fields = perceived_object_array_fields(result, image.frame_id, frames_received=frames_received,
                                                frames_dropped=0, mask_encoding=self.mask_encoding)
         self._writer.write_fields(OBJECTS_TOPIC, record.log_time_ns, fields)
@@ -136,7 +163,8 @@ class ReplayOutputs:
         })
         if self.overlay_pngs:
             Image.fromarray(overlay).save(self.overlay_png(record.image_index), optimize=False)
-        self._write_line(frame_line(record.image_index, image.stamp_ns, result, prompt_outcomes=prompt_outcomes))
+        self._write_line(frame_line(record.image_index, image.stamp_ns, result, prompt_outcomes=prompt_outcomes,
+                                    process_ms=process_ms))
 
     def write_skipped(self, record: BagRecord, stamp_ns: int, reason: str,
                       prompt_outcomes: list[PromptOutcome] = ()) -> None:

@@ -280,11 +280,14 @@ def _replay_image(record: BagRecord, bag: BagInput, pipeline, schedule: FramePro
         if future.done() and not future.result().accepted:
             submitted_outcomes.append(PromptOutcome(future.object_id, False,
                                                     f"{prompt.source}: {future.result().error}"))
+    started = time.perf_counter()
     try:
         result = pipeline.process(image.rgb, image.stamp_ns)
     except ImageError as err:
         _skip(record, image.stamp_ns, "rejected by the engine", str(err), outputs, report, submitted_outcomes)
         return
+    # the engine's work on this frame only (not bag reading or output writing): what `compare` reports
+    process_ms = 1000.0 * (time.perf_counter() - started)
     outcomes = submitted_outcomes + list(result.prompt_outcomes)
     for outcome in outcomes:
         if outcome.accepted:
@@ -305,7 +308,8 @@ def _replay_image(record: BagRecord, bag: BagInput, pipeline, schedule: FramePro
             report.frames_without_depth += 1
         if result.depth_error:
             report.depth_problems[result.depth_error] = report.depth_problems.get(result.depth_error, 0) + 1
-    outputs.write_processed(record, image, result, frames_received=report.frames_read, prompt_outcomes=outcomes)
+    outputs.write_processed(record, image, result, frames_received=report.frames_read, prompt_outcomes=outcomes,
+                            process_ms=process_ms)
 
 
 def _skip(record: BagRecord, stamp_ns: int, reason: str, detail: str, outputs: ReplayOutputs,
