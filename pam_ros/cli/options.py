@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pam_ros.model.tasks import DTYPE_NAMES
+from pam_ros.model.tasks import DTYPE_NAMES, ENCODER_KINDS
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, default_model: str = "",
@@ -64,13 +64,12 @@ MAX_BATCH_HELP = ("objects (each with its tasks) whose semantics share one batch
                   "1 = one at a time)")
 
 
-ENCODER_CHOICES = ("torch", "onnxruntime")
 
 
 def add_encoder_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """--image-encoder, --image-encoder-onnx and --compile (model/image_encoder.py; ModelSpec's fields)."""
     group = parser.add_argument_group("SAM 2 image encoder")
-    group.add_argument("--image-encoder", choices=ENCODER_CHOICES, default="torch",
+    group.add_argument("--image-encoder", choices=ENCODER_KINDS, default="torch",
                        help="run SAM 2's image encoder in torch (default) or ONNX Runtime (TensorRT > CUDA > CPU "
                             "provider, whichever the installed onnxruntime offers)")
     group.add_argument("--image-encoder-onnx", default="", metavar="FILE",

@@ -13,6 +13,7 @@ from pam_ros.cli import compare
 from pam_ros.cli.options import MAX_BATCH_HELP, add_model_arguments, max_batch_argument
 from pam_ros.cli.regions import add_discover_arguments, discover_config
 from pam_ros.cli.replay_settings import depth_settings, model_spec, pipeline_config
+from pam_ros.messages import MASK_ENCODINGS
 
 DEFAULT_TASKS = ("explain", "caption")
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
@@ -102,7 +103,7 @@ def _add_engine_arguments(parser: argparse.ArgumentParser, default_model: str) -
                         help=f"semantic tasks run for each new object (default: {' '.join(DEFAULT_TASKS)})")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="generated tokens per task (default 48)")
     parser.add_argument("--max-batch", type=max_batch_argument, default=8, metavar="N", help=MAX_BATCH_HELP)
-    parser.add_argument("--mask-encoding", default="roi", choices=("roi", "full", "none"),
+    parser.add_argument("--mask-encoding", default="roi", choices=MASK_ENCODINGS,
                         help="masks in /objects: roi-sized (default), full-frame, or none")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_discover_arguments(parser)

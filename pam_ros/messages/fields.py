@@ -18,8 +18,7 @@ import numpy as np
 from pam_ros.engine.geometry import ObjectGeometry
 from pam_ros.engine.types import FrameResult, ObjectResult, PromptAction, PromptRequest
 from pam_ros.errors import PromptMessageError
-
-MASK_ENCODINGS = ("roi", "full", "none")
+from pam_ros.messages import MASK_ENCODINGS
 
 
 def time_fields(stamp_ns: int) -> dict:

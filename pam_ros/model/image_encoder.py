@@ -37,10 +37,10 @@ import numpy as np
 import torch
 
 from pam_ros.errors import ConfigError, OnnxExportError, OnnxModelError
+from pam_ros.model.tasks import ENCODER_KINDS
 
 log = logging.getLogger(__name__)
 
-ENCODER_KINDS = ("torch", "onnxruntime")
 OPSET = 18
 INPUT_NAME = "pixels"
 METADATA_PREFIX = "pam_ros."

@@ -20,6 +20,7 @@ HISTORY_FIELD = "{history}"
 VIDEO_FRAMES = 16  # PAM's video mode always looks at 16 frames of the track
 # Compute dtypes by the names that CLI options and node parameters use (torch dtypes: torch_dtype()).
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+ENCODER_KINDS = ("torch", "onnxruntime")  # SAM 2's image encoder: model/image_encoder.py
 
 TASK_PROMPTS: dict[str, str] = {
     "recognize": "<image>\nClassify this subject and provide its label.",

@@ -22,6 +22,7 @@ from pam_ros.engine.types import FrameResult, GenerationResult, ObjectResult, Pr
 from pam_ros.messages.fields import (
     MASK_ENCODINGS,
     PromptMessageError,
+    header_fields,
     perceived_object_array_fields,
     perceived_object_fields,
     prompt_request_from_message,
@@ -144,8 +145,7 @@ def _message_class(type_name: str):
 
 
 def _header_fields(header: Header) -> dict:
-    return {"stamp": {"sec": int(header.stamp.sec), "nanosec": int(header.stamp.nanosec)},
-            "frame_id": header.frame_id}
+    return header_fields(stamp_to_ns(header.stamp), header.frame_id)
 
 
 def object_result_to_msg(obj: ObjectResult, header: Header, mask_encoding: str = "roi") -> PerceivedObject:
