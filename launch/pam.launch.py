@@ -3,17 +3,20 @@
     ros2 launch pam_ros pam.launch.py image_topic:=/camera/color/image_raw model:=PAM-1.5B
     ros2 launch pam_ros pam.launch.py image_topic:=/camera/color/image_raw depth_topic:=/camera/aligned_depth_to_color/image_raw depth_info_topic:=/camera/aligned_depth_to_color/camera_info
     ros2 launch pam_ros pam.launch.py sam2_checkpoint:=/w/sam2.1_hiera_large.pt pam_checkpoint:=/w/PAM-3B device:=cuda
+    ros2 launch pam_ros pam.launch.py image_topic:=/camera/color/image_raw model:=tiny rviz:=true
 
 Parameters come from params_file (default: the installed config/pam_ros.yaml); every argument left
 empty keeps the file's value, every argument given overrides it. Without ros2 launch, run the same
 node with: pam_ros_node --ros-args --params-file config/pam_ros.yaml -r image:=/camera/image_raw
+rviz:=true also starts RViz 2 with the installed rviz/pam_ros.rviz (overlay, markers, camera frame).
 """
 import os
 
 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import LifecycleNode
+from launch_ros.actions import LifecycleNode, Node
 
 from launch import LaunchDescription
 
@@ -48,11 +51,17 @@ INTEGER_PARAMETERS = {"max_objects", "max_new_tokens", "max_batch", "image_size"
 FLOAT_PARAMETERS = {"refresh_period_s", "discover_period_s", "depth_scale", "depth_slop_ms"}
 
 
-def _default_params_file() -> str:
+def _share_file(*parts: str) -> str:
+    """A file of the installed package's share/pam_ros, or of the source checkout when not installed."""
     try:
-        return os.path.join(get_package_share_directory("pam_ros"), "config", "pam_ros.yaml")
+        share = get_package_share_directory("pam_ros")
     except PackageNotFoundError:  # running from a source checkout
-        return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "pam_ros.yaml")
+        share = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(share, *parts)
+
+
+def _default_params_file() -> str:
+    return _share_file("config", "pam_ros.yaml")
 
 
 def _typed(name: str, text: str):
@@ -111,7 +120,13 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("params_file", default_value=_default_params_file(),
                               description="Parameter YAML (see config/pam_ros.yaml)"),
         DeclareLaunchArgument("log_level", default_value="info", description="debug | info | warn | error"),
+        DeclareLaunchArgument("rviz", default_value="false",
+                              description="true: also start RViz 2 with rviz_config (needs the rviz2 package)"),
+        DeclareLaunchArgument("rviz_config", default_value=_share_file("rviz", "pam_ros.rviz"),
+                              description="RViz config (default: the shipped rviz/pam_ros.rviz)"),
     ]
     arguments += [DeclareLaunchArgument(name, default_value="", description=f"{text} ('' = params file value)")
                   for name, text in PARAMETER_ARGUMENTS.items()]
-    return LaunchDescription(arguments + [OpaqueFunction(function=_node)])
+    rviz = Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
+                arguments=["-d", LaunchConfiguration("rviz_config")], condition=IfCondition(LaunchConfiguration("rviz")))
+    return LaunchDescription(arguments + [OpaqueFunction(function=_node), rviz])

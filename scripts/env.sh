@@ -1,8 +1,7 @@
-# source scripts/env.sh: activate the pam_ros venv (after `make setup`).
+# source scripts/env.sh: activate the pam_ros venv (after `make setup`): `pam-ros`, `pam_ros_node` on PATH.
+# It sets no offline switch: `pam-ros download` is the only command that goes to the Hugging Face Hub, and
+# every other one finds weights by name from local files only (local_files_only), online or not.
 _pam_ros_root=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)
 # shellcheck disable=SC1091
 . "$_pam_ros_root/.venv/bin/activate"
-# Weights are local files: never wait on the Hugging Face Hub (downloads use `pam-ros download`).
-export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
-export TRANSFORMERS_OFFLINE=${TRANSFORMERS_OFFLINE:-1}
 unset _pam_ros_root

@@ -67,3 +67,31 @@ def test_help_and_download_list_start_without_torch():
                              timeout=120)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip().splitlines()[-1] == "[]", (args, out.stdout[-300:])
+
+
+def _imported_top_level_names(paths) -> set[str]:
+    import ast
+
+    names = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_package_xml_lists_every_imported_ros_package():
+    """rosdep installs what package.xml names: a ROS package imported by the node, CLI, launch file or
+    scripts but missing there is an ImportError on a fresh robot."""
+    index = Path(sys.prefix) / "share" / "ament_index" / "resource_index" / "packages"
+    ros_packages = {p.name for p in index.iterdir()} if index.is_dir() else set()
+    ros_packages |= {"launch", "launch_ros", "ament_index_python", "rclpy"}  # no pip wheel or not indexed
+    sources = [*(ROOT / "pam_ros").rglob("*.py"), *(ROOT / "launch").glob("*.py"), *(ROOT / "scripts").glob("*.py"),
+               ROOT / "scripts" / "pam_ros_node", ROOT / "scripts" / "pam-ros"]
+    imported = (_imported_top_level_names(sources) & ros_packages) - {"pam_ros"}
+    declared = {e.text for e in ET.parse(ROOT / "package.xml").getroot()
+                if e.tag in ("depend", "exec_depend", "build_depend")}
+    assert imported, "no ROS imports found: the check is broken"
+    assert not imported - declared, f"imported but not in package.xml: {sorted(imported - declared)}"

@@ -36,6 +36,7 @@ from pam_ros.cli.describe_inputs import build_prompt, check_tasks, checked_optio
 from pam_ros.cli.describe_output import add_ask, print_result, save_overlay, segmented_object_fields, semantics_fields
 from pam_ros.cli.options import add_model_arguments
 from pam_ros.errors import InputError
+from pam_ros.model.selection import DEFAULT_MODEL
 
 log = logging.getLogger("pam_ros.describe")
 
@@ -73,7 +74,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--history", metavar="TEXT",
                    help="previous caption for video_stream_caption(_zh) (PAM's streaming template; "
                         "default None)")
-    add_model_arguments(p)
+    add_model_arguments(p, default_model=f"{DEFAULT_MODEL} once downloaded")
     p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
                    help="most tokens to generate per task (default 512)")
     decoding = p.add_mutually_exclusive_group()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -116,12 +117,25 @@ def generation_options(args) -> dict:
     return options
 
 
+def default_model() -> str:
+    """The model of a describe without --model: PAM-1.5B once downloaded; else one sentence naming both ways on."""
+    from pam_ros.model.registry import resolve_model
+    from pam_ros.model.selection import DEFAULT_MODEL
+
+    try:
+        resolve_model(DEFAULT_MODEL)
+    except PamError:
+        raise InputError(f"no --model given and {DEFAULT_MODEL} is not downloaded: run `pam-ros download "
+                         f"{DEFAULT_MODEL}`, or try the built-in random-weight test model with `--model tiny`") from None
+    return DEFAULT_MODEL
+
+
 def checked_options_and_model(args):
     """The last input checks (decoding options, model selection, --prompt, --ask), then the model load."""
     options = generation_options(args)
     spec = model_spec_from_args(args)
     if not spec.name and not spec.uses_paths:
-        raise InputError("no model: give --model NAME, or all of --pam DIR --sam2-config CFG --sam2-checkpoint PT")
+        spec = replace(spec, name=default_model())
     if args.prompt is not None and not args.prompt.strip():
         raise InputError("--prompt is empty")
     if args.ask is not None and not args.ask.strip():

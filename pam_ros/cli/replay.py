@@ -14,9 +14,10 @@ from pam_ros.cli.options import MAX_BATCH_HELP, add_model_arguments, max_batch_a
 from pam_ros.cli.regions import add_discover_arguments, discover_config
 from pam_ros.cli.replay_settings import depth_settings, model_spec, pipeline_config
 from pam_ros.messages import MASK_ENCODINGS
+from pam_ros.model.registry import package_data_dir
 
 DEFAULT_TASKS = ("explain", "caption")
-DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
+DEMO_DIR = package_data_dir("demo")  # demo/ of the checkout, or share/pam_ros/demo when installed
 DEMO_BAG = DEMO_DIR / "demo_bag"
 DEMO_PROMPTS = DEMO_DIR / "prompts.yaml"
 TINY_MODEL_NOTICE = """\

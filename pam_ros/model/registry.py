@@ -20,12 +20,10 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def models_dir() -> Path:
-    """Where manifests live: $PAM_ROS_MODELS_DIR, else models/ of the checkout, else the installed
-    package's share/pam_ros/models (a colcon install, where the sources are not in a checkout)."""
-    if os.environ.get("PAM_ROS_MODELS_DIR"):
-        return Path(os.environ["PAM_ROS_MODELS_DIR"])
-    checkout = REPO_ROOT / "models"
+def package_data_dir(name: str) -> Path:
+    """A data folder shipped with pam_ros (models, demo): NAME/ of the checkout, else the installed
+    package's share/pam_ros/NAME (a colcon install, where the sources are not in a checkout)."""
+    checkout = REPO_ROOT / name
     if checkout.is_dir():
         return checkout
     try:
@@ -33,9 +31,16 @@ def models_dir() -> Path:
     except ImportError:
         return checkout
     try:
-        return Path(get_package_share_directory("pam_ros")) / "models"
+        return Path(get_package_share_directory("pam_ros")) / name
     except PackageNotFoundError:
         return checkout
+
+
+def models_dir() -> Path:
+    """Where manifests live: $PAM_ROS_MODELS_DIR, else models/ of the checkout or of share/pam_ros."""
+    if os.environ.get("PAM_ROS_MODELS_DIR"):
+        return Path(os.environ["PAM_ROS_MODELS_DIR"])
+    return package_data_dir("models")
 
 
 @dataclass(frozen=True)
@@ -64,8 +69,13 @@ def load_manifest(name: str) -> dict[str, Any]:
 
 
 def _local_path(relative: str) -> Path:
+    """A built-in model's file: absolute, or relative to the folder that holds the manifests folder (the
+    checkout, or share/pam_ros, where CMakeLists.txt installs the tiny model at the same relative path)."""
     path = Path(relative)
-    return path if path.is_absolute() else REPO_ROOT / path
+    if path.is_absolute():
+        return path
+    roots = [models_dir().parent, REPO_ROOT]
+    return next((root / path for root in roots if (root / path).exists()), roots[0] / path)
 
 
 def cached_snapshot(manifest: dict[str, Any]) -> Path:

@@ -14,6 +14,7 @@ from pam_ros.errors import CheckpointError, ConfigError
 from pam_ros.model.tasks import DTYPE_NAMES
 
 AUTO = "auto"
+DEFAULT_MODEL = "PAM-1.5B"  # the node's `model` parameter and `describe` without --model (once downloaded)
 PATH_FIELDS = ("sam2_config", "sam2_checkpoint", "pam_checkpoint")
 # SAM 2's Hiera trunk downsamples by 32 and its memory/decoder grids by 16 of that input; 64 keeps
 # every level an integer size for every packaged config.

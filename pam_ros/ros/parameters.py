@@ -14,7 +14,7 @@ from pam_ros.engine.types import LIVE_SETTINGS
 from pam_ros.errors import ConfigError, PamError, SettingsError
 from pam_ros.messages import MASK_ENCODINGS
 from pam_ros.model.region_settings import DEFAULT_POINTS_PER_SIDE, GENERATOR_DEFAULTS
-from pam_ros.model.selection import PATH_FIELDS, ModelSpec, check_device_name, check_image_size
+from pam_ros.model.selection import DEFAULT_MODEL, PATH_FIELDS, ModelSpec, check_device_name, check_image_size
 from pam_ros.model.tasks import AFFORDANCE_QUESTION, DTYPE_NAMES, ENCODER_KINDS, VIDEO_FRAMES
 
 IMAGE_QOS_CHOICES = ("sensor_data", "reliable")
@@ -22,7 +22,6 @@ IMAGE_TRANSPORT_CHOICES = ("raw", "compressed")
 MASK_ENCODING_CHOICES = MASK_ENCODINGS
 IMAGE_ENCODER_CHOICES = ENCODER_KINDS
 DTYPE_CHOICES = ("auto",) + DTYPE_NAMES
-DEFAULT_MODEL = "PAM-1.5B"
 
 
 
