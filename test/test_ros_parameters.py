@@ -55,7 +55,8 @@ def test_numeric_parameters_declare_their_range_and_choices_are_listed(node):
             assert ranges[0].from_value <= spec.default <= ranges[0].to_value, spec.name
         if spec.choices:
             assert all(choice in descriptor.additional_constraints for choice in spec.choices), spec.name
-        assert ("Applies at once." in descriptor.description) != ("Read at configure." in descriptor.description)
+        whens = ("Applies at once.", "Read at configure.", "Read when the node starts.")
+        assert sum(when in descriptor.description for when in whens) == 1, spec.name
     size = node.describe_parameter("image_size").integer_range[0]
     assert (size.from_value, size.step) == (0, 64)
     # rclpy itself refuses a value outside the declared range, before our own checks

@@ -124,7 +124,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("publish_overlay", True, "Publish `overlay` (coloured masks, ids, labels); drawn only while subscribed."),
     ParameterSpec("no_image_warn_s", 5.0, "Warn once when no image arrives for this many seconds after activation.",
                   value_range=(0.0, 3600.0, 0.0)),
-    ParameterSpec("diagnostics_period_s", 1.0, "Period of /diagnostics messages (read at start).",
+    ParameterSpec("diagnostics_period_s", 1.0, "Period of /diagnostics messages in seconds.",
                   value_range=(0.0, 3600.0, 0.0)),
     ParameterSpec("request_timeout_s", 10.0,
                   "Longest wait of describe, find_objects and of manage_objects with wait=true; then they answer (timed out / QUEUED).",
@@ -171,9 +171,22 @@ ENGINE_LIVE_PARAMETERS = LIVE_SETTINGS  # handed to PerceptionPipeline.update_se
 LIVE_PARAMETERS = ENGINE_LIVE_PARAMETERS + tuple(name for name in LIVE_PARAMETERS if name not in LIVE_SETTINGS)
 
 
+# Parameters the node reads once, when it starts (before any lifecycle transition).
+STARTUP_PARAMETERS = ("autostart", "diagnostics_period_s")
+
+
+def applies_when(name: str) -> str:
+    """When a parameter takes effect, in the words the descriptor, config/pam_ros.yaml and docs/node.md use."""
+    if name in LIVE_PARAMETERS:
+        return "Applies at once."
+    if name in STARTUP_PARAMETERS:
+        return "Read when the node starts."
+    return "Read at configure."
+
+
 def descriptor(spec: ParameterSpec) -> ParameterDescriptor:
     """The ParameterDescriptor of a parameter: description, choices, range, and when it applies."""
-    when = " Applies at once." if spec.name in LIVE_PARAMETERS else " Read at configure."
+    when = " " + applies_when(spec.name)
     choices = f" One of: {', '.join(spec.choices)}." if spec.choices else ""
     desc = ParameterDescriptor(description=spec.description + choices + when,
                                additional_constraints=(f"one of: {', '.join(spec.choices)}" if spec.choices else ""))
