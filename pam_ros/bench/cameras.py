@@ -64,13 +64,18 @@ def build_model(size: str):
     return model
 
 
-def peak_resident_mib() -> float:
-    """This process's peak resident memory (Linux VmHWM)."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
+def _proc_mib(path: str, key: str) -> float:
+    """A "Key: N kB" line of a Linux /proc file, in MiB."""
+    with open(path, encoding="ascii") as lines:
+        for line in lines:
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    raise RuntimeError(f"no {key} in {path}")
+
+
+def peak_resident_mib() -> float:
+    """This process's peak resident memory (VmHWM)."""
+    return _proc_mib("/proc/self/status", "VmHWM")
 
 
 def run_in_process(size: str, cameras: int, frames: int) -> dict:
@@ -114,11 +119,7 @@ def _processes(count: int) -> str:
 
 
 def available_mib() -> float:
-    with open("/proc/meminfo", encoding="ascii") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no MemAvailable in /proc/meminfo")
+    return _proc_mib("/proc/meminfo", "MemAvailable")
 
 
 def run_cameras_bench(size: str, counts: Sequence[int], frames: int,
