@@ -41,6 +41,13 @@ class RegionSettingsError(ConfigError):
 
 
 # ---------------------------------------------------------------- engine
+class UnknownCameraError(PamError, KeyError):
+    """A camera name that the host (several cameras over one model) does not serve."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of its message
+        return str(self.args[0]) if self.args else ""
+
+
 class EngineClosedError(PamError, RuntimeError):
     """The pipeline was closed (node deactivated); no more work is accepted."""
 

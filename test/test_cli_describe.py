@@ -223,3 +223,25 @@ def test_ask_on_a_clip_is_refused_before_loading_a_model(capsys):
     code = main(["describe", str(clip), "--box", "1", "2", "30", "40", "--ask", "cutting paper", *MODEL_ARGS])
     err = capsys.readouterr().err
     assert code == 2 and "--ask works on one image" in err
+
+
+LOADED_AFTER_DESCRIBE = """
+import sys
+from pam_ros.cli import main
+code = main(sys.argv[1:])
+heavy = ("ray", "rosbags", "onnxruntime", "rclpy", "matplotlib", "mcap", "pam_ros.replay", "pam_ros.ros")
+print("LOADED", code, sorted(h for h in heavy if any(m == h or m.startswith(h + ".") for m in sys.modules)))
+"""
+
+
+def test_describe_loads_only_what_it_needs():
+    """A one-image describe imports neither Ray, rosbags, ONNX Runtime, rclpy, matplotlib nor the replay
+    (start-up time a labelling script pays per image)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    box = [str(v) for v in C0["visual_prompt"]]
+    out = subprocess.run([sys.executable, "-c", LOADED_AFTER_DESCRIBE, "describe", IMG0, "--box", *box, *MODEL_ARGS,
+                          "--task", "recognize", "--max-new-tokens", "2", "--json"],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    line = next(line for line in out.stdout.splitlines() if line.startswith("LOADED"))
+    assert line == "LOADED 0 []", out.stderr[-2000:]

@@ -53,7 +53,7 @@ def test_install_layout(prefix):
     pyver = f"python{sys.version_info.major}.{sys.version_info.minor}"
     site = prefix / "lib" / pyver / "site-packages" / "pam_ros"
     for rel in ("__init__.py", "msg/__init__.py", "srv/__init__.py", "action/__init__.py",
-                "ros/node.py", "engine/pipeline.py", "model/pam.py", "cli.py"):
+                "ros/node.py", "engine/pipeline.py", "model/pam.py", "cli/__init__.py"):
         assert (site / rel).is_file(), f"{rel} not installed"
     node = prefix / "lib" / "pam_ros" / "pam_ros_node"
     assert node.is_file() and os.access(node, os.X_OK)

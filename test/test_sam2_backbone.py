@@ -186,8 +186,8 @@ def test_box_partly_outside_is_clipped():
 @pytest.mark.parametrize(
     "image, message",
     [
-        (np.zeros((48, 64), dtype=np.uint8), r"\[H, W, 3\]"),
-        (np.zeros((48, 64, 4), dtype=np.uint8), r"\[H, W, 3\]"),
+        (np.zeros((48, 64), dtype=np.uint8), "HxWx3"),
+        (np.zeros((48, 64, 4), dtype=np.uint8), "HxWx3"),
         (np.zeros((48, 64, 3), dtype=np.float32), "uint8"),
         (np.zeros((0, 64, 3), dtype=np.uint8), "empty"),
         (torch.zeros(48, 64, 3, dtype=torch.uint8), "numpy"),

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import gc
 import resource
+import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
+from tqdm import tqdm
 
 from pam_ros.errors import PamError
 from pam_ros.model.language import GenerationRequest
@@ -92,7 +94,7 @@ def run_serial(model: PamModel, jobs: Sequence[DescribeJob], num_tasks: int) -> 
     tokens = 0
     last_first = 0.0
     first_of_last_object = len(jobs) - num_tasks
-    for index, job in enumerate(jobs):
+    for index, job in enumerate(tqdm(jobs, desc="serial generations", leave=False, file=sys.stderr)):
         (out,) = model.describe_batch([job])
         tokens += len(out.token_ids)
         if index == first_of_last_object:
@@ -109,7 +111,7 @@ def run_batched(model: PamModel, jobs: Sequence[DescribeJob], num_tasks: int, ma
     start = time.perf_counter()
     per_batch = len(jobs) if max_batch < 1 else max_batch * num_tasks
     outs = []
-    for first in range(0, len(jobs), per_batch):
+    for first in tqdm(range(0, len(jobs), per_batch), desc="batched generations", leave=False, file=sys.stderr):
         outs += model.describe_batch(jobs[first:first + per_batch])
     _sync(device)
     seconds = time.perf_counter() - start

@@ -16,7 +16,10 @@ input size can be reduced with --image-size for quick CPU runs (PAM itself uses 
 """
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from pam_ros.engine.tracker import StreamingTracker
 from pam_ros.model.sam2_backbone import Sam2Backbone, VisualPrompt
@@ -125,7 +129,8 @@ def run_streaming(backbone: Sam2Backbone, frames: Sequence[np.ndarray], prompts:
         tracker.add_object(f"obj_{number}", prompt)
     baseline = _cuda_peak_start(device)
     started = time.perf_counter()
-    for index, frame in enumerate(frames):
+    bar = tqdm(frames, desc=f"streaming, {len(prompts)} object(s)", unit="frame", leave=False, file=sys.stderr)
+    for index, frame in enumerate(bar):
         tracker.step(frame, stamp_ns=index)
     _sync(device)
     seconds = time.perf_counter() - started
@@ -147,8 +152,11 @@ def run_upstream(
     predictor = backbone.sam  # built as sam2.sam2_video_predictor.SAM2VideoPredictor
     device = backbone.device
     baseline = _cuda_peak_start(device)
+    bar = tqdm(total=num_frames, desc=f"sam2 video predictor, {len(prompts)} object(s)", unit="frame", leave=False,
+               file=sys.stderr)
     started = time.perf_counter()
-    with torch.inference_mode(), backbone.autocast():
+    # the predictor's own progress bars (frame loading, propagation) would land in the table: ours replaces them
+    with torch.inference_mode(), backbone.autocast(), contextlib.redirect_stderr(io.StringIO()):
         state = predictor.init_state(str(frame_dir))
         for obj_id, prompt in enumerate(prompts):
             predictor.add_new_points_or_box(
@@ -160,7 +168,8 @@ def run_upstream(
                 box=prompt.box,
             )
         for _ in predictor.propagate_in_video(state):
-            pass
+            bar.update()
+    bar.close()
     _sync(device)
     seconds = time.perf_counter() - started
     state_bytes = tensor_bytes(state)

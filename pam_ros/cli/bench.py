@@ -5,6 +5,7 @@ torch and the models load only when a bench runs, so `pam-ros --help` stays fast
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from pam_ros.cli.options import add_device_arguments, add_encoder_arguments, add_summary_argument, max_batch_argument
@@ -64,6 +65,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_device_arguments(semantics, default_device="auto", auto_dtype=False)
     add_summary_argument(semantics)
     semantics.set_defaults(run=run_semantics)
+
+    cameras = kinds.add_parser(
+        "cameras",
+        help="N cameras in one process (one model) vs N single-camera processes: memory and frames/s",
+        description="Peak resident memory and total frames/s of N cameras served by one process (one model in "
+                    "memory, engine/host.py) against N single-camera processes running at once (a model each), "
+                    "every row in fresh processes. Rows that would not fit in the available memory are skipped. "
+                    "Last line: 'cameras: 2 in one process X MiB, 2 processes Y MiB, ratio X/Y = R'.",
+    )
+    cameras.add_argument("--size", choices=("tiny", "1.5B", "3B"), default="tiny",
+                         help="tiny: the test fixture; 1.5B / 3B: random weights at PAM's shapes (SAM 2.1-L at "
+                              "1024 px + Qwen2.5), no download (default tiny)")
+    cameras.add_argument("--cameras", default="1,2,4", help="comma-separated camera counts (default 1,2,4)")
+    cameras.add_argument("--frames", type=int, default=4, help="frames per camera (default 4)")
+    cameras.set_defaults(run=run_cameras)
 
     encoder = kinds.add_parser(
         "encoder",
@@ -159,6 +175,19 @@ def run_track(args: argparse.Namespace) -> int:
                f"{' compile' if args.compile else ''}")
     append_summary(args.summary, [("track", setting, f"{row.objects} object(s) ms/frame", f"{1000 * row.seconds_per_frame:.1f}")
                                   for row in rows if row.tracker == "streaming"])
+    return 0
+
+
+def run_cameras(args: argparse.Namespace) -> int:
+    """Entry point for `pam-ros bench cameras`."""
+    from pam_ros.bench.cameras import run_cameras_bench, summary_line
+
+    counts = _int_list(args.cameras)
+    if not counts or min(counts) < 1 or args.frames < 1:
+        print("pam-ros bench cameras: error: --cameras needs counts >= 1 and --frames >= 1", file=sys.stderr)
+        return 2
+    rows = run_cameras_bench(args.size, counts, args.frames)
+    print(summary_line(rows, 2 if 2 in counts else max(counts)))
     return 0
 
 

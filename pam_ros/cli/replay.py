@@ -64,6 +64,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     replay.add_argument("--grasp-slab-m", type=float, default=0.01, metavar="M",
                         help="the grasp width is measured over the points within M of the grasp point along the "
                              "object's long axis (default 0.01)")
+    replay.add_argument("--camera", action="append", default=[], metavar="NAME=TOPIC[,DEPTH,INFO]",
+                        help="replay several cameras of the bag over one model (repeat per camera): its image "
+                             "topic, optionally its aligned depth and CameraInfo topics; outputs in OUT/NAME/")
     _add_engine_arguments(replay, default_model="")
     fleet = replay.add_argument_group("several bags (see README: 'Many bags at once')")
     fleet.add_argument("--workers", type=int, default=1, metavar="N",
@@ -126,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_bags(args: argparse.Namespace) -> int:
+    if args.camera:
+        from pam_ros.cli.replay_cameras import run_cameras_command
+
+        return run_cameras_command(args)
     if len(args.bag) > 1:
         from pam_ros.cli.fleet import run_fleet_command
 
@@ -163,7 +170,7 @@ def _check_inputs(args: argparse.Namespace, overwrite: bool) -> str:
     from pam_ros.errors import DepthError, InputError, ReplayError
     from pam_ros.replay.bag import BagInput
     from pam_ros.replay.outputs import check_out_dir
-    from pam_ros.replay.prompts import load_prompt_file
+    from pam_ros.replay.prompts import load_prompt_file, prompts_for_camera
 
     try:
         with BagInput(args.bag, getattr(args, "image_topic", None), depth_topic=getattr(args, "depth_topic", None),
@@ -174,7 +181,7 @@ def _check_inputs(args: argparse.Namespace, overwrite: bool) -> str:
             if not args.depth_slop_ms >= 0:
                 return f"--depth-slop-ms must be >= 0, got {args.depth_slop_ms}"
         if args.prompts:
-            load_prompt_file(args.prompts)
+            prompts_for_camera(load_prompt_file(args.prompts), "")  # no entry may name a camera here
         check_out_dir(args.out, overwrite)
         discover_config(args)
     except (ReplayError, InputError, DepthError) as err:

@@ -24,6 +24,7 @@ class RankedObject:
     stamp_ns: int  # stamp of the frame whose features were read
     frame_index: int
     object: ObjectResult
+    camera: str = ""  # the camera whose object this is (engine/host.py); "" for a single stream
 
 
 def check_query(query: str, max_results: int = 0, min_score: float = 0.0) -> str:
@@ -38,14 +39,15 @@ def check_query(query: str, max_results: int = 0, min_score: float = 0.0) -> str
 
 
 def rank(candidates: Sequence[tuple[str, object, ObjectResult]], answers: Sequence, *, max_results: int = 0,
-         min_score: float = 0.0) -> list[RankedObject]:
+         min_score: float = 0.0, cameras: Sequence[str] = ()) -> list[RankedObject]:
     """Best first: candidates (object id, the features asked about, the object) zipped with the model's
     answers (score, log_odds), sorted by score (ties: higher log odds, then candidate order), cut to
-    min_score and max_results (0 = all)."""
+    min_score and max_results (0 = all). cameras: each candidate's camera (several cameras ranked as one)."""
+    cameras = list(cameras) or [""] * len(candidates)
     ranked = [
         RankedObject(object_id, float(answer.score), float(answer.log_odds), int(getattr(features, "stamp_ns", 0)),
-                     int(getattr(features, "frame_index", -1)), obj)
-        for (object_id, features, obj), answer in zip(candidates, answers, strict=True)
+                     int(getattr(features, "frame_index", -1)), obj, camera)
+        for (object_id, features, obj), answer, camera in zip(candidates, answers, cameras, strict=True)
     ]
     ranked.sort(key=lambda r: (-r.score, -r.log_odds))  # stable: equal answers keep candidate order
     ranked = [r for r in ranked if r.score >= min_score]

@@ -67,6 +67,10 @@ class ObjectRegistry:
         self._order = tuple(self.tracker.object_ids) if self.tracker is not None else ()
         self._ids = frozenset(self._order)
 
+    def close(self) -> None:
+        """The stream is closing: nothing counts as tracked any more."""
+        self._order, self._ids = (), frozenset()
+
     # ---- after each frame (tracking thread) ----------------------------------------------------------
     def record(self, results: Sequence[ObjectResult]) -> None:
         """The frame's results: the latest of each object, for describe-by-id and queries."""

@@ -42,6 +42,7 @@ from pam_ros.engine.semantics import (
     SemanticsJob,
     SemanticsStore,
     SemanticsWorker,
+    Stream,
     check_max_batch,
     fill_named_fields,
 )
@@ -183,7 +184,10 @@ class PerceptionPipeline:
     belongs to the semantics worker, so tracking never waits for text.
     """
 
-    def __init__(self, model, config: PipelineConfig | None = None) -> None:
+    def __init__(self, model, config: PipelineConfig | None = None, *, worker: SemanticsWorker | None = None,
+                 name: str = "") -> None:
+        """worker: a semantics worker shared with other streams over the same model (engine/host.py: several
+        cameras); None = this stream's own. name: the stream's name (a camera's), "" for a single stream."""
         self.config = config or PipelineConfig()
         self.config.validate()
         cfg = self.config
@@ -194,8 +198,12 @@ class PerceptionPipeline:
         self._store = SemanticsStore()
         self._objects = ObjectRegistry(tracker, self._store, SemanticsScheduler(
             cfg.new_object_tasks, cfg.refresh_period_s, cfg.stream_window_frames))
-        self._worker = SemanticsWorker(model, self._store, generation=_generation(cfg), mode=cfg.semantics_mode,
-                                       is_tracked=self._objects.is_tracked, max_batch=cfg.max_batch)
+        self.name = name
+        self._stream = Stream(name, self._store, self._objects.is_tracked)
+        self._owns_worker = worker is None
+        self._worker = worker or SemanticsWorker(model, self._store, generation=generation_config(cfg),
+                                                 mode=cfg.semantics_mode, is_tracked=self._objects.is_tracked,
+                                                 max_batch=cfg.max_batch)
         self._frame_size: tuple[int, int] | None = None  # of the latest frame: prompts are checked against it
         self._prompts = PromptQueue(self._objects.ids, lambda: self._frame_size)
         self._discoverer = Discoverer(cfg.discover_settings, period_s=cfg.discover_period_s,
@@ -341,6 +349,8 @@ class PerceptionPipeline:
         Discoverer.finish(discovered, frame_index, stamp_ns)
         jobs = self._objects.schedule(track, time.monotonic())
         if jobs:  # together, so that the worker batches them
+            for job in jobs:
+                job.stream = self._stream
             self._worker.submit_many(jobs)
         geometries, has_depth, depth_error = self._geometry(track.objects, stamp_ns, (w, h), depth)
         objects = [ObjectResult(obj.object_id, float(obj.score), float(obj.object_score_logit),
@@ -403,7 +413,7 @@ class PerceptionPipeline:
         canonical_task(task)
         frames = self._objects.frames(object_id)
         job = SemanticsJob(object_id, (task,), tuple(frames), kind="request", max_new_tokens=max_new_tokens,
-                           on_text=on_text, should_stop=should_stop)
+                           on_text=on_text, should_stop=should_stop, stream=self._stream)
         return _first(self._worker.request(job), lambda results: results[0])
 
     def caption(self, object_id: str, task: str, max_new_tokens: int = 0,
@@ -428,7 +438,7 @@ class PerceptionPipeline:
         if not tasks:
             return _first(_done([]), lambda results: self._described(obj, frames[-1], results))
         job = SemanticsJob("", tuple(tasks), tuple(frames), kind="request", max_new_tokens=max_new_tokens,
-                           should_stop=should_stop, store=False)
+                           should_stop=should_stop, store=False, stream=self._stream)
         return _first(self._worker.request(job), lambda results: self._described(obj, frames[-1], results))
 
     def describe(self, image: np.ndarray | None, prompt: PromptRequest, tasks: Sequence[str],
@@ -470,6 +480,11 @@ class PerceptionPipeline:
         return obj, results
 
     # ----------------------------------------------------------------- queries
+    def query_candidates(self, object_ids: Sequence[str] = ()) -> list[tuple[str, object, ObjectResult]]:
+        """(id, latest features, latest result) of these tracked objects (empty: every object seen on a frame)."""
+        self._ensure_open()
+        return self._objects.candidates(object_ids)
+
     def find_objects(self, query: str, object_ids: Sequence[str] = (), *, max_results: int = 0,
                      min_score: float = 0.0) -> Future:
         """Rank tracked objects for a need: a Future of [RankedObject], best first.
@@ -509,7 +524,7 @@ class PerceptionPipeline:
         self._objects.set_refresh_period(candidate.refresh_period_s)
         self._discoverer.queue.period_s = float(candidate.discover_period_s)
         self._worker.max_batch = candidate.max_batch
-        self._worker.generation = _generation(candidate)
+        self._worker.generation = generation_config(candidate)
 
     def wait_semantics_idle(self, timeout_s: float | None = None) -> bool:
         return self._worker.wait_idle(timeout_s)
@@ -578,7 +593,9 @@ class PerceptionPipeline:
         self._closed = True
         self._prompts.close(f"not applied: {reason}")
         self._discoverer.close(f"not run: {reason}")
-        self._worker.close()
+        self._objects.close()  # a shared worker drops this stream's queued jobs as no longer tracked
+        if self._owns_worker:
+            self._worker.close()
         self._store.clear()
         device = getattr(self.model, "device", None)
         with self._sam_lock:
@@ -591,7 +608,8 @@ class PerceptionPipeline:
             torch.cuda.empty_cache()
 
 
-def _generation(config: PipelineConfig) -> GenerationConfig:
+def generation_config(config: PipelineConfig) -> GenerationConfig:
+    """How the semantics worker decodes, from a pipeline's settings."""
     return GenerationConfig(config.max_new_tokens, config.greedy, config.temperature, config.top_p)
 
 

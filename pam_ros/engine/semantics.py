@@ -31,6 +31,17 @@ TextCallback = Callable[[str, int], None]
 
 
 @dataclass(frozen=True)
+class Stream:
+    """Whose objects a job is about: one camera stream's semantics store and membership. A worker
+    serves one stream, or several over one model (engine/host.py: cameras share the language model
+    and its batches); object ids are per stream."""
+
+    name: str
+    store: "SemanticsStore"
+    is_tracked: Callable[[str], bool] = lambda _id: True
+
+
+@dataclass(frozen=True)
 class GenerationConfig:
     """How the worker decodes: tokens per answer (a job may ask for its own) and greedy or sampled."""
 
@@ -58,6 +69,7 @@ class SemanticsJob:
     store: bool = True
     on_text: TextCallback | None = None
     should_stop: Callable[[], bool] | None = None
+    stream: Stream | None = None  # None: the worker's own stream (a worker serving one camera)
     future: Future = field(default_factory=Future)
     merged_futures: list = field(default_factory=list)  # futures of later jobs merged into this one
 
@@ -70,8 +82,8 @@ class SemanticsJob:
         return self.frames[-1].frame_index
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.object_id, self.kind)
+    def key(self) -> tuple[str, str, str]:
+        return (self.stream.name if self.stream is not None else "", self.object_id, self.kind)
 
     def merge(self, newer: "SemanticsJob") -> None:
         """Take a newer job for the same object into this queued one: newest frames, joined tasks."""
@@ -218,9 +230,8 @@ class SemanticsWorker:
         self._model = model
         self._model_lock = threading.Lock()  # the model is used by one generation at a time
         self.generation = generation  # replaced as a whole by update_settings (live)
-        self._store = store
+        self._stream = Stream("", store, is_tracked)  # for jobs that name no stream
         self._mode = mode
-        self._is_tracked = is_tracked
         self.max_batch = max_batch  # checked by the setter
         self._lock = threading.Condition()
         self._queued: OrderedDict[tuple[str, str], SemanticsJob] = OrderedDict()
@@ -262,7 +273,7 @@ class SemanticsWorker:
         if self._closed:
             raise EngineClosedError("the semantics worker is closed")
         for job in jobs:
-            self._store.mark_pending(job.object_id)
+            self._stream_of(job).store.mark_pending(job.object_id)
         if self._mode == "sync":
             for start in range(0, len(jobs), self.max_batch):
                 self._run_jobs(list(jobs[start:start + self.max_batch]))
@@ -289,7 +300,7 @@ class SemanticsWorker:
             return job.future
         with self._lock:
             self._request_count += 1
-            self._queued[(job.object_id, f"request-{self._request_count}")] = job
+            self._queued[(*job.key[:2], f"request-{self._request_count}")] = job
             self._lock.notify_all()
         return job.future
 
@@ -404,7 +415,7 @@ class SemanticsWorker:
             job.fail(exc)
             return
         if job.store and results and not any(r.stopped for r in results):
-            self._store.set_results(job.object_id, results, create=True)
+            self._stream_of(job).store.set_results(job.object_id, results, create=True)
         job.succeed(results)
 
     def _run_jobs(self, jobs: list[SemanticsJob]) -> None:
@@ -413,7 +424,7 @@ class SemanticsWorker:
         for job in jobs:
             if not job.start():
                 continue  # every caller cancelled
-            if not self._is_tracked(job.object_id):
+            if not self._stream_of(job).is_tracked(job.object_id):
                 job.fail(UnknownObjectError(
                     f"object {job.object_id!r} is no longer tracked; its semantics were not computed"))
                 continue
@@ -437,15 +448,18 @@ class SemanticsWorker:
                 self.jobs_failed += 1
                 message = f"semantics for {job.object_id!r} failed: {type(error).__name__}: {error}"
                 log.error(message)
-                self._store.set_error(job.object_id, message)
+                self._stream_of(job).store.set_error(job.object_id, message)
                 job.fail(error)
                 continue
             self._finish(job, mine)
 
     def _finish(self, job: SemanticsJob, results: list[GenerationResult]) -> None:
         self.jobs_done += 1
-        self._store.set_results(job.object_id, results)
+        self._stream_of(job).store.set_results(job.object_id, results)
         job.succeed(results)
+
+    def _stream_of(self, job: SemanticsJob) -> Stream:
+        return job.stream if job.stream is not None else self._stream
 
     def _live_model(self):
         if self._model is None:
@@ -470,7 +484,7 @@ class SemanticsWorker:
                     settings[limit] = model.generation_settings(max_new_tokens=limit, do_sample=not config.greedy,
                                                                 temperature=config.temperature, top_p=config.top_p)
                 regions = list(job.frames) if is_video_task(canonical) else job.frames[-1]
-                requests.append(DescribeJob(regions, canonical, history=self._store.history(job.object_id, task),
+                requests.append(DescribeJob(regions, canonical, history=self._stream_of(job).store.history(job.object_id, task),
                                             on_text=job.on_text, should_stop=job.should_stop,
                                             settings=settings[limit]))
             try:

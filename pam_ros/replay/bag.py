@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +91,7 @@ class BagInput:
     """
 
     def __init__(self, path: str | Path, image_topic: str | None = None, *, depth_topic: str | None = None,
-                 camera_info_topic: str | None = None) -> None:
+                 camera_info_topic: str | None = None, prompt_topics: Sequence[str] | None = None) -> None:
         self.path = Path(path)
         self.warning = ""  # non-empty: how the bag was read despite damage (shown in the summary)
         self._reader: AnyReader | None = None
@@ -106,7 +106,9 @@ class BagInput:
         except BaseException:
             self.close()
             raise
-        self.prompt_topics = sorted(t.name for t in self.topics if t.msgtype == PROMPT_TYPE)
+        # every Prompt topic, or the ones asked for (a camera's own, when several cameras are replayed)
+        self.prompt_topics = sorted(t.name for t in self.topics if t.msgtype == PROMPT_TYPE
+                                    and (prompt_topics is None or t.name in prompt_topics))
         self.image_count = next(t.count for t in self.topics if t.name == self.image_topic)
 
     # ----- opening -------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ File format (README "Prompts file"):
         action: refine           # add (default) | refine | remove | reset_all
         points: [[80, 100], [30, 20]]
         labels: [1, 0]           # 1 = on the object, 0 = background; default: all 1
+      - frame: 3
+        camera: wrist            # several cameras (replay --camera): this entry is for one of them;
+        box: [10, 10, 50, 50]    # an entry without camera applies to every camera
 
 Scheduling is by bag position only (never by wall-clock time), so a replay is deterministic: a
 `frame:` entry is submitted just before that image; a `stamp_ns:` entry (and every prompt message in
@@ -28,7 +31,7 @@ import yaml
 from pam_ros.engine.types import PromptAction, PromptRequest
 from pam_ros.errors import PromptFileError
 
-_KEYS = {"frame", "stamp_ns", "object_id", "box", "points", "labels", "tasks", "action"}
+_KEYS = {"frame", "stamp_ns", "object_id", "box", "points", "labels", "tasks", "action", "camera"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class ScheduledPrompt:
     source: str  # "file entry 3" / "topic /prompts message 0" (for reports)
     frame: int | None = None
     stamp_ns: int | None = None
+    camera: str = ""  # the camera it is for (several cameras); "" = every camera
 
     def describe_target(self) -> str:
         return f"frame {self.frame}" if self.frame is not None else f"stamp_ns {self.stamp_ns}"
@@ -113,13 +117,28 @@ def _parse_entry(entry: object, index: int, path: Path) -> ScheduledPrompt:
     if action in (PromptAction.ADD, PromptAction.REFINE) and box is None and not points:
         raise PromptFileError(f"{where}: action {action.name.lower()} needs a box and/or points")
 
+    camera = entry.get("camera", "")
+    if not isinstance(camera, str):
+        raise PromptFileError(f"{where}: camera must be a camera name")
+
     tasks = entry.get("tasks") or []
     if not isinstance(tasks, list) or not all(isinstance(t, str) and t for t in tasks):
         raise PromptFileError(f"{where}: tasks must be a list of task names")
 
     request = PromptRequest(action=action, object_id=object_id, points=points, labels=labels, box=box,
                             tasks=tuple(tasks), stamp_ns=0)
-    return ScheduledPrompt(request=request, source=f"prompts file entry {index}", frame=frame, stamp_ns=stamp_ns)
+    return ScheduledPrompt(request=request, source=f"prompts file entry {index}", frame=frame, stamp_ns=stamp_ns,
+                           camera=camera.strip())
+
+
+def prompts_for_camera(prompts: list[ScheduledPrompt], camera: str, cameras: tuple[str, ...] = ()) -> list:
+    """The entries for one camera: its own and those naming none. PromptFileError for an entry naming a
+    camera that is not replayed (cameras: every camera of the replay; none for a single-camera replay)."""
+    for prompt in prompts:
+        if prompt.camera and prompt.camera not in cameras:
+            listed = ", ".join(cameras) if cameras else "none: name them with --camera NAME=TOPIC"
+            raise PromptFileError(f"{prompt.source} is for camera {prompt.camera!r}; cameras: {listed}")
+    return [prompt for prompt in prompts if prompt.camera in ("", camera)]
 
 
 def _non_negative_int(entry: dict, key: str, where: str) -> int:

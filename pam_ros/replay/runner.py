@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +23,7 @@ from pam_ros.errors import BagReadError, ConfigError, ImageError
 from pam_ros.messages.images import ImageDecodeError
 from pam_ros.replay.bag import BagInput, BagRecord
 from pam_ros.replay.outputs import ReplayOutputs
-from pam_ros.replay.prompts import FramePromptSchedule, load_prompt_file
+from pam_ros.replay.prompts import FramePromptSchedule, load_prompt_file, prompts_for_camera
 from pam_ros.viz.overlay import printable
 
 if TYPE_CHECKING:
@@ -83,7 +83,8 @@ def run_replay(bag_path: str | Path, out_dir: str | Path, pipeline: "PerceptionP
                overwrite: bool = False, overlay_pngs: bool = False, mask_encoding: str = "roi",
                progress: bool = True, model_name: str = "",
                on_frame: Callable[[int], None] | None = None, depth_topic: str | None = None,
-               camera_info_topic: str | None = None) -> ReplayReport:
+               camera_info_topic: str | None = None, camera: str = "", cameras: tuple[str, ...] = (),
+               prompt_topics: Sequence[str] | None = None) -> ReplayReport:
     """Replay one bag into out_dir and return the report (also written to OUT/summary.*).
 
     Errors found before anything is written (bag unreadable, topic missing, bad prompts file,
@@ -98,11 +99,16 @@ def run_replay(bag_path: str | Path, out_dir: str | Path, pipeline: "PerceptionP
     frames.jsonl (the pipeline must be built with PipelineConfig.depth; ConfigError otherwise);
     camera_info_topic defaults to the bag's only CameraInfo topic. Each image takes the depth image and
     CameraInfo of its stamp (pipeline.config.depth_slop_ms), whichever is stored first (engine/depth.py).
+
+    camera / cameras: the camera this replay is for, among every camera replayed from the bag (several
+    cameras over one model, replay/cameras.py): prompts-file entries for another camera are left out, and
+    prompt_topics (None: every Prompt topic of the bag) names the recorded prompts that are this camera's.
     """
-    file_prompts = load_prompt_file(prompt_file) if prompt_file else []
+    file_prompts = prompts_for_camera(load_prompt_file(prompt_file) if prompt_file else [], camera, cameras)
     if depth_topic and pipeline.config.depth is None:
         raise ConfigError("a depth topic needs a pipeline built for geometry: PipelineConfig(depth=DepthSettings(...))")
-    with BagInput(bag_path, image_topic, depth_topic=depth_topic, camera_info_topic=camera_info_topic) as bag:
+    with BagInput(bag_path, image_topic, depth_topic=depth_topic, camera_info_topic=camera_info_topic,
+                  prompt_topics=prompt_topics) as bag:
         outputs = ReplayOutputs(out_dir, overwrite=overwrite, overlay_pngs=overlay_pngs,
                                 mask_encoding=mask_encoding)
         report = ReplayReport(bag=str(bag_path), out_dir=str(out_dir), image_topic=bag.image_topic,
