@@ -161,6 +161,29 @@ def test_model_errors_are_one_line(capsys, tmp_path):
     assert code == 2 and "no model" in capsys.readouterr().err
 
 
+def test_ask_score_is_the_softmax_of_the_official_yes_no_logits(capsys, monkeypatch):
+    """`describe --ask` with the question swapped for case c0's own task text (so the prompt is the official
+    one): its JSON score is the softmax of the official first-step logits of "Yes" and "No"."""
+
+    import pam_ros.model.pam as pam
+    from pam_ros.model.tasks import chat_prompt
+
+    assert chat_prompt(C0["task_prompt"]) == C0["prompt_text"]
+    monkeypatch.setattr(pam, "affordance_question", lambda query, template=None: C0["task_prompt"])
+    box = [str(v) for v in C0["visual_prompt"]]
+    code = main(["describe", IMG0, "--box", *box, "--ask", "anything", *MODEL_ARGS, "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(PAM_DIR))
+    ids = [tokenizer(word, add_special_tokens=False).input_ids[0] for word in ("Yes", "No")]
+    logits = golden()[f"{C0['case']}.llm.first_step_logits"][0, ids]
+    assert result["ask"]["score"] == pytest.approx(float(logits.softmax(0)[0]), abs=1e-4)
+    assert result["ask"]["log_odds"] == pytest.approx(float(logits[0] - logits[1]), abs=2e-3)
+    assert 0.01 < result["ask"]["score"] < 0.99, "a saturated score would hide a wrong softmax"
+
+
 def test_ask_adds_the_affordance_score_and_makes_tasks_optional(capsys, pam_model, decoded_image_cases):
     box = [str(v) for v in C0["visual_prompt"]]
     code = main(["describe", IMG0, "--box", *box, "--ask", "  cutting paper ", *MODEL_ARGS, "--json"])

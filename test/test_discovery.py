@@ -100,18 +100,33 @@ def test_discover_refuses_when_max_objects_is_reached_and_bad_requests(model):
         pipe.discover(DiscoverRequest(tasks=("dance",)))
 
 
-def test_discover_every_n_frames_is_deterministic(model):
-    frames = [np.roll(GRAY, i, axis=1) for i in range(5)]
+def textured(shift: int) -> np.ndarray:
+    """A 96x72 scene (a colour gradient with a bright square and a dark disc), moved right by `shift` px."""
+    rows, cols = np.mgrid[0:72, 0:96]
+    image = np.stack([cols * 2, rows * 3, 255 - cols - rows], axis=-1).astype(np.uint8)
+    image[10:34, 12:40] = (240, 220, 30)
+    image[(rows - 48) ** 2 + (cols - 64) ** 2 < 14 ** 2] = (20, 30, 90)
+    return np.roll(image, shift, axis=1)
+
+
+def test_discover_every_n_frames_runs_the_generator_on_frames_0_2_4_deterministically(model):
+    frames = [textured(6 * i) for i in range(5)]
+    assert all(not np.array_equal(a, b) for a, b in zip(frames, frames[1:])), "every frame differs"
 
     def run():
-        pipe = make(model, max_objects=6, discover_every_frames=2)
-        results = [pipe.process(img, 1_000 * (i + 1)) for i, img in enumerate(frames)]
-        return [[(o.object_id, o.mask.tobytes()) for o in r.objects] for r in results]
+        pipe = make(model, max_objects=32, discover_every_frames=2)  # never full: every due frame runs it
+        results, runs = [], []
+        for i, img in enumerate(frames):
+            results.append(pipe.process(img, 1_000 * (i + 1)))
+            runs.append(pipe.stats()["discover_runs"])  # the generator's runs so far
+        added = [[o.object_id for o in r.prompt_outcomes if o.accepted] for r in results]
+        return [[(o.object_id, o.mask.tobytes()) for o in r.objects] for r in results], runs, added
 
-    first, second = run(), run()
-    assert first == second
-    counts = [len(objs) for objs in first]
-    assert counts[0] >= 1 and counts[1] == counts[0] and counts[2] >= counts[1]  # frames 0, 2, 4 discover
+    (first, runs, added), (second, runs_again, _) = run(), run()
+    assert first == second and runs == runs_again
+    assert runs == [1, 1, 2, 2, 3], "the generator runs on frames 0, 2 and 4 only"
+    assert added[0] and added[2] and added[4] and added[1] == [] and added[3] == [], added
+    assert [len(objs) for objs in first] == [len(sum(added[:i + 1], [])) for i in range(5)]
 
 
 def test_generator_defaults_are_the_official_generators():

@@ -5,9 +5,11 @@ by the real onnxruntime (CPU provider here); the official token ids and masks mu
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +59,10 @@ def test_export_embeds_its_identity_and_checks_itself(onnx_export):
     meta = session.get_modelmeta().custom_metadata_map
     assert meta["pam_ros.checkpoint_sha256"] == file_sha256(SAM2_CHECKPOINT)
     assert meta["pam_ros.image_size"] == "1024"
-    assert meta["pam_ros.sam2_version"] == "1.1.0"
+    # the sam2 package that traced the graph, and the precision it was exported in
+    assert meta["pam_ros.sam2_version"] == importlib.metadata.version("sam2") == "1.1.0"
+    assert meta["pam_ros.precision"] == "float32"
+    assert onnx_export.identity == EncoderIdentity(file_sha256(SAM2_CHECKPOINT), 1024, "1.1.0", "float32")
     assert [(i.name, i.shape) for i in session.get_inputs()] == [("pixels", [1, 3, 1024, 1024])]
     # the three feature levels the tracker and PAM read (after the decoder's high-res convs)
     assert [o.shape for o in session.get_outputs()] == [[1, 32, 256, 256], [1, 64, 128, 128], [1, 256, 64, 64]]
@@ -164,6 +169,11 @@ def test_other_checkpoint_or_size_or_no_metadata_is_refused(onnx_export, backbon
     small = Sam2Backbone.from_config(SAM2_CONFIG, SAM2_CHECKPOINT, overrides={"image_size": 256})
     with pytest.raises(OnnxModelError, match="input size 1024, the model uses 256"):
         OnnxImageEncoder.open(onnx_export.path, small)
+    # metadata that claims 256 on a graph traced at 1024: the graph's own input is checked too
+    relabelled = _with_metadata(onnx_export.path, tmp_path / "relabelled.onnx", image_size=256)
+    with pytest.raises(OnnxModelError, match=re.escape("its input is [('pixels', [1, 3, 1024, 1024])], "
+                                                       "expected pixels [1, 3, 256, 256]")):
+        OnnxImageEncoder.open(relabelled, small)
     # the backbone keeps its torch encoder after a refusal
     assert small.image_encoder.kind == "torch"
 
@@ -224,6 +234,18 @@ def test_export_on_first_use_into_the_cache_then_reuse(tmp_path, caplog):
         onnx_levels = second(pixels)["backbone_fpn"]
     assert max(float((a - b).abs().max()) for a, b in zip(torch_levels, onnx_levels)) <= 1e-4
 
+    # a cached file that no longer reads (a disk error, an interrupted copy) is exported again, not used
+    cached = folder / "image_encoder.onnx"
+    cached.write_bytes(cached.read_bytes()[: cached.stat().st_size // 2])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pam_ros.model.image_encoder"):
+        third = make_image_encoder(backbone, "onnxruntime", cache_dir=tmp_path)
+    assert "cached ONNX encoder is unusable" in caplog.text and "exporting it again" in caplog.text
+    assert third.path == cached and cached.stat().st_size == exported.st_size
+    with torch.inference_mode():
+        again_levels = third(pixels)["backbone_fpn"]
+    assert max(float((a - b).abs().max()) for a, b in zip(torch_levels, again_levels)) <= 1e-4
+
 
 def test_export_onnx_command(tmp_path, capsys):
     from pam_ros.cli import main
@@ -236,7 +258,14 @@ def test_export_onnx_command(tmp_path, capsys):
     assert "self-check: max abs difference ONNX Runtime vs torch" in printed and f"wrote {out}" in printed
     # the written file opens for the weights it came from, at its size
     backbone = Sam2Backbone.from_config(SAM2_CONFIG, SAM2_CHECKPOINT, overrides={"image_size": 128})
-    assert OnnxImageEncoder.open(out, backbone).identity.image_size == 128
+    assert OnnxImageEncoder.open(out, backbone).identity == EncoderIdentity(
+        file_sha256(SAM2_CHECKPOINT), 128, importlib.metadata.version("sam2"), "float32")
+    half = tmp_path / "enc16.onnx"
+    code = main(["export-onnx", "--sam2-config", str(SAM2_CONFIG), "--sam2-checkpoint", str(SAM2_CHECKPOINT),
+                 "--image-size", "128", "--fp16", "--out", str(half)])
+    assert code == 0, capsys.readouterr()
+    assert "float16" in capsys.readouterr().out
+    assert OnnxImageEncoder.open(half, backbone).identity.precision == "float16"
     code = main(["export-onnx", "--model", "tiny", "--sam2-config", "x", "--out", str(out)])
     assert code == 2 and "not both" in capsys.readouterr().err
 

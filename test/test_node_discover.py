@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 
 import numpy as np
 import pytest
@@ -57,14 +56,17 @@ def node(tmp_path_factory):
 
 
 def discover(node, **fields) -> Discover.Response:
-    """Call discover while publishing frames until it answers (it runs on the next frame)."""
+    """Call discover while publishing frames (one at a time, each processed) until it answers (it runs on a
+    frame processed after the request arrived)."""
     wait_until(node.discover_client.service_is_ready, 30.0, "the discover service", node.process.output)
     future = node.discover_client.call_async(Discover.Request(**fields))
-    deadline = time.monotonic() + 120
-    while not future.done() and time.monotonic() < deadline:
-        node.publish_frame(GRAY)
-        time.sleep(0.5)
-    assert future.done(), node.process.output()
+
+    def answered() -> bool:
+        if not future.done():
+            node.wait_objects_for(node.publish_frame(GRAY), timeout_s=60)
+        return future.done()
+
+    wait_until(answered, 120.0, "the discover answer", node.process.output, period_s=0.0)
     return future.result()
 
 
@@ -170,13 +172,28 @@ def test_periodic_discover_needs_no_request(node):
     assert node.transition(Transition.TRANSITION_CONFIGURE, timeout_s=60)
     assert node.transition(Transition.TRANSITION_ACTIVATE, timeout_s=180)
     node.wait_subscribed()  # a fresh activation: no objects, and nobody calls discover
-    deadline = time.monotonic() + 90
     ids: list[str] = []
-    while time.monotonic() < deadline and len(ids) < 2:
+
+    def discovered() -> bool:
+        nonlocal ids
         ids = tracked_ids(node)
-        time.sleep(0.3)
+        return len(ids) >= 2
+
+    wait_until(discovered, 90.0, "objects from periodic discover", node.process.output, period_s=0.0)
     assert ids == ["obj_1", "obj_2"], node.process.output()
-    # later periods find max_objects reached and add nothing; tracking goes on
-    for _ in range(6):
-        time.sleep(0.5)
+    # later periods find max_objects reached and add nothing; tracking goes on. Three more periods by the
+    # node's own clock (the stamps of its diagnostics), a frame processed all along.
+    found_at = node_clock_s(node)
+
+    def three_periods_later() -> bool:
         assert tracked_ids(node) == ["obj_1", "obj_2"]
+        return node_clock_s(node) >= found_at + 3 * 2.0
+
+    wait_until(three_periods_later, 90.0, "three discover periods", node.process.output, period_s=0.0)
+
+
+def node_clock_s(node) -> float:
+    """The node's clock at its latest diagnostics message (published every 0.3 s)."""
+    wait_until(lambda: bool(node.diagnostics), 30.0, "diagnostics", node.process.output)
+    stamp = node.diagnostics[-1].header.stamp
+    return stamp.sec + stamp.nanosec * 1e-9

@@ -8,7 +8,6 @@ published; the ranking against the order of the scores the node returns.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -115,12 +114,12 @@ def check_geometry(obj, index: int) -> None:
 
 def test_geometry_from_depth_sent_before_or_after_colour_and_none_without_it(node):
     send_camera_info(node)
-    time.sleep(0.5)
     node.prompt_pub.publish(point_prompt("disk", *DISK, stamp_msg=stamp(0)))
     node.prompt_pub.publish(point_prompt("wall", *BACKGROUND, stamp_msg=stamp(0)))
-    time.sleep(1.0)
-    node.depth_pub.publish(depth_msg(0))  # depth first
-    time.sleep(0.3)
+    node.depth_pub.publish(depth_msg(0))  # depth first: in the node before its colour frame is sent
+    node.wait_diagnostics(lambda v: v.get("prompts_pending") == "2" and v.get("engine.camera_infos_received") == "1"
+                          and v.get("engine.depth_images_received") == "1",
+                          "the prompts, the CameraInfo and the first depth image in the node")
     first = node.wait_objects_for(node.publish_image(frame(0), 0))
     second_header = node.publish_image(frame(1), 1)
     node.depth_pub.publish(depth_msg(1))  # colour first: the depth comes while the frame is tracked
@@ -213,7 +212,7 @@ def test_find_objects_bad_requests_are_answered(node, query, object_ids, text):
 def test_markers_are_deleted_when_the_object_is_removed(node):
     node.markers.clear()
     node.prompt_pub.publish(Prompt(action=Prompt.REMOVE, object_id="disk"))
-    time.sleep(0.5)
+    node.wait_diagnostics(lambda v: v.get("prompts_pending") == "1", "the REMOVE waiting for the next frame")
     index = getattr(node, "index", 20)
     node.depth_pub.publish(depth_msg(index))
     msg = node.wait_objects_for(node.publish_image(frame(index), index))

@@ -1,13 +1,15 @@
-"""PamModel.ask: the affordance score on the tiny fixture, checked against the model's own first step."""
+"""PamModel.ask: the affordance score on the tiny fixture, checked against the official first-step logits
+(golden.safetensors) and against the model's own first step."""
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from pam_tiny_fixture import golden, image_cases
 
 from pam_ros.errors import TaskError
-from pam_ros.model.tasks import AFFORDANCE_QUESTION, affordance_question
+from pam_ros.model.tasks import AFFORDANCE_QUESTION, affordance_question, chat_prompt
 
 QUERY = "cutting paper"
 QUESTION = "<image>\nCan this object be used for the following: cutting paper? Answer yes or no."
@@ -45,6 +47,33 @@ def test_score_reads_the_first_step_logits_of_yes_and_no(pam_model, objects):
         expected = math.exp(answer.yes_logit) / (math.exp(answer.yes_logit) + math.exp(answer.no_logit))
         assert answer.score == pytest.approx(expected, rel=1e-6)
         assert answer.query == QUERY
+
+
+def official_yes_no(case: dict, tokenizer) -> tuple[float, float]:
+    """The official reference's raw first-step logits of "Yes" and "No" for a fixture case."""
+    logits = golden()[f"{case['case']}.llm.first_step_logits"][0]
+    yes_id = tokenizer("Yes", add_special_tokens=False).input_ids[0]
+    no_id = tokenizer("No", add_special_tokens=False).input_ids[0]
+    return float(logits[yes_id]), float(logits[no_id])
+
+
+def test_log_odds_are_the_official_first_step_logits(pam_model, decoded_image_cases):
+    """Asked with the fixture case's own question (its task text as the template, "subject" as the query),
+    ask's prompt is the official prompt, so its yes/no logits are the official first-step logits
+    (README: 1e-3 on logits)."""
+    differences = []
+    for case in image_cases():
+        template = case["task_prompt"].replace("subject", "{query}")
+        assert chat_prompt(affordance_question("subject", template)) == case["prompt_text"]
+        _, dec = decoded_image_cases[case["case"]]
+        (answer,) = pam_model.ask(pam_model.region_features(dec, 0), "subject", template=template)
+        yes, no = official_yes_no(case, pam_model.tokenizer)
+        assert answer.yes_logit == pytest.approx(yes, abs=1e-3), case["case"]
+        assert answer.no_logit == pytest.approx(no, abs=1e-3), case["case"]
+        assert answer.log_odds == pytest.approx(yes - no, abs=2e-3), case["case"]
+        assert answer.score == pytest.approx(float(torch.tensor([yes, no]).softmax(0)[0]), abs=1e-3), case["case"]
+        differences.append(round(yes - no, 2))
+    assert len(set(differences)) == len(differences), f"the cases must tell apart: {differences}"
 
 
 def test_a_batch_answers_as_each_object_alone_and_ranks_the_same(pam_model, objects):

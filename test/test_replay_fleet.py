@@ -1,8 +1,8 @@
 """Replaying several bags in one command: here one after another, and on a real local Ray instance
 with two workers (three small bags, one of them damaged; a worker killed mid-bag).
 
-Every bag's frames.jsonl is compared byte for byte (less the per-frame process_ms) with a single replay of
-that bag by run_replay.
+Every bag's frames.jsonl is compared byte for byte (less the per-frame process_ms), and its output bag
+message by message (topic, log time, serialized bytes), with a single replay of that bag by run_replay.
 The model is the tiny fixture at a 256-pixel SAM 2 input; Ray gets 2 CPUs and a small object store.
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ def single_replay(bags, tmp_path_factory):
                 report = err.report
             finally:
                 pipeline.close()
-            done[key] = (frames_of(out), report)
+            done[key] = (frames_of(out), report, bag_messages(out))
         return done[key]
 
     return replay
@@ -72,6 +72,54 @@ def single_replay(bags, tmp_path_factory):
 def frames_of(out: Path) -> bytes:
     """OUT/frames.jsonl without the per-frame processing times (wall-clock, the one part that may differ)."""
     return without_timing((out / "frames.jsonl").read_bytes())
+
+
+def bag_messages(out: Path) -> list[tuple[str, int, object]]:
+    """Every message of OUT/bag in order: (topic, log time, the message decoded with the bag's own definitions)."""
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+
+    with AnyReader([out / "bag"], default_typestore=get_typestore(Stores.EMPTY)) as reader:
+        return [(connection.topic, timestamp, reader.deserialize(raw, connection.msgtype))
+                for connection, timestamp, raw in reader.messages()]
+
+
+def assert_same_message(ours, theirs, where: str) -> None:
+    """Field by field: integers, strings and pixel data exactly; floats to 1e-5 relative (a Ray worker runs
+    torch on one thread, which changes a score's last bit); tracking_seconds (wall-clock) not at all."""
+    import dataclasses
+
+    import numpy as np
+
+    if dataclasses.is_dataclass(ours):
+        assert type(ours).__name__ == type(theirs).__name__, where
+        for field in dataclasses.fields(ours):
+            if field.name != "tracking_seconds":
+                assert_same_message(getattr(ours, field.name), getattr(theirs, field.name), f"{where}.{field.name}")
+    elif isinstance(ours, np.ndarray):
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape, where
+        if ours.dtype.kind == "f":
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6, err_msg=where)
+        else:
+            assert np.array_equal(ours, theirs), where
+    elif isinstance(ours, list):
+        assert len(ours) == len(theirs), where
+        for index, (mine, reference) in enumerate(zip(ours, theirs)):
+            assert_same_message(mine, reference, f"{where}[{index}]")
+    elif isinstance(ours, float):
+        assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6), where
+    else:
+        assert ours == theirs, where
+
+
+def assert_same_outputs(out: Path, single) -> None:
+    """A fleet's outputs of one bag are the single replay's: frames.jsonl, and the bag message by message."""
+    assert frames_of(out) == single[0], out.name
+    ours, theirs = bag_messages(out), single[2]
+    assert [m[:2] for m in ours] == [m[:2] for m in theirs], f"{out.name}: topics or log times differ"
+    for index, (mine, reference) in enumerate(zip(ours, theirs)):
+        assert_same_message(mine[2], reference[2], f"{out.name} message {index} ({mine[0]})")
+    assert {m[0] for m in ours} >= {"/objects"}, "the output bag holds the results"
 
 
 def summary(out: Path) -> dict:
@@ -148,9 +196,10 @@ def test_workers_1_replays_bags_here_into_one_folder_each(bags, single_replay, t
     out = tmp_path / "out"
     code = main(["replay", str(bags["a"]), str(twin), "--out", str(out), "--prompts", str(prompts), *CLI_MODEL])
     assert code == 0
-    assert frames_of(out / "a") == single_replay("a")[0]
+    assert_same_outputs(out / "a", single_replay("a"))
     assert frames_of(out / "a-2") == single_replay("b", prompts=False)[0], \
         "a-2.yaml is not in the folder: only the bag's own prompts"
+    assert_same_outputs(out / "a-2", single_replay("b", prompts=False))
     assert (out / "a" / "bag" / "metadata.yaml").is_file() and (out / "a-2" / "summary.txt").is_file()
     data = summary(out)
     assert data["executor"] == "local" and data["workers"] == 1 and data["complete"] is True
@@ -174,7 +223,7 @@ def test_ray_two_workers_three_bags_one_damaged(bags, single_replay, tmp_path, c
     printed = capsys.readouterr().out
     assert code == 1, "one bag is not complete"
     for name in ("a", "b", "c"):
-        assert frames_of(out / name) == single_replay(name)[0], name
+        assert_same_outputs(out / name, single_replay(name))
     data = summary(out)
     assert data["executor"] == "ray" and data["workers"] == 2 and data["complete"] is False
     rows = {b["name"]: b for b in data["bags"]}
@@ -223,7 +272,7 @@ def test_ray_worker_killed_mid_bag_is_replaced_then_ctrl_c_keeps_finished_bags(b
     assert rows["long"].worker_pid != killed[0] and report.worker_restarts == 1
     assert rows["long-2"].status == "complete" and rows["long-2"].attempts == 1
     for name in ("long", "long-2"):
-        assert frames_of(out / name) == single_replay("long")[0], name
+        assert_same_outputs(out / name, single_replay("long"))
     assert "complete (try 2)" in (out / "summary.txt").read_text()
 
     assert report.interrupted and report.executor == "ray" and summary(out)["interrupted"] is True
@@ -243,3 +292,81 @@ def test_ctrl_c_here_keeps_finished_bags(bags, single_replay, tmp_path):
     assert_interrupted_part_way(out, rows["long"], single_replay("long")[0], frames=LONG_FRAMES)
     assert rows["b"].status == "not started" and not (out / "b").exists()
     assert [b["status"] for b in summary(out)["bags"]] == ["complete", "incomplete", "not started"]
+
+
+# ----- exit codes through the command ------------------------------------------------------------------
+def test_a_failed_bag_alone_makes_the_command_exit_1(bags, single_replay, tmp_path, capsys):
+    """Every other bag complete, one bag failed before it started: exit 1 (not 0), the rest kept."""
+    from pam_ros.cli import main
+
+    (tmp_path / "not_a_bag").mkdir()
+    out = tmp_path / "out"
+    code = main(["replay", str(bags["a"]), str(tmp_path / "not_a_bag"), "--out", str(out),
+                 "--prompts", str(bags["prompts"]), *CLI_MODEL])
+    assert code == 1
+    assert_same_outputs(out / "a", single_replay("a"))
+    assert [(b["name"], b["status"]) for b in summary(out)["bags"]] == [("a", "complete"), ("not_a_bag", "failed")]
+    assert "INCOMPLETE: 1 of 2 bags complete" in capsys.readouterr().out
+
+    only_failed = tmp_path / "only_failed"  # nothing usable at all: still a summary, still exit 1
+    code = main(["replay", str(tmp_path / "missing"), str(tmp_path / "not_a_bag"), "--out", str(only_failed),
+                 *CLI_MODEL])
+    assert code == 1
+    assert [b["status"] for b in summary(only_failed)["bags"]] == ["failed", "failed"]
+
+
+def test_unusable_command_inputs_exit_2_and_write_nothing(bags, tmp_path, capsys):
+    from pam_ros.cli import main
+
+    out = tmp_path / "out"
+    code = main(["replay", str(bags["a"]), str(bags["b"]), "--out", str(out), "--workers", "0", *CLI_MODEL])
+    assert code == 2 and "--workers must be >= 1, got 0" in capsys.readouterr().err
+    assert not out.exists()
+
+    (out / "b").mkdir(parents=True)
+    (out / "b" / "frames.jsonl").write_text("earlier\n")
+    code = main(["replay", str(bags["a"]), str(bags["b"]), "--out", str(out), *CLI_MODEL])
+    err = capsys.readouterr().err
+    assert code == 2 and "pam-ros replay: error:" in err and "pass --overwrite" in err
+    assert sorted(p.name for p in out.iterdir()) == ["b"] and (out / "b" / "frames.jsonl").read_text() == "earlier\n"
+
+
+def test_ctrl_c_on_the_command_exits_130_and_keeps_what_was_written(bags, single_replay, tmp_path):
+    """A real SIGINT to `pam-ros replay BAG BAG` once the first bag has frames: exit status 130, the bag
+    closed with its frames so far, the second never started."""
+    import subprocess
+    import sys
+
+    from ros_helpers.ros_session import wait_until
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "pam_ros.cli", "replay", str(bags["tail"]), str(bags["a"]),
+                                "--out", str(out), "--prompts", str(bags["prompts"]), *CLI_MODEL],
+                               cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = out / "tail" / "frames.jsonl"
+        wait_until(lambda: process.poll() is not None or (lines.exists() and lines.read_bytes().count(b"\n") >= 3),
+                   240.0, "three frames of the first bag")
+        assert process.poll() is None, process.communicate()[0]
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, output
+    data = summary(out)
+    assert data["interrupted"] is True
+    rows = {b["name"]: b for b in data["bags"]}
+    assert (rows["tail"]["status"], rows["a"]["status"]) == ("incomplete", "not started")
+    kept = frames_of(out / "tail").splitlines(keepends=True)
+    # one line per frame read; a frame the signal caught inside the engine is the last line, skipped
+    assert 3 <= len(kept) == rows["tail"]["frames_read"] < TAIL_FRAMES
+    processed = rows["tail"]["frames_processed"]
+    assert len(kept) - processed in (0, 1) and rows["tail"]["frames_skipped"] == len(kept) - processed
+    if processed < len(kept):
+        assert json.loads(kept[-1])["skipped"].startswith("interrupted"), kept[-1]
+    assert b"".join(kept[:processed]) == b"".join(single_replay("tail")[0].splitlines(keepends=True)[:processed])
+    assert (out / "tail" / "bag" / "metadata.yaml").is_file(), "its output bag was closed properly"

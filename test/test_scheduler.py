@@ -68,3 +68,45 @@ def test_video_tasks_run_on_windows_of_the_track():
     assert all(w[2] == ("video_stream_caption",) for w in windows[1:])
     for frame, _, _, frames in windows:
         assert frames == list(range(frame - 15, frame + 1)), "each window carries its own 16 frames"
+
+
+def test_a_window_longer_than_16_frames_is_thinned_evenly_to_16():
+    """stream_window_frames 40: every window fires on its 40th frame and carries 16 of its 40 frames,
+    the first and the last included, spread evenly (no gap more than three times another)."""
+    scheduler = SemanticsScheduler((), window_frames=40)
+    scheduler.object_added("v", ("video_stream_caption",))
+    fired = []
+    for frame in range(120):
+        fired += [(frame, frames) for _, _, frames in due(scheduler, frame, ("v", VISIBLE))]
+    assert [frame for frame, _ in fired] == [39, 79, 119]
+    for frame, frames in fired:
+        assert len(frames) == 16 and frames[0] == frame - 39 and frames[-1] == frame, frames
+        gaps = [b - a for a, b in zip(frames, frames[1:])]
+        assert min(gaps) >= 1 and max(gaps) <= 3 * min(gaps), gaps
+        assert sum(gaps) == 39
+
+
+def test_lost_frames_stay_in_video_windows_and_the_window_fires_on_time():
+    """PAM's video mode reads every frame of the track, the object visible or not: frames where the object is
+    LOST count toward the window and are carried in it, in their place."""
+    scheduler = SemanticsScheduler((), window_frames=20)
+    scheduler.object_added("v", ("video_caption",))
+    fired = []
+    for frame in range(20):
+        state = LOST if 5 <= frame < 12 else VISIBLE
+        fired += [(frame, tasks, frames) for _, tasks, frames in due(scheduler, frame, ("v", state))]
+    assert len(fired) == 1 and fired[0][:2] == (19, ("video_caption",))
+    frames = fired[0][2]
+    assert len(frames) == 16 and frames[0] == 0 and frames[-1] == 19 and frames == sorted(frames)
+    assert any(5 <= f < 12 for f in frames), "the LOST stretch is part of the window"
+
+
+def test_a_refresh_due_while_lost_waits_for_the_next_visible_frame():
+    scheduler = SemanticsScheduler(("caption",), refresh_period_s=1.0)
+    scheduler.object_added("a")
+    assert due(scheduler, 0, ("a", VISIBLE), now_s=10.0) == [("a", ("caption",), [])]
+    assert due(scheduler, 1, ("a", LOST), now_s=11.0) == [], "due, but the object is lost"
+    assert due(scheduler, 2, ("a", LOST), now_s=11.1) == []
+    assert due(scheduler, 3, ("a", VISIBLE), now_s=11.2) == [("a", ("caption",), [])], "run once it is visible"
+    assert due(scheduler, 4, ("a", VISIBLE), now_s=11.9) == [], "the period counts from that run"
+    assert due(scheduler, 5, ("a", VISIBLE), now_s=12.2) == [("a", ("caption",), [])]

@@ -19,15 +19,29 @@ from pam_ros.errors import ConfigError, TaskError, UnknownObjectError
 BOXES = {"a": (18.0, 22.0, 48.0, 52.0), "b": (60.0, 5.0, 90.0, 30.0), "c": (2.0, 40.0, 30.0, 70.0)}
 
 
+class BatchSizes(list):
+    """The number of sequences of every batched generation, and each generation's (task, token ids)."""
+
+    def __init__(self):
+        super().__init__()
+        self.generated: list[tuple[str, tuple[int, ...]]] = []
+
+    def clear(self) -> None:
+        super().clear()
+        self.generated.clear()
+
+
 @pytest.fixture
 def batch_sizes(model, monkeypatch):  # noqa: F811
-    """Records the number of sequences of every batched generation the model runs."""
-    sizes: list[int] = []
+    """Records the number of sequences of every batched generation the model runs, and what each generated."""
+    sizes = BatchSizes()
     real = model.describe_batch
 
     def recording(jobs, **kwargs):
         sizes.append(len(jobs))
-        return real(jobs, **kwargs)
+        results = real(jobs, **kwargs)
+        sizes.generated += [(job.task, tuple(result.token_ids)) for job, result in zip(jobs, results)]
+        return results
 
     monkeypatch.setattr(model, "describe_batch", recording)
     return sizes
@@ -48,6 +62,8 @@ def test_new_objects_share_one_generation_with_the_same_words_as_alone(model, ba
     alone.process(scene(0), 1)
     assert batch_sizes == [2, 2, 2]  # max_batch 1: one object (its two tasks) per generation
     expected = words(alone)
+    expected_ids = sorted(batch_sizes.generated)
+    assert len(expected_ids) == 6 and len(set(expected_ids)) >= 5, "the objects' generations differ"
     alone.close()
 
     batch_sizes.clear()
@@ -62,6 +78,7 @@ def test_new_objects_share_one_generation_with_the_same_words_as_alone(model, ba
     assert stats["semantics_done"] == 3 and stats["semantics_max_batch"] == 8
     assert all(pipe.semantics(oid).state == SemanticsState.READY for oid in "abc")
     assert words(pipe) == expected, "greedy words do not depend on the batch"
+    assert sorted(batch_sizes.generated) == expected_ids, "nor do the token ids"
     pipe.close()
 
 

@@ -77,12 +77,14 @@ class DepthPairing(Generic[Held]):
         self._max_waiting = max(0, max_waiting)
         self._latest_depth_ns: int | None = None
         self._latest_info_ns: int | None = None
+        self.depth_received = self.infos_received = 0  # since construction (diagnostics: is depth arriving?)
         self._lock = threading.Lock()
 
     # --------------------------------------------------------------------------- inputs (any thread)
     def add_depth(self, depth: DepthImage) -> list[Held]:
         """Store a depth image; returns the held colour frames it settles (in order)."""
         with self._lock:
+            self.depth_received += 1
             self._depth.append(depth)
             if self._latest_depth_ns is None or depth.stamp_ns > self._latest_depth_ns:
                 self._latest_depth_ns = int(depth.stamp_ns)
@@ -91,6 +93,7 @@ class DepthPairing(Generic[Held]):
     def add_camera_info(self, stamp_ns: int, intrinsics: CameraIntrinsics) -> list[Held]:
         """Store a CameraInfo (unchecked: the frames it pairs with report its problem); returns settled frames."""
         with self._lock:
+            self.infos_received += 1
             self._infos.append((int(stamp_ns), intrinsics))
             if self._latest_info_ns is None or stamp_ns > self._latest_info_ns:
                 self._latest_info_ns = int(stamp_ns)

@@ -572,6 +572,8 @@ class PerceptionPipeline:
             out["frames_without_depth"] = self.frames_without_depth
             out["frames_without_camera_info"] = self._depth_outcomes["no_camera_info"]
             out["frames_bad_intrinsics"] = self._depth_outcomes["bad_intrinsics"]
+            out["depth_images_received"] = self._depth_pairing.depth_received
+            out["camera_infos_received"] = self._depth_pairing.infos_received
         device = getattr(self.model, "device", None)
         if device is not None and getattr(device, "type", str(device)).startswith("cuda"):
             import torch

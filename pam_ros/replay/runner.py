@@ -292,6 +292,10 @@ def _replay_image(record: BagRecord, bag: BagInput, pipeline, schedule: FramePro
     except ImageError as err:
         _skip(record, image.stamp_ns, "rejected by the engine", str(err), outputs, report, submitted_outcomes)
         return
+    except KeyboardInterrupt:  # Ctrl-C while the engine ran on it: read, so it has its line (skipped)
+        _skip(record, image.stamp_ns, "interrupted", "Ctrl-C while the engine ran on this frame", outputs, report,
+              submitted_outcomes)
+        raise
     # the engine's work on this frame only (not bag reading or output writing): what `compare` reports
     process_ms = 1000.0 * (time.perf_counter() - started)
     outcomes = submitted_outcomes + list(result.prompt_outcomes)
