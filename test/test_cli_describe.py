@@ -157,8 +157,10 @@ def test_model_errors_are_one_line(capsys, tmp_path):
                  "--sam2-config", str(SAM2_CONFIG), "--sam2-checkpoint", str(SAM2_CHECKPOINT)])
     err = capsys.readouterr().err
     assert code != 0 and "not found" in err and len(err.strip().splitlines()) <= 2
-    code = main(["describe", IMG0, "--box", "1", "2", "30", "40"])
-    assert code == 2 and "no model" in capsys.readouterr().err
+    code = main(["describe", IMG0, "--box", "1", "2", "30", "40"])  # no --model and nothing downloaded here
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "pam-ros download PAM-1.5B" in err and "--model tiny" in err
 
 
 def test_ask_score_is_the_softmax_of_the_official_yes_no_logits(capsys, monkeypatch):

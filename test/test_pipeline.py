@@ -305,3 +305,24 @@ def test_semantics_backlog_is_bounded_while_the_model_is_busy(model):
     assert all(sem.state == SemanticsState.READY for sem in words)
     assert [sem.stamp_ns for sem in words] == [30, 30], "the merged job describes the newest frame"
     pipe.close()
+
+
+def test_a_request_future_is_running_while_it_generates_and_cancel_while_queued_skips_it(model):
+    """The caption action reads these states: a request's future says "running" while its tokens stream
+    (so a cancel then stops the generation instead of calling it cancelled-while-queued), and a request
+    cancelled while it waits never generates."""
+    pipe = make(model, semantics_mode="async", new_object_tasks=())
+    pipe.submit_prompt(box_prompt(object_id="o"))
+    pipe.process(scene(0), 1)
+    futures, running = [], []
+    futures.append(pipe.caption_async("o", "caption", 4, on_text=lambda text, n: running.append(futures[0].running())))
+    result = futures[0].result(60)
+    assert running and all(running) and len(result.token_ids) == 4
+    release = threading.Event()
+    busy = pipe._worker.call_first(lambda _model: release.wait(60))
+    waiting = pipe.caption_async("o", "caption", 4, on_text=lambda text, n: running.append("generated"))
+    assert pipe.queue_position(waiting) == 1 and waiting.cancel()
+    release.set()
+    assert busy.result(60) is True and pipe.wait_semantics_idle(60)
+    assert "generated" not in running and pipe.queue_position(waiting) is None
+    pipe.close()

@@ -152,29 +152,6 @@ class PipelineSetup:
     image_encoder: str  # e.g. "torch on cpu", "onnxruntime on TensorrtExecutionProvider"
 
 
-def _first(future: Future, convert: Callable[[object], object]) -> Future:
-    """A future of convert(future's result) (errors and cancellation passed through)."""
-    out: Future = Future()
-
-    def done(inner: Future) -> None:
-        if inner.cancelled():
-            out.cancel()
-            out.set_running_or_notify_cancel()
-        elif inner.exception() is not None:
-            out.set_exception(inner.exception())
-        else:
-            try:
-                out.set_result(convert(inner.result()))
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                out.set_exception(exc)
-
-    future.add_done_callback(done)
-    # a caller who gives up on the result also gives up the work (skipped while it still waits)
-    out.add_done_callback(lambda f: future.cancel() if f.cancelled() else None)
-    out.inner = future  # what the worker queued (queue_position)
-    return out
-
-
 class PerceptionPipeline:
     """Tracking + semantics for one camera stream.
 
@@ -413,8 +390,9 @@ class PerceptionPipeline:
         canonical_task(task)
         frames = self._objects.frames(object_id)
         job = SemanticsJob(object_id, (task,), tuple(frames), kind="request", max_new_tokens=max_new_tokens,
-                           on_text=on_text, should_stop=should_stop, stream=self._stream)
-        return _first(self._worker.request(job), lambda results: results[0])
+                           on_text=on_text, should_stop=should_stop, stream=self._stream,
+                           answer=lambda results: results[0])
+        return self._worker.request(job)
 
     def caption(self, object_id: str, task: str, max_new_tokens: int = 0,
                 on_text: Callable[[str, int], None] | None = None,
@@ -436,10 +414,11 @@ class PerceptionPipeline:
         check_tasks(tasks)
         frames, obj = self._describe_target(image, prompt)
         if not tasks:
-            return _first(_done([]), lambda results: self._described(obj, frames[-1], results))
+            return _done(self._described(obj, frames[-1], []))
         job = SemanticsJob("", tuple(tasks), tuple(frames), kind="request", max_new_tokens=max_new_tokens,
                            should_stop=should_stop, store=False, stream=self._stream)
-        return _first(self._worker.request(job), lambda results: self._described(obj, frames[-1], results))
+        job.answer = lambda results: self._described(obj, frames[-1], results)
+        return self._worker.request(job)
 
     def describe(self, image: np.ndarray | None, prompt: PromptRequest, tasks: Sequence[str],
                  max_new_tokens: int = 0, should_stop: Callable[[], bool] | None = None,
@@ -532,7 +511,7 @@ class PerceptionPipeline:
     def queue_position(self, future: Future) -> int | None:
         """Semantics work running or waiting before a request's future (describe_async, caption_async,
         find_objects); None once it runs or is done."""
-        return self._worker.position(getattr(future, "inner", future))
+        return self._worker.position(future)
 
     @property
     def frames_processed(self) -> int:

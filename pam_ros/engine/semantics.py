@@ -70,6 +70,8 @@ class SemanticsJob:
     on_text: TextCallback | None = None
     should_stop: Callable[[], bool] | None = None
     stream: Stream | None = None  # None: the worker's own stream (a worker serving one camera)
+    # a request's answer from its results (what its future resolves to); None: the [GenerationResult] list
+    answer: Callable[[list], object] | None = None
     future: Future = field(default_factory=Future)
     merged_futures: list = field(default_factory=list)  # futures of later jobs merged into this one
 
@@ -291,8 +293,9 @@ class SemanticsWorker:
 
     def request(self, job: SemanticsJob) -> Future:
         """A caller's describe or caption (job.kind "request"): run alone, after the work queued before
-        it, streamed through job.on_text. The future resolves to its [GenerationResult] (stored when the
-        job says so and it was not stopped) or the error; cancelling it while queued skips it."""
+        it, streamed through job.on_text. The future (running while it runs) resolves to job.answer(results)
+        or the [GenerationResult] list (stored when the job says so and it was not stopped), or the error;
+        cancelling it while queued skips it."""
         if self._closed:
             raise EngineClosedError("the semantics worker is closed")
         if self._mode == "sync":
@@ -411,12 +414,13 @@ class SemanticsWorker:
             return  # cancelled while it waited
         try:
             results = self._generate([(job, task) for task in job.tasks]) if job.tasks else []
+            answer = job.answer(results) if job.answer is not None else results
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, who decides
             job.fail(exc)
             return
         if job.store and results and not any(r.stopped for r in results):
             self._stream_of(job).store.set_results(job.object_id, results, create=True)
-        job.succeed(results)
+        job.succeed(answer)
 
     def _run_jobs(self, jobs: list[SemanticsJob]) -> None:
         """One batch: the jobs still wanted and tracked, all their tasks in one generation."""

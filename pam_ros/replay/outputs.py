@@ -141,7 +141,8 @@ class ReplayOutputs:
                 writer.add_topic(topic, msgtype)
         writer.add_topic(OBJECTS_TOPIC, OBJECTS_TYPE)
         writer.add_topic(OVERLAY_TOPIC, IMAGE_TYPE)
-        self._frames = self.frames_path.open("w", encoding="utf-8", newline="\n")
+        # line-buffered: every frame's line is on disk at once (tail -f, a crash or Ctrl-C loses none)
+        self._frames = self.frames_path.open("w", encoding="utf-8", newline="\n", buffering=1)
         if self.overlay_pngs:
             self.overlay_dir.mkdir(exist_ok=True)
 
