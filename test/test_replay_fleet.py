@@ -344,7 +344,10 @@ def test_ctrl_c_on_the_command_exits_130_and_keeps_what_was_written(bags, single
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "pam_ros.cli", "replay", str(bags["tail"]), str(bags["a"]),
                                 "--out", str(out), "--prompts", str(bags["prompts"]), *CLI_MODEL],
-                               cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               # as at a terminal: a suite started in the background (`make test &`) runs
+                               # with SIGINT ignored, which its children would inherit
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = out / "tail" / "frames.jsonl"
         wait_until(lambda: process.poll() is not None or (lines.exists() and lines.read_bytes().count(b"\n") >= 3),
