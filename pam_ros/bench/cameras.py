@@ -140,8 +140,8 @@ def run_cameras_bench(size: str, counts: Sequence[int], frames: int,
                                    skipped=f"needs about {needed:.0f} MiB, {budget:.0f} MiB available: not run"))
         else:
             started = time.perf_counter()
-            processes = [_launch(size, 0, frames) for _ in range(count)]
-            results = [_result(p) for p in processes]
+            # one camera alone is the single-camera process measured first; more run side by side
+            results = [single] if count == 1 else [_result(p) for p in [_launch(size, 0, frames) for _ in range(count)]]
             wall = time.perf_counter() - started
             rows.append(CamerasRow(count, _processes(count), sum(r["resident_mib"] for r in results),
                                    sum(r["frames"] for r in results) / max(wall, 1e-9) if count > 1

@@ -187,7 +187,6 @@ class Discoverer:
         futures = self.queue.take_due(frame_index, time.monotonic())
         if not futures:
             return []
-        self.last_seconds = 0.0
         if tracked + queued >= max_objects:  # no slot: do not run the generator
             for future in futures:
                 future.resolve(_full(max_objects, tracked))
@@ -202,7 +201,6 @@ class Discoverer:
         except PamError as exc:
             for future in futures:
                 future.resolve(DiscoverOutcome(False, error=f"discover failed: {exc}"))
-            self.last_seconds = time.perf_counter() - t0
             return []
         seconds = self.last_seconds = time.perf_counter() - t0
         self.runs += 1

@@ -132,9 +132,6 @@ class PipelineConfig:
         check_affordance_template(self.affordance_question)
 
 
-check_image = check_rgb_array  # the engine takes HxWx3 uint8 RGB (model/image_input.py)
-
-
 def check_tasks(tasks: Sequence[str]) -> None:
     """Every task known (TaskError names the bad one); no tasks is allowed: a describe then only segments."""
     if isinstance(tasks, str):
@@ -294,7 +291,7 @@ class PerceptionPipeline:
         frame without depth) or, when depth is not given, from the image add_depth() matched to stamp_ns.
         """
         self._ensure_open()
-        image = check_image(image)
+        image = check_rgb_array(image)
         h, w = image.shape[:2]
         frame_index = self._frame_index
         t0 = time.perf_counter()
@@ -442,7 +439,7 @@ class PerceptionPipeline:
                 raise ImageError("no image given and no frame has been received yet")
             image, stamp, frame_index = self._latest
         else:
-            image, stamp, frame_index = check_image(image), 0, -1
+            image, stamp, frame_index = check_rgb_array(image), 0, -1
         visual = visual_prompt(prompt, (image.shape[1], image.shape[0]))
         with self._sam_lock:
             if self.model is None:

@@ -236,7 +236,7 @@ class SemanticsWorker:
         self._mode = mode
         self.max_batch = max_batch  # checked by the setter
         self._lock = threading.Condition()
-        self._queued: OrderedDict[tuple[str, str], SemanticsJob] = OrderedDict()
+        self._queued: OrderedDict[tuple[str, ...], SemanticsJob] = OrderedDict()  # by SemanticsJob.key
         self._first: deque[_ModelCall] = deque()  # queries that go ahead of the queue
         self._closed = False
         self._running = 0
@@ -282,8 +282,8 @@ class SemanticsWorker:
             return [job.future for job in jobs]
         with self._lock:
             for job in jobs:
-                queued = self._queued.get(job.key)
-                if isinstance(queued, SemanticsJob):
+                queued = self._queued.get(job.key)  # a request has a key of its own: never merged
+                if queued is not None:
                     queued.merge(job)
                     self.jobs_merged += 1
                 else:
