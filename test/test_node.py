@@ -317,7 +317,9 @@ def test_cancel_stops_a_running_caption_and_frees_the_model(node):
 
 def test_caption_goals_queue_in_arrival_order_and_cancel_while_queued(node):
     first_feedback, second_feedback, third_feedback = [], [], []
-    first = node.send_caption(Caption.Goal(object_id="disk", task="detailed_caption", max_new_tokens=60),
+    # the first goal runs to the model's own end (130 to 340 tokens): long enough that the third goal is
+    # still waiting when its cancel arrives, also on a quiet machine (60 tokens could finish first)
+    first = node.send_caption(Caption.Goal(object_id="disk", task="detailed_caption", max_new_tokens=LONG_TOKENS),
                               first_feedback)
     second = node.send_caption(Caption.Goal(object_id="disk", task="caption", max_new_tokens=4), second_feedback)
     third = node.send_caption(Caption.Goal(object_id="disk", task="caption", max_new_tokens=4), third_feedback)
