@@ -18,10 +18,13 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import Sequence
 
+import numpy as np
+
 from pam_ros.engine.affordance import RankedObject, check_query, rank
 from pam_ros.engine.pipeline import PerceptionPipeline, PipelineConfig, generation_config
 from pam_ros.engine.semantics import SemanticsStore, SemanticsWorker
-from pam_ros.errors import ConfigError, UnknownCameraError, UnknownObjectError
+from pam_ros.engine.types import FrameResult
+from pam_ros.errors import ConfigError, PamError, UnknownCameraError, UnknownObjectError
 from pam_ros.model.selection import ModelSpec
 
 # a camera name becomes a ROS name part (N/image, N/objects): letters, digits and underscores
@@ -108,6 +111,20 @@ class PerceptionHost:
             return rank(candidates, answers, max_results=max_results, min_score=min_score, cameras=cameras)
 
         return self._worker.call_first(ask)
+
+    def process_frames(self, frames: Sequence[tuple[str, np.ndarray, int]]) -> list[FrameResult | PamError]:
+        """Track one frame of each of several cameras: [(camera, HxWx3 RGB, stamp_ns)] in, one entry per
+        frame out, in order: its FrameResult, or the PamError that refused it (one camera's bad frame never
+        costs another its result). Frames of the same size share one image-encoder batch."""
+        for camera, _, _ in frames:
+            self.camera(camera)
+        results: list[FrameResult | PamError] = []
+        for camera, image, stamp_ns in frames:
+            try:
+                results.append(self._pipelines[camera].process(image, stamp_ns))
+            except PamError as error:
+                results.append(error)
+        return results
 
     def wait_semantics_idle(self, timeout_s: float | None = None) -> bool:
         return self._worker.wait_idle(timeout_s)
