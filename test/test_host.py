@@ -46,6 +46,48 @@ def test_two_cameras_fed_one_clip_reproduce_the_single_camera_pipeline(small_pam
     host.close()
 
 
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def test_process_frames_encodes_the_cameras_frames_in_one_batch_and_keeps_their_masks(small_pam_model, monkeypatch):
+    alone = PerceptionPipeline(small_pam_model, config(semantics_mode="sync", new_object_tasks=()))
+    alone.submit_prompt(box_prompt(object_id="cup"))
+    expected = [alone.process(scene(i), i + 1) for i in range(FRAMES)]
+    alone.close()
+
+    batches = []
+    encoder = small_pam_model.backbone.image_encoder
+
+    class CountingEncoder:  # the real encoder, its batch sizes noted
+        max_batch = encoder.max_batch
+
+        def __call__(self, pixels):
+            batches.append(pixels.shape[0])
+            return encoder(pixels)
+
+    monkeypatch.setattr(small_pam_model.backbone, "image_encoder", CountingEncoder())
+    host = PerceptionHost(small_pam_model, ["front", "wrist", "arm"], config(semantics_mode="sync",
+                                                                            new_object_tasks=()))
+    for camera in ("front", "wrist"):
+        host[camera].submit_prompt(box_prompt(object_id="cup"))
+    for i in range(FRAMES):
+        bad = np.zeros((4, 4), np.uint8)  # the arm camera's frame is broken: refused, the others go on
+        front, wrist, arm = host.process_frames([("front", scene(i), i + 1), ("wrist", scene(i), i + 1),
+                                                 ("arm", bad, i + 1)])
+        assert "HxWx3" in str(arm)
+        (want,) = expected[i].objects
+        for result in (front, wrist):
+            (obj,) = result.objects
+            assert iou(obj.mask, want.mask) >= 0.99, i
+    assert batches == [2] * FRAMES, "one encoder call per round, both good frames in it"
+    assert host["arm"].frames_processed == 0 and host["front"].frames_processed == FRAMES
+    with pytest.raises(UnknownCameraError, match="front, wrist, arm"):
+        host.process_frames([("head", scene(0), 9)])
+    host.close()
+
+
 def test_prompts_and_ids_stay_with_their_camera(small_pam_model):
     host = PerceptionHost(small_pam_model, ["front", "wrist"], config(semantics_mode="sync", new_object_tasks=()))
     named = host["front"].submit_prompt(box_prompt())

@@ -25,6 +25,7 @@ from pam_ros.engine.pipeline import PerceptionPipeline, PipelineConfig, generati
 from pam_ros.engine.semantics import SemanticsStore, SemanticsWorker
 from pam_ros.engine.types import FrameResult
 from pam_ros.errors import ConfigError, PamError, UnknownCameraError, UnknownObjectError
+from pam_ros.model.image_input import check_rgb_array
 from pam_ros.model.selection import ModelSpec
 
 # a camera name becomes a ROS name part (N/image, N/objects): letters, digits and underscores
@@ -115,15 +116,27 @@ class PerceptionHost:
     def process_frames(self, frames: Sequence[tuple[str, np.ndarray, int]]) -> list[FrameResult | PamError]:
         """Track one frame of each of several cameras: [(camera, HxWx3 RGB, stamp_ns)] in, one entry per
         frame out, in order: its FrameResult, or the PamError that refused it (one camera's bad frame never
-        costs another its result). Frames of the same size share one image-encoder batch."""
+        costs another its result). The frames share image-encoder calls (Sam2Backbone.encode_images): every
+        frame is resized to the same square input, so frames of any sizes batch together."""
         for camera, _, _ in frames:
             self.camera(camera)
-        results: list[FrameResult | PamError] = []
-        for camera, image, stamp_ns in frames:
+        results: list[FrameResult | PamError | None] = [None] * len(frames)
+        usable = []
+        for index, (_, image, _) in enumerate(frames):
             try:
-                results.append(self._pipelines[camera].process(image, stamp_ns))
+                check_rgb_array(image)
+                usable.append(index)
             except PamError as error:
-                results.append(error)
+                results[index] = error
+        encodings = [None] * len(usable)
+        if len(usable) > 1 and self.model is not None:
+            encodings = self.model.backbone.encode_images([frames[index][1] for index in usable])
+        for index, encoding in zip(usable, encodings):
+            camera, image, stamp_ns = frames[index]
+            try:
+                results[index] = self._pipelines[camera].process(image, stamp_ns, encoding=encoding)
+            except PamError as error:
+                results[index] = error
         return results
 
     def wait_semantics_idle(self, timeout_s: float | None = None) -> bool:

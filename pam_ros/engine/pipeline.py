@@ -72,6 +72,7 @@ from pam_ros.errors import (
 from pam_ros.model.image_input import check_rgb_array
 from pam_ros.model.masks import mask_centroid
 from pam_ros.model.region_settings import RegionSettings
+from pam_ros.model.sam2_backbone import ImageEncoding
 from pam_ros.model.selection import ModelSpec
 from pam_ros.model.tasks import AFFORDANCE_QUESTION, VIDEO_FRAMES, canonical_task, check_affordance_template
 
@@ -284,11 +285,14 @@ class PerceptionPipeline:
         """Frames that got no geometry for any reason (no depth image, no or unusable CameraInfo, wrong size)."""
         return sum(self._depth_outcomes.values()) - self._depth_outcomes["depth"]
 
-    def process(self, image: np.ndarray, stamp_ns: int, depth: DepthImage | None | object = ...) -> FrameResult:
+    def process(self, image: np.ndarray, stamp_ns: int, depth: DepthImage | None | object = ...,
+                encoding: ImageEncoding | None = None) -> FrameResult:
         """Track every object on one frame (HxWx3 uint8 RGB); apply the prompts due on it.
 
         With config.depth set, each object gets its geometry from `depth` (a DepthImage, or None for a
         frame without depth) or, when depth is not given, from the image add_depth() matched to stamp_ns.
+        `encoding`: the frame's image-encoder output when the caller encoded it already (PerceptionHost
+        batches several cameras' frames).
         """
         self._ensure_open()
         image = check_rgb_array(image)
@@ -309,7 +313,7 @@ class PerceptionPipeline:
                 found = self._prompts.take_due(stamp_ns, (w, h))
                 due += found
                 outcomes += [self._apply_prompt(f) for f in found]
-            track = self._objects.tracker.step(image, stamp_ns=stamp_ns)
+            track = self._objects.tracker.step(image, stamp_ns=stamp_ns, encoding=encoding)
         self._tracking_s = time.perf_counter() - t0 - discover_s
         self._frame_size = (w, h)
         self._latest = (image, stamp_ns, frame_index)

@@ -237,14 +237,17 @@ class StreamingTracker:
 
     # ---- the frame step ------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self, image: np.ndarray, stamp_ns: int = 0) -> TrackingResult:
+    def step(self, image: np.ndarray, stamp_ns: int = 0, encoding: ImageEncoding | None = None) -> TrackingResult:
         """Process the next frame: encode it once, apply due prompts, track every object.
 
-        Raises ImageError for an unusable image (nothing changes then: the frame is not counted).
+        `encoding`: the image's encoder output when the caller already has it (several cameras' frames
+        encoded in one batch, Sam2Backbone.encode_images). Raises ImageError for an unusable image
+        (nothing changes then: the frame is not counted).
         """
         started = time.perf_counter()
-        pil = self.backbone.check_image(image)
-        enc = self.backbone.encode_image(pil)
+        if encoding is None:
+            encoding = self.backbone.encode_image(self.backbone.check_image(image))
+        enc = encoding
         height, width = enc.orig_hw
         frame = self._next_frame
         self._restart_prompted_objects()

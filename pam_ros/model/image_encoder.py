@@ -133,6 +133,7 @@ class TorchImageEncoder:
     """SAM2Base.forward_image under the backbone's autocast."""
 
     kind = "torch"
+    max_batch = 8  # frames per call in encode_images (several cameras); bounds the activations' memory
 
     def __init__(self, sam: torch.nn.Module, autocast: Callable[[], contextlib.AbstractContextManager]):
         self._sam = sam
@@ -305,6 +306,7 @@ class OnnxImageEncoder:
     """An exported encoder in an ONNX Runtime session; same call and outputs as TorchImageEncoder."""
 
     kind = "onnxruntime"
+    max_batch = 1  # the graph is exported with a fixed batch of one (its shapes are checked at load)
 
     def __init__(self, session, path: Path, identity: EncoderIdentity, position_encodings: list[torch.Tensor]):
         self.session = session

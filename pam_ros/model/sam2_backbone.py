@@ -305,6 +305,23 @@ class Sam2Backbone(torch.nn.Module):
         pixels = self.preprocess(pil)
         return ImageEncoding(orig_hw=(pil.height, pil.width), backbone=self.image_encoder(pixels))
 
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[np.ndarray | Image.Image]) -> list[ImageEncoding]:
+        """Encode several images (of any sizes: each is resized to the square model input) in as few
+        encoder calls as the encoder allows, one ImageEncoding per image, in order. Several cameras'
+        frames share one call this way: on a GPU the encoder's cost is mostly per call."""
+        pils = [self.check_image(image) for image in images]
+        pixels = [self.preprocess(pil) for pil in pils]
+        step = max(1, getattr(self.image_encoder, "max_batch", 1))
+        encodings: list[ImageEncoding] = []
+        for start in range(0, len(pixels), step):
+            chunk = pixels[start:start + step]
+            out = self.image_encoder(torch.cat(chunk) if len(chunk) > 1 else chunk[0])
+            for offset, pil in enumerate(pils[start:start + len(chunk)]):
+                one = {key: [level[offset:offset + 1] for level in levels] for key, levels in out.items()}
+                encodings.append(ImageEncoding(orig_hw=(pil.height, pil.width), backbone=one))
+        return encodings
+
     # ---- prompts -----------------------------------------------------------------------
     def prompt_to_points(
         self, prompt: VisualPrompt, orig_hw: tuple[int, int]
