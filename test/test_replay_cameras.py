@@ -3,6 +3,7 @@ camera's outputs those of a single-camera replay of its topic; bad camera input 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from test_replay import write_bag
@@ -81,3 +82,43 @@ def test_camera_options_and_prompt_topics():
         ("front", "/a/image", "/a/depth", "")
     topics = ["/robot/front/prompts", "/front/prompts", "/wrist/prompts", "/prompts", "/frontx/prompts"]
     assert camera_prompt_topics(topics, "front") == ["/robot/front/prompts", "/front/prompts"]
+
+
+def test_a_fleet_replays_every_bags_cameras_into_bag_and_camera_folders(two_camera_bag, tmp_path, capsys):
+    bag, _, both = two_camera_bag
+    second = tmp_path / "second"
+    second.mkdir()
+    copy = second / "bag"
+    shutil.copytree(bag, copy)
+    one = tmp_path / "one"
+    assert main(["replay", str(bag), "--out", str(one), "--camera", "head=/head/image",
+                 "--camera", "wrist=/wrist/image", "--prompts", str(both), *RUN]) == 0
+    out = tmp_path / "fleet"
+    code = main(["replay", str(bag), str(copy), "--out", str(out), "--camera", "head=/head/image",
+                 "--camera", "wrist=/wrist/image", "--prompts", str(both), *RUN])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-2000:]
+    names = sorted(path.name for path in out.iterdir() if path.is_dir())
+    assert len(names) == 2, names
+    for name in names:
+        for camera in ("head", "wrist"):
+            assert without_timing((out / name / camera / "frames.jsonl").read_bytes()) == \
+                without_timing((one / camera / "frames.jsonl").read_bytes()), (name, camera)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bags_complete"] == 2
+    row = summary["bags"][0]
+    assert (row["frames_read"], row["objects"]) == (6, 3), "both cameras' frames; square twice, corner once"
+
+
+def test_a_fleet_refuses_a_bag_without_a_cameras_topic(two_camera_bag, tmp_path, capsys):
+    bag, _, _ = two_camera_bag
+    other = tmp_path / "other"
+    write_bag(other, "mcap", frames=2, topic="/head/image")
+    out = tmp_path / "fleet"
+    code = main(["replay", str(bag), str(other), "--out", str(out), "--camera", "head=/head/image",
+                 "--camera", "wrist=/wrist/image", *RUN])
+    captured = capsys.readouterr()
+    assert code == 1, captured.err[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["status"] for row in summary["bags"]] == ["complete", "failed"]
+    assert "/wrist/image" in summary["bags"][1]["reason"]

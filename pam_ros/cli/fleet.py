@@ -7,10 +7,11 @@ import argparse
 import sys
 
 
-def run_fleet_command(args: argparse.Namespace) -> int:
-    """Replay args.bag (several bags) into OUT/<bag name>/; the exit code: 0 when every bag is
-    complete, 1 when one is not, 2 for unusable inputs (nothing replayed), 130 after Ctrl-C."""
-    from pam_ros.cli.replay_settings import model_spec, pipeline_config
+def run_fleet_command(args: argparse.Namespace, cameras: tuple = ()) -> int:
+    """Replay args.bag (several bags) into OUT/<bag name>/ (OUT/<bag name>/<camera>/ with `cameras`,
+    replay/cameras.py CameraTopics); the exit code: 0 when every bag is complete, 1 when one is not,
+    2 for unusable inputs (nothing replayed), 130 after Ctrl-C."""
+    from pam_ros.cli.replay_settings import depth_settings, model_spec, pipeline_config
     from pam_ros.errors import PamError
     from pam_ros.replay.fleet import format_fleet_summary, run_fleet
     from pam_ros.replay.fleet_plan import FleetSettings
@@ -26,6 +27,8 @@ def run_fleet_command(args: argparse.Namespace) -> int:
     try:
         spec = model_spec(args)
         config = pipeline_config(args)
+        if any(camera.depth_topic for camera in cameras):
+            config.depth, config.depth_slop_ms = depth_settings(args), args.depth_slop_ms
         config.validate()
         if not args.ray_address:  # on a cluster the workers' machines decide (the head may have no GPU)
             spec = spec.validate()
@@ -36,7 +39,7 @@ def run_fleet_command(args: argparse.Namespace) -> int:
         print("note: using the built-in tiny model (random weights: its words are meaningless)", file=sys.stderr)
     settings = FleetSettings(spec=spec, config=config, image_topic=args.image_topic, overwrite=args.overwrite,
                              overlay_pngs=args.overlay_pngs, mask_encoding=args.mask_encoding,
-                             model_name=model_name)
+                             model_name=model_name, cameras=cameras)
     try:
         report = run_fleet(args.bag, args.out, settings, prompts=args.prompts, workers=args.workers,
                            ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker,

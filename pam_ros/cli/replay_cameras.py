@@ -1,5 +1,6 @@
 """`pam-ros replay BAG --camera NAME=TOPIC[,DEPTH,INFO] ...`: several cameras of one bag over one model
-(replay/cameras.py), argument checks and printing only. Outputs: OUT/<camera>/ per camera."""
+(replay/cameras.py), argument checks and printing only. Outputs: OUT/<camera>/ per camera; with several
+bags, a fleet replay (cli/fleet.py) writing OUT/<bag>/<camera>/."""
 from __future__ import annotations
 
 import argparse
@@ -22,11 +23,18 @@ def run_cameras_command(args: argparse.Namespace) -> int:
         print(f"pam-ros replay: error: {message}", file=sys.stderr)
         return 2
 
-    if len(args.bag) != 1:
-        return fail("--camera replays the cameras of one bag; give one bag (a fleet with cameras is not supported)")
     if args.image_topic or args.depth_topic or args.camera_info_topic:
         return fail("with --camera, give each camera's topics there, not --image-topic / --depth-topic / "
                     "--camera-info-topic")
+    if len(args.bag) > 1:  # a fleet: each bag's cameras in OUT/<bag>/<camera>/ (checked per bag by the plan)
+        from pam_ros.cli.fleet import run_fleet_command
+
+        try:
+            cameras = [parse_camera(text) for text in args.camera]
+            check_camera_names([camera.name for camera in cameras])
+        except PamError as err:
+            return fail(str(err))
+        return run_fleet_command(args, cameras=tuple(cameras))
     bag = args.bag[0]
     try:
         cameras = [parse_camera(text) for text in args.camera]

@@ -72,7 +72,7 @@ def run_fleet(bags: list[Path], out: Path, settings: FleetSettings, *, prompts: 
     if workers < 1:
         raise InputError(f"--workers must be >= 1, got {workers}")
     jobs, failed, warnings = plan_fleet(bags, out, prompts, overwrite=settings.overwrite,
-                                        image_topic=settings.image_topic)
+                                        image_topic=settings.image_topic, cameras=settings.cameras)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for result in failed:

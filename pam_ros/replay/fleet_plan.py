@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,8 +22,9 @@ from tqdm import tqdm
 
 from pam_ros.errors import BagReadError, InputError, OutputExistsError, PamError, ReplayError
 from pam_ros.replay.bag import BagInput
+from pam_ros.replay.cameras import CameraTopics
 from pam_ros.replay.outputs import SUMMARY_JSON, SUMMARY_TEXT, check_out_dir
-from pam_ros.replay.prompts import load_prompt_file
+from pam_ros.replay.prompts import load_prompt_file, prompts_for_camera
 
 COMPLETE, INCOMPLETE, FAILED, NOT_STARTED = "complete", "incomplete", "failed", "not started"
 PROMPT_SUFFIXES = (".yaml", ".yml")
@@ -51,6 +52,8 @@ class FleetSettings:
     overlay_pngs: bool = False
     mask_encoding: str = "roi"
     model_name: str = ""
+    # several cameras per bag (replay/cameras.py CameraTopics): each bag's outputs in OUT/<bag>/<camera>/
+    cameras: tuple = ()
 
 
 @dataclass
@@ -150,7 +153,8 @@ def prompt_file_for(prompts: Path | None, name: str) -> Path | None:
 
 
 def plan_fleet(bags: list[Path], out: Path, prompts: Path | None, *, overwrite: bool,
-               image_topic: str | None = None) -> tuple[list[FleetBag], list[BagResult], list[str]]:
+               image_topic: str | None = None,
+               cameras: Sequence[CameraTopics] = ()) -> tuple[list[FleetBag], list[BagResult], list[str]]:
     """Name every bag, choose its outputs and prompts, and check what can be checked in a second.
 
     Returns (bags to replay, results of bags that already failed their check, warnings). A bag that
@@ -161,8 +165,9 @@ def plan_fleet(bags: list[Path], out: Path, prompts: Path | None, *, overwrite: 
     if prompts is not None and not prompts.exists():
         raise InputError(f"--prompts {prompts} does not exist (give a prompts YAML file for every bag, "
                          f"or a folder of <bag name>.yaml files)")
-    if prompts is not None and prompts.is_file():
-        load_prompt_file(prompts)  # one file for all bags: an error in it concerns every bag
+    names_of_cameras = tuple(camera.name for camera in cameras)
+    if prompts is not None and prompts.is_file():  # one file for all bags: an error in it concerns every bag
+        prompts_for_camera(load_prompt_file(prompts), names_of_cameras[0] if cameras else "", names_of_cameras)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out {out} exists and is not a directory")
     existing = [name for name in (SUMMARY_TEXT, SUMMARY_JSON) if (out / name).exists()]
@@ -173,6 +178,8 @@ def plan_fleet(bags: list[Path], out: Path, prompts: Path | None, *, overwrite: 
     names = unique_names(paths)
     for name in names:
         check_out_dir(out / name, overwrite)
+        for camera in names_of_cameras:
+            check_out_dir(out / name / camera, overwrite)
 
     planned: list[FleetBag] = []
     failed: list[BagResult] = []
@@ -184,10 +191,13 @@ def plan_fleet(bags: list[Path], out: Path, prompts: Path | None, *, overwrite: 
         job = FleetBag(name=name, path=str(path.resolve()), out_dir=str((out / name).resolve()),
                        prompt_file=str(prompt_file.resolve()) if prompt_file else None)
         try:
-            with BagInput(path, image_topic) as bag:
-                expected = bag.image_count
+            expected = 0
+            for topic in [camera.image_topic for camera in cameras] or [image_topic]:
+                with BagInput(path, topic) as bag:
+                    expected = None if expected is None or bag.image_count is None else expected + bag.image_count
             if prompt_file is not None and prompts.is_dir():
-                load_prompt_file(prompt_file)
+                prompts_for_camera(load_prompt_file(prompt_file), names_of_cameras[0] if cameras else "",
+                                   names_of_cameras)
         except ReplayError as err:
             failed.append(BagResult(name=name, bag=job.path, out_dir=job.out_dir, status=FAILED, reason=str(err),
                                     prompts_file=job.prompt_file))
@@ -217,7 +227,9 @@ class BagReplayer:
     def replay(self, job: FleetBag, attempt: int = 1,
                on_frame: Callable[[str, int], None] | None = None) -> BagResult:
         """Replay one bag into job.out_dir; every outcome (also errors) is in the BagResult."""
+        from pam_ros.engine.host import PerceptionHost
         from pam_ros.engine.pipeline import PerceptionPipeline
+        from pam_ros.replay.cameras import run_cameras_replay
         from pam_ros.replay.runner import run_replay
 
         result = BagResult(name=job.name, bag=job.path, out_dir=job.out_dir, worker_pid=os.getpid(),
@@ -234,16 +246,29 @@ class BagReplayer:
         with self._lock:
             self._current = (job.name, 0)
         started = time.perf_counter()
-        pipeline = PerceptionPipeline(self._model, self.settings.config)
+        options = dict(prompt_file=job.prompt_file, overwrite=self.settings.overwrite or attempt > 1,
+                       overlay_pngs=self.settings.overlay_pngs, mask_encoding=self.settings.mask_encoding,
+                       progress=False, model_name=self.settings.model_name)
+        if self.settings.cameras:
+            pipeline = PerceptionHost(self._model, [camera.name for camera in self.settings.cameras],
+                                      self.settings.config)
+        else:
+            pipeline = PerceptionPipeline(self._model, self.settings.config)
         try:
-            report = run_replay(job.path, job.out_dir, pipeline, image_topic=self.settings.image_topic,
-                                prompt_file=job.prompt_file, overwrite=self.settings.overwrite or attempt > 1,
-                                overlay_pngs=self.settings.overlay_pngs, mask_encoding=self.settings.mask_encoding,
-                                progress=False, model_name=self.settings.model_name, on_frame=frame_done)
+            if self.settings.cameras:
+                report = _CamerasReport(run_cameras_replay(job.path, job.out_dir, pipeline, self.settings.cameras,
+                                                           on_frame=_counting_across_cameras(frame_done),
+                                                           **options))
+            else:
+                report = run_replay(job.path, job.out_dir, pipeline, image_topic=self.settings.image_topic,
+                                    on_frame=frame_done, **options)
         except (BagReadError, KeyboardInterrupt) as err:
             # damage part-way, or stopped: the outputs hold the frames before it (run_replay closed them)
             report = getattr(err, "report", None)
-            report = report.to_dict() if report is not None else _written_report(job.out_dir)
+            if self.settings.cameras:  # every camera's outputs so far, as written
+                report = _CamerasReport.from_written(job.out_dir, self.settings.cameras).to_dict()
+            else:
+                report = report.to_dict() if report is not None else _written_report(job.out_dir)
             result.status, result.reason = INCOMPLETE, str(err) or "interrupted (Ctrl-C)"
         except PamError as err:
             result.status, result.reason, report = FAILED, str(err), None
@@ -278,6 +303,51 @@ def _written_report(out_dir: str) -> dict | None:
         return json.loads((Path(out_dir) / SUMMARY_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def _counting_across_cameras(frame_done: Callable[[int], None]) -> Callable[[int], None]:
+    """on_frame for a bag's cameras replayed one after another: the frames read of all cameras so far."""
+    done_before, last = 0, 0
+
+    def on_frame(frames_read: int) -> None:
+        nonlocal done_before, last
+        if frames_read < last:  # the next camera started
+            done_before += last
+        last = frames_read
+        frame_done(done_before + frames_read)
+
+    return on_frame
+
+
+class _CamerasReport:
+    """One bag's cameras as one row of the fleet's summary: counts summed, objects named camera/id."""
+
+    def __init__(self, reports: dict[str, dict | object]) -> None:
+        self._reports = {name: r if isinstance(r, dict) else r.to_dict() for name, r in reports.items()}
+
+    @classmethod
+    def from_written(cls, out_dir: str, cameras: Sequence[CameraTopics]) -> "_CamerasReport":
+        written = {camera.name: _written_report(str(Path(out_dir) / camera.name)) for camera in cameras}
+        return cls({name: report for name, report in written.items() if report is not None})
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._reports) and all(r.get("complete") for r in self._reports.values())
+
+    @property
+    def error(self) -> str:
+        return "; ".join(f"{name}: {r.get('error') or 'incomplete'}" for name, r in self._reports.items()
+                         if not r.get("complete"))
+
+    def to_dict(self) -> dict:
+        total = {"frames_read": 0, "frames_processed": 0, "frames_skipped": 0, "prompts_submitted": 0,
+                 "prompts_accepted": 0, "prompts_refused": [], "prompts_never_applied": [], "objects": {}}
+        for name, report in self._reports.items():
+            for key in ("frames_read", "frames_processed", "frames_skipped", "prompts_submitted",
+                        "prompts_accepted", "prompts_refused", "prompts_never_applied"):
+                total[key] += report.get(key, 0 if not key.endswith(("refused", "applied")) else [])
+            total["objects"].update({f"{name}/{oid}": obj for oid, obj in report.get("objects", {}).items()})
+        return total
 
 
 def _copy_counts(report: dict, result: BagResult) -> None:
