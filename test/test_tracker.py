@@ -96,7 +96,13 @@ def test_memory_attention_per_object_gives_the_batched_result(small_backbone, mo
             tracker.add_object(object_id, prompt)
         return [[result.by_id()[i] for i in ids] for result in (tracker.step(frame) for frame in frames)]
 
+    first_self_attention = small_backbone.sam.memory_attention.layers[0].self_attn
+    calls = []
+    hook = first_self_attention.register_forward_hook(lambda module, args, out: calls.append(out.shape[0]))
     per_object = run()
+    hook.remove()
+    assert calls == [1] * (len(frames) - 1), "the first self-attention once a frame: it sees no memory, and " \
+        "every object has the same frame features"
     whole = sam2_backbone.memory_attention_in_chunks
     monkeypatch.setattr(sam2_backbone, "memory_attention_in_chunks", lambda module, chunk: whole(module, None))
     batched = run()
@@ -107,6 +113,7 @@ def test_memory_attention_per_object_gives_the_batched_result(small_backbone, mo
             assert torch.equal(track.features.mid_mask_tokens, expected.features.mid_mask_tokens)
             assert torch.equal(track.features.mid_image_embed, expected.features.mid_image_embed)
     assert "forward" not in vars(small_backbone.sam.memory_attention)  # the module's own forward is back
+    assert "_forward_sa" not in vars(small_backbone.sam.memory_attention.layers[0])
 
 
 # ---- objects come and go --------------------------------------------------------------------

@@ -33,17 +33,18 @@ def memory_attention_in_chunks(memory_attention: torch.nn.Module, chunk: int | N
         memory_bf = memory.transpose(0, 1).contiguous()
         memory_pos_bf = None if memory_pos is None else memory_pos.transpose(0, 1).contiguous()
         parts = []
-        for start in range(0, batch, chunk):
-            rows = slice(start, start + chunk)
-            parts.append(
-                forward(
-                    [c[:, rows] for c in curr_list],
-                    memory_bf[rows].transpose(0, 1),
-                    [None if p is None else p[:, rows] for p in pos_list],
-                    None if memory_pos_bf is None else memory_pos_bf[rows].transpose(0, 1),
-                    num_obj_ptr_tokens,
+        with _first_self_attention_shared(memory_attention, curr_list + pos_list):
+            for start in range(0, batch, chunk):
+                rows = slice(start, start + chunk)
+                parts.append(
+                    forward(
+                        [c[:, rows] for c in curr_list],
+                        memory_bf[rows].transpose(0, 1),
+                        [None if p is None else p[:, rows] for p in pos_list],
+                        None if memory_pos_bf is None else memory_pos_bf[rows].transpose(0, 1),
+                        num_obj_ptr_tokens,
+                    )
                 )
-            )
         # batch-first underneath, as the module's own output: later ops see the same memory layout
         return torch.cat([part.transpose(0, 1) for part in parts], dim=0).transpose(0, 1)
 
@@ -56,3 +57,34 @@ def memory_attention_in_chunks(memory_attention: torch.nn.Module, chunk: int | N
             del memory_attention.forward
         else:
             memory_attention.forward = replaced
+
+
+@contextlib.contextmanager
+def _first_self_attention_shared(memory_attention: torch.nn.Module, inputs: list):
+    """While active, the first layer's self-attention runs once per slice size and its result is reused.
+
+    Why: the first layer attends over the current frame's features alone (memory enters at its cross-
+    attention), and every object of a frame has the same features: the tracker expands one encoding
+    to N objects (batch stride 0). So N slices computed the same self-attention N times; now once.
+    Only when every input is such an expansion; the result is the very tensor a slice would compute.
+    """
+    layers = getattr(memory_attention, "layers", None)
+    shared = bool(layers) and all(x is None or (x.dim() == 3 and x.stride(1) == 0) for x in inputs)
+    if not shared or "_forward_sa" in vars(layers[0]):
+        yield
+        return
+    first = layers[0]
+    own = first._forward_sa
+    results: dict[tuple, torch.Tensor] = {}
+
+    def forward_sa_once(tgt, query_pos):
+        key = tuple(tgt.shape)
+        if key not in results:
+            results[key] = own(tgt, query_pos)
+        return results[key]
+
+    first._forward_sa = forward_sa_once
+    try:
+        yield
+    finally:
+        del first._forward_sa
