@@ -17,6 +17,7 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import Transition
 from PIL import Image as PilImage
+from rclpy.action import ActionClient
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_helpers.messages import mask_from_msg
 from ros_helpers.node_client import node_client, point_prompt, stamp, start_node
@@ -25,6 +26,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from test_entry_points import _console_script
 
+from pam_ros.action import Caption
 from pam_ros.engine.types import PromptAction, PromptRequest
 from pam_ros.msg import PerceivedObject, PerceivedObjectArray, Prompt
 from pam_ros.ros import convert
@@ -215,6 +217,35 @@ def test_a_prompt_to_front_stays_on_front(node):
     assert response.success and list(response.object_ids) == ["wall"], response.message
     got = wait_both(node, publish_both(node, index + 1))
     assert sorted(o.object_id for o in got["wrist"].objects) == ["disk", "wall"]
+
+
+def test_a_silent_camera_never_stalls_another(node):
+    front = node.cameras["front"]
+    for index in (110, 111, 112):  # wrist sends nothing
+        header = Header(stamp=stamp(index), frame_id="front_optical_frame")
+        front.image_pub.publish(convert.rgb_to_image_msg(frame(index), header))
+        wait_until(lambda: front.objects_for(header) is not None, 60.0, f"front's objects for frame {index}",
+                   node.process.output)
+    assert node.cameras["wrist"].objects_for(Header(stamp=stamp(110))) is None
+
+
+def test_caption_action_per_camera(node):
+    feedback: list = []
+    wrist = ActionClient(node.node, Caption, "wrist/caption")
+    try:
+        wait_until(wrist.server_is_ready, 30.0, "wrist/caption", node.process.output)
+        goal = node.wait_future(wrist.send_goal_async(Caption.Goal(object_id="wall", task="caption"),
+                                                      feedback_callback=lambda m: feedback.append(m.feedback)),
+                                60.0, "the goal response", node.process.output)
+        assert goal.accepted
+        result = node.wait_future(goal.get_result_async(), 120.0, "the caption result", node.process.output).result
+        assert result.success and result.num_tokens > 0, result.message
+        rejected = node.wait_future(wrist.send_goal_async(Caption.Goal(object_id="nothing", task="caption")),
+                                    60.0, "the goal response", node.process.output)
+        assert not rejected.accepted
+        node.process.wait_for_line("unknown object id 'nothing' (tracked: disk, wall)", timeout_s=10)
+    finally:
+        wrist.destroy()
 
 
 def test_diagnostics_per_camera_and_for_the_shared_model(node):

@@ -63,7 +63,8 @@ class CameraIO:
         self._image_group = MutuallyExclusiveCallbackGroup()
         self._prompt_group = MutuallyExclusiveCallbackGroup()
         self._depth_group = MutuallyExclusiveCallbackGroup()
-        self.watchdog = ImageWatchdog(node, settings, self.input_topic, lambda: self.feed.slot.received)
+        self.watchdog = ImageWatchdog(node, settings, self.input_topic, lambda: self.feed.slot.received,
+                                      lambda: self.prefix + "image")
         self._services = NodeServices(node, self.holder, settings, self.feed, reporter,
                                       lambda: node.resolve_topic_name(self.image_topic_name()), self.prefix)
         self._caption = CaptionAction(node, self.holder, reporter, self.prefix)

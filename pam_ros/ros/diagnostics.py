@@ -99,8 +99,9 @@ class ImageWatchdog:
     when images stop arriving; says so when they arrive again."""
 
     def __init__(self, node, settings: Callable, input_topic: Callable[[], str | None],
-                 received: Callable[[], int]) -> None:
+                 received: Callable[[], int], relative_topic: Callable[[], str] = lambda: "image") -> None:
         self._node = node
+        self._relative_topic = relative_topic  # the name to remap: image, or front/image with cameras
         self._settings = settings
         self._input_topic = input_topic  # the subscribed image topic; None while not subscribed
         self._received = received
@@ -137,8 +138,10 @@ class ImageWatchdog:
         publishers = self._node.get_publishers_info_by_topic(topic)
         ours = "best effort (sensor_data)" if settings.image_qos == "sensor_data" else "reliable"
         if not publishers:
+            relative = self._relative_topic()
+            how = "the launch argument image_topic" if relative == "image" else "the launch argument remappings"
             where = (f"nothing publishes on {topic}. Remap the input to your camera topic "
-                     f"(--ros-args -r image:=/camera/image_raw, or the launch argument image_topic)")
+                     f"(--ros-args -r {relative}:=/camera/image_raw, or {how})")
         else:
             kinds = sorted({p.qos_profile.reliability.name.lower() for p in publishers})
             where = (f"{len(publishers)} publisher(s) on {topic} (reliability: {', '.join(kinds)}) but no message "
