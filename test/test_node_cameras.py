@@ -211,6 +211,7 @@ def test_a_prompt_to_front_stays_on_front(node):
     got = wait_both(node, publish_both(node, index))
     assert sorted(o.object_id for o in got["front"].objects) == ["disk", "wall"]
     assert [o.object_id for o in got["wrist"].objects] == ["disk"]
+    node.process.wait_for_line("(front/manage_objects)", timeout_s=10)  # the log names the camera
     # object ids are per camera: wrist may have its own "wall"
     response = node.call(node.cameras["wrist"].manage_client, ManageObjects.Request(
         prompts=[point_prompt("wall", *BACKGROUND)], wait=False), "wrist/manage_objects")

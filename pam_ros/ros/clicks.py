@@ -90,6 +90,7 @@ class ClickInput:
         self._submit = submit
         self._reporter = reporter
         self._fallback_intrinsics = fallback_intrinsics
+        self._prefix = prefix  # names the camera in log lines and prompt outcomes
         self._intrinsics: CameraIntrinsics | None = None
         self._subscriptions = [
             node.create_subscription(Point, prefix + IMAGE_CLICK_TOPIC, self._on_image_click, 10,
@@ -135,7 +136,7 @@ class ClickInput:
         except PamError as error:
             self._reporter.bad_input(f"click refused: {error}")
             return
-        future = self._submit(request, source)
+        future = self._submit(request, self._prefix + source)
         if future is None:
             self._node.get_logger().warn("click ignored: the node is not active")
         else:

@@ -80,6 +80,7 @@ class NodeServices:
         self._frames = frames
         self._reporter = reporter
         self._image_topic = image_topic  # the resolved input topic, for "is anything publishing on ...?"
+        self._prefix = prefix  # names the camera in prompt outcomes ("front/manage_objects")
         self._services = [node.create_service(srv_type, prefix + name, handler,
                                               callback_group=MutuallyExclusiveCallbackGroup())
                           for srv_type, name, handler in ((Describe, "describe", self.describe),
@@ -145,7 +146,7 @@ class NodeServices:
                 for msg in request.prompts:
                     try:
                         futures.append(submit_prompt(pipeline, convert.prompt_msg_to_request(msg),
-                                                     "manage_objects", self._reporter))
+                                                     self._prefix + "manage_objects", self._reporter))
                         errors.append("")
                     except PamError as error:
                         futures.append(None)
