@@ -4,14 +4,18 @@
     ros2 launch pam_ros pam.launch.py image_topic:=/camera/color/image_raw depth_topic:=/camera/aligned_depth_to_color/image_raw depth_info_topic:=/camera/aligned_depth_to_color/camera_info
     ros2 launch pam_ros pam.launch.py sam2_checkpoint:=/w/sam2.1_hiera_large.pt pam_checkpoint:=/w/PAM-3B device:=cuda
     ros2 launch pam_ros pam.launch.py image_topic:=/camera/color/image_raw model:=tiny rviz:=true
+    ros2 launch pam_ros pam.launch.py cameras:="[front, wrist]" remappings:="front/image:=/head/camera/color/image_raw wrist/image:=/wrist/camera/color/image_raw"
 
 Parameters come from params_file (default: the installed config/pam_ros.yaml); every argument left
 empty keeps the file's value, every argument given overrides it. Without ros2 launch, run the same
 node with: pam_ros_node --ros-args --params-file config/pam_ros.yaml -r image:=/camera/image_raw
 rviz:=true also starts RViz 2 with the installed rviz/pam_ros.rviz (overlay, markers, camera frame).
+With cameras (several cameras over one model) each camera's topics are <name>/image, <name>/depth/image, ...:
+remap them with remappings (image_topic and the depth arguments remap the single camera's names only).
 """
 import os
 
+import yaml
 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.conditions import IfCondition
@@ -42,6 +46,7 @@ PARAMETER_ARGUMENTS = {
     "refresh_period_s": "re-run semantics every N s (0 = never)",
     "discover_period_s": "segment everything and track what is new every N s (0 = on request)",
     "autostart": "true: configure + activate on start",
+    "cameras": "camera names, e.g. [front, wrist]: one model, topics and services under each name",
     "use_depth": "true: 3-D geometry from depth_topic + depth_info_topic (default: true when depth_topic is given)",
     "depth_scale": "metres per 16UC1 depth unit",
     "depth_slop_ms": "largest colour/depth stamp difference (0 = exact)",
@@ -49,6 +54,7 @@ PARAMETER_ARGUMENTS = {
 BOOLEAN_PARAMETERS = {"publish_overlay", "autostart", "compile", "use_depth"}
 INTEGER_PARAMETERS = {"max_objects", "max_new_tokens", "max_batch", "image_size"}
 FLOAT_PARAMETERS = {"refresh_period_s", "discover_period_s", "depth_scale", "depth_slop_ms"}
+LIST_PARAMETERS = {"cameras"}  # "[front, wrist]" (YAML, as with ros2 run -p) or "front,wrist"
 
 
 def _share_file(*parts: str) -> str:
@@ -71,7 +77,21 @@ def _typed(name: str, text: str):
         return int(text)
     if name in FLOAT_PARAMETERS:
         return float(text)
+    if name in LIST_PARAMETERS:
+        value = yaml.safe_load(text) if text.strip().startswith("[") else text.split(",")
+        return [str(item).strip() for item in value]
     return text
+
+
+def _remappings(text: str) -> list[tuple[str, str]]:
+    """"from:=to from:=to" -> [(from, to), ...] (the remappings argument)."""
+    pairs = []
+    for item in text.split():
+        source, separator, target = item.partition(":=")
+        if not separator or not source or not target:
+            raise ValueError(f"remappings: {item!r} is not FROM:=TO")
+        pairs.append((source, target))
+    return pairs
 
 
 def _node(context):
@@ -92,6 +112,7 @@ def _node(context):
         overrides.setdefault("use_depth", True)
     if depth_info_topic:
         remappings.append(("depth/camera_info", depth_info_topic))
+    remappings += _remappings(LaunchConfiguration("remappings").perform(context))
     return [LifecycleNode(
         package="pam_ros",
         executable="pam_ros_node",
@@ -115,6 +136,10 @@ def generate_launch_description() -> LaunchDescription:
                                           "image_topic); giving it turns use_depth on ('' = depth/image)"),
         DeclareLaunchArgument("depth_info_topic", default_value="",
                               description="CameraInfo of the aligned depth ('' = depth/camera_info)"),
+        DeclareLaunchArgument("remappings", default_value="",
+                              description="More remappings, space-separated FROM:=TO pairs, e.g. for cameras: "
+                                          "front/image:=/head/camera/color/image_raw wrist/image:=/wrist/camera/"
+                                          "color/image_raw"),
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node and its topics"),
         DeclareLaunchArgument("node_name", default_value="pam_ros_node", description="Node name"),
         DeclareLaunchArgument("params_file", default_value=_default_params_file(),

@@ -26,18 +26,21 @@ POLL_S = 0.1  # how often a queued goal checks for cancellation and its queue po
 
 
 class CaptionAction:
-    """The action server on `node`; `frames` is the TrackingLoop (the latest frame's size for prompt goals)."""
+    """One camera's action server on `node`, named `prefix` + "caption" ("" or "front/"); `holder` gives that
+    camera's pipeline (CameraHolder)."""
 
-    def __init__(self, node, holder: PipelineHolder, frames, reporter: Reporter) -> None:
+    def __init__(self, node, holder: PipelineHolder, reporter: Reporter, prefix: str = "") -> None:
         self._node = node
         self._holder = holder
-        self._frames = frames
         self._reporter = reporter
         # Reentrant: a goal's acceptance and cancel are answered while another goal runs.
-        self._server = ActionServer(node, Caption, "caption", execute_callback=self._execute,
+        self._server = ActionServer(node, Caption, prefix + "caption", execute_callback=self._execute,
                                     goal_callback=self._accept,
                                     cancel_callback=lambda goal_handle: CancelResponse.ACCEPT,
                                     callback_group=ReentrantCallbackGroup())
+
+    def destroy(self) -> None:
+        self._server.destroy()
 
     def _accept(self, goal: Caption.Goal) -> GoalResponse:
         """Reject at once what cannot run: node not active, unknown object, unknown task."""

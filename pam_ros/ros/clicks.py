@@ -78,24 +78,26 @@ class ClickInput:
     """The click subscriptions (created on activate, destroyed on deactivate).
 
     `submit(request, source)` hands a prompt to the engine (its future, or None when the node is not active);
-    `frames` is the TrackingLoop (the latest image's header and size); `fallback_intrinsics()` the depth
-    input's intrinsics (None without use_depth)."""
+    `frames` is the camera's CameraFeed (the latest image's header and size); `fallback_intrinsics()` the depth
+    input's intrinsics (None without use_depth); `prefix` "" or the camera's "front/"."""
 
     def __init__(self, node, qos, callback_group, *, tasks: Callable[[], tuple[str, ...]], frames,
-                 submit: Callable, reporter, fallback_intrinsics: Callable[[], CameraIntrinsics | None]) -> None:
+                 submit: Callable, reporter, fallback_intrinsics: Callable[[], CameraIntrinsics | None],
+                 prefix: str = "") -> None:
         self._node = node
         self._tasks = tasks
         self._frames = frames
         self._submit = submit
         self._reporter = reporter
         self._fallback_intrinsics = fallback_intrinsics
+        self._prefix = prefix  # names the camera in log lines and prompt outcomes
         self._intrinsics: CameraIntrinsics | None = None
         self._subscriptions = [
-            node.create_subscription(Point, IMAGE_CLICK_TOPIC, self._on_image_click, 10,
+            node.create_subscription(Point, prefix + IMAGE_CLICK_TOPIC, self._on_image_click, 10,
                                      callback_group=callback_group),
-            node.create_subscription(PointStamped, CLICKED_POINT_TOPIC, self._on_clicked_point, 10,
+            node.create_subscription(PointStamped, prefix + CLICKED_POINT_TOPIC, self._on_clicked_point, 10,
                                      callback_group=callback_group),
-            node.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info, qos,
+            node.create_subscription(CameraInfo, prefix + CAMERA_INFO_TOPIC, self._on_camera_info, qos,
                                      callback_group=callback_group),
         ]
 
@@ -134,7 +136,7 @@ class ClickInput:
         except PamError as error:
             self._reporter.bad_input(f"click refused: {error}")
             return
-        future = self._submit(request, source)
+        future = self._submit(request, self._prefix + source)
         if future is None:
             self._node.get_logger().warn("click ignored: the node is not active")
         else:

@@ -3,16 +3,19 @@
 One slot, never a queue: a frame that arrives while the previous one is still waiting replaces it,
 and the replaced frame is counted as dropped. Tracking therefore always works on the newest image
 and latency cannot grow when the camera is faster than the model.
+
+Several cameras (one slot each) share one condition, so the one tracking thread sleeps until a frame waits
+in any slot and then takes every waiting frame at once (take_waiting): a silent camera never holds up another.
 """
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Sequence
 
 
 class LatestFrameSlot:
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
+    def __init__(self, condition: threading.Condition | None = None) -> None:
+        self._condition = condition or threading.Condition()  # shared by the slots of one tracking thread
         self._frame: Any = None
         self._closed = False
         self.received = 0
@@ -26,7 +29,7 @@ class LatestFrameSlot:
             if replaced:
                 self.dropped += 1
             self._frame = frame
-            self._condition.notify()
+            self._condition.notify_all()
             return replaced
 
     def take(self, timeout_s: float) -> Any:
@@ -53,3 +56,22 @@ class LatestFrameSlot:
         with self._condition:
             self._frame, self._closed = None, False
             self.received = self.dropped = 0
+
+
+def take_waiting(slots: Sequence[LatestFrameSlot], timeout_s: float) -> list[tuple[int, Any]]:
+    """[(index of the slot, its frame)] for every slot with a frame waiting (emptying them); waits up to
+    timeout_s for the first one (or until a slot is closed). The slots must share one condition."""
+    if not slots:
+        return []
+    condition = slots[0]._condition
+    if any(slot._condition is not condition for slot in slots):
+        raise ValueError("take_waiting: the slots must share one condition")
+    with condition:
+        if not any(slot._frame is not None or slot._closed for slot in slots):
+            condition.wait(timeout_s)
+        taken = []
+        for index, slot in enumerate(slots):
+            if slot._frame is not None:
+                taken.append((index, slot._frame))
+                slot._frame = None
+        return taken

@@ -4,6 +4,10 @@ request (service, action goal, topic prompt) holds a lease while it uses it.
 Leases are counted so that taking the pipeline back waits for the requests still using it before the model
 is freed. While the node is not active (or is stopping) a lease is refused with NodeInactiveError, whose
 message says the lifecycle state and how to activate the node.
+
+What is held is the node's engine: a PerceptionPipeline (one camera) or a PerceptionHost (parameter
+`cameras`). A camera's services and action use it through a CameraHolder, whose leases give that camera's
+pipeline, so they are the same code in both modes.
 """
 from __future__ import annotations
 
@@ -64,3 +68,35 @@ class PipelineHolder:
             with self._condition:
                 self._users -= 1
                 self._condition.notify_all()
+
+
+def camera_pipeline(engine, camera: str):
+    """The pipeline of `camera` in the node's engine: the PerceptionPipeline itself in single-camera mode
+    (camera ""), else the host's pipeline of that camera."""
+    return engine if camera == "" else engine.camera(camera)
+
+
+class CameraHolder:
+    """One camera's view of the PipelineHolder: the same leases and state, giving that camera's pipeline."""
+
+    def __init__(self, holder: PipelineHolder, camera: str) -> None:
+        self._holder = holder
+        self._camera = camera
+        self.stopping = holder.stopping
+
+    @property
+    def pipeline(self):
+        engine = self._holder.pipeline
+        return None if engine is None else camera_pipeline(engine, self._camera)
+
+    @property
+    def active(self) -> bool:
+        return self._holder.active
+
+    def inactive_message(self) -> str:
+        return self._holder.inactive_message()
+
+    @contextlib.contextmanager
+    def pipeline_lease(self) -> Iterator:
+        with self._holder.pipeline_lease() as engine:
+            yield camera_pipeline(engine, self._camera)

@@ -11,14 +11,19 @@ Topics, services and the action use relative names so namespaces and remapping w
               find_objects (pam_ros/FindObjects: rank tracked objects for a need): ros/services.py
   planners    use_depth: subscribes depth/image + depth/camera_info, publishes markers (ros/planning.py)
   action      caption (pam_ros/Caption): ros/caption_action.py
+  cameras     parameter `cameras: [front, wrist]`: each camera's topics, services and action under its name
+              (front/image, front/objects, front/describe, front/caption, ...), one model for all of them
+              (engine/host.py PerceptionHost); find_objects stays one service ranking every camera's objects
 Lifecycle: configure reads and validates the parameters; activate loads the model and starts tracking;
 deactivate stops tracking and frees the model (GPU memory); cleanup / shutdown release everything.
 
-This module is the lifecycle and the wiring. Threads: the image callback only drops the message into a
-latest-frame-wins slot; one tracking thread (ros/tracking.py) converts, tracks and publishes; services and
-the action have their own callback groups (MultiThreadedExecutor), so a long caption never holds up masks;
-requests use the pipeline under a lease (ros/lease.py); /diagnostics and the no-image watchdog are in
-ros/diagnostics.py. All model work goes through pam_ros.engine.pipeline.PerceptionPipeline.
+This module is the lifecycle and the wiring; one camera's topics, services and action are ros/camera_io.py
+(single-camera mode is the same code with no prefix). Threads: an image callback only drops the message into
+its camera's latest-frame-wins slot; one tracking thread (ros/tracking.py) serves every camera: converts,
+tracks and publishes; services and the action have their own callback groups (MultiThreadedExecutor), so a
+long caption never holds up masks; requests use the engine under a lease (ros/lease.py); /diagnostics and
+the no-image watchdogs are in ros/diagnostics.py. All model work goes through
+pam_ros.engine.pipeline.PerceptionPipeline (one camera) or pam_ros.engine.host.PerceptionHost (several).
 """
 from __future__ import annotations
 
@@ -33,17 +38,12 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.utilities import remove_ros_args
-from sensor_msgs.msg import CompressedImage, Image
 
 from pam_ros.errors import PamError
-from pam_ros.msg import Prompt
-from pam_ros.ros import convert
-from pam_ros.ros.caption_action import CaptionAction
-from pam_ros.ros.clicks import ClickInput
-from pam_ros.ros.diagnostics import DiagnosticsPublisher, ImageWatchdog, image_encoder_text
-from pam_ros.ros.lease import NodeInactiveError, PipelineHolder
+from pam_ros.ros.camera_io import CameraIO
+from pam_ros.ros.diagnostics import DiagnosticsPublisher, image_encoder_text
+from pam_ros.ros.lease import PipelineHolder, camera_pipeline
 from pam_ros.ros.parameters import (
     ENGINE_LIVE_PARAMETERS,
     LIVE_PARAMETERS,
@@ -52,12 +52,12 @@ from pam_ros.ros.parameters import (
     SettingsError,
     check_parameter_value,
     declare_parameters,
+    parameter_value,
     read_settings,
 )
-from pam_ros.ros.planning import DepthInput
 from pam_ros.ros.reporting import Reporter
-from pam_ros.ros.services import NodeServices, submit_prompt
-from pam_ros.ros.tracking import FrameOutputs, TrackingLoop
+from pam_ros.ros.services import FindObjectsService
+from pam_ros.ros.tracking import TrackingLoop
 
 NODE_NAME = "pam_ros_node"
 STOP_TIMEOUT_S = 30.0  # deactivation waits this long for running requests before freeing the model anyway
@@ -115,29 +115,23 @@ class PamNode(LifecycleNode):
         self._failure = ""  # why the last configure/activate failed ("" after a success)
         self._model_spec = None
         self._reporter = Reporter(self.get_logger())
-        self._holder = PipelineHolder(self._inactive_message)
-        self._outputs: FrameOutputs | None = None  # from configure to cleanup
-        self._tracking = TrackingLoop(self, self._reporter, lambda: self._settings, lambda: self._outputs)
-
-        # Inputs, subscribed while active.
-        self._image_sub = None
-        self._prompt_sub = None
-        self._depth_input: DepthInput | None = None
-        self._clicks: ClickInput | None = None
-        self._image_group = MutuallyExclusiveCallbackGroup()
-        self._prompt_group = MutuallyExclusiveCallbackGroup()
-        self._depth_group = MutuallyExclusiveCallbackGroup()
-
-        # Services, action and diagnostics exist in every lifecycle state, so a request while
-        # inactive gets a clear answer instead of silence.
+        self._holder = PipelineHolder(self._inactive_message)  # holds the engine: a pipeline, or a host
         settings = lambda: self._settings  # noqa: E731 - live parameters replace the settings
-        self._service_handlers = NodeServices(self, self._holder, settings, self._tracking, self._reporter,
-                                              lambda: self.resolve_topic_name(self._image_topic_name()))
-        self._caption_action = CaptionAction(self, self._holder, self._tracking, self._reporter)
-        self._watchdog = ImageWatchdog(self, settings, self.input_topic, lambda: self._tracking.slot.received)
+        self._tracking = TrackingLoop(self, self._reporter, settings, lambda: self._cameras)
+
+        # Each camera's services and action exist in every lifecycle state, so a request while inactive gets
+        # a clear answer instead of silence: the cameras named at start (their names are checked again, and
+        # may change, at configure).
+        self._cameras: list[CameraIO] = []
+        cameras = parameter_value(self, "cameras")
+        try:
+            check_parameter_value("cameras", cameras)
+            self._wire_cameras(tuple(cameras or ()))
+        except PamError:  # bad names: configure says why (and fails)
+            pass
+        self._find_objects = FindObjectsService(self, self._holder, settings, self._frame_id, self._reporter)
         self._diagnostics = DiagnosticsPublisher(self, float(self.get_parameter("diagnostics_period_s").value),
-                                                 MutuallyExclusiveCallbackGroup(), self, self._tracking,
-                                                 self._watchdog)
+                                                 MutuallyExclusiveCallbackGroup(), self)
         if self.get_parameter("autostart").value:
             # In the default group, like the lifecycle services: transitions never overlap.
             self._autostart_timer = self.create_timer(0.0, self._autostart)
@@ -153,11 +147,28 @@ class PamNode(LifecycleNode):
         return str(self._model_spec.device) if self._model_spec is not None else ""
 
     def pipeline(self):
+        """The engine (a PerceptionPipeline, or a PerceptionHost with `cameras`); None while inactive."""
         return self._holder.pipeline
 
-    def input_topic(self) -> str | None:
-        """The subscribed image topic (resolved); None while not subscribed."""
-        return self._image_sub.topic_name if self._image_sub is not None else None
+    def cameras(self) -> list[CameraIO]:
+        return self._cameras
+
+    def _frame_id(self, camera: str) -> str:
+        """The frame of a camera's latest image (find_objects' matches)."""
+        for io in self._cameras:
+            if io.name == camera:
+                return io.feed.latest_header.frame_id
+        return ""
+
+    def _wire_cameras(self, names: tuple[str, ...]) -> None:
+        """One CameraIO per camera name (one without a name for ()); kept when the names are unchanged."""
+        wanted = list(names) or [""]
+        if [io.name for io in self._cameras] == wanted:
+            return
+        for io in self._cameras:
+            io.destroy()
+        self._cameras = [CameraIO(self, name, self._holder, lambda: self._settings, self._reporter, self._tracking)
+                         for name in wanted]
 
     # ------------------------------------------------------------------ lifecycle
     def _autostart(self) -> None:
@@ -179,9 +190,12 @@ class PamNode(LifecycleNode):
             return self._transition_failed(f"configure failed: {error}")
         self._settings, self._model_spec = settings, spec
         self._failure = ""
-        self._outputs = FrameOutputs(self)
+        self._wire_cameras(settings.camera_names)
+        for io in self._cameras:
+            io.create_outputs()
+        inputs = ", ".join(io.image_topic_name() for io in self._cameras)
         self.get_logger().info(
-            f"configured: model {self._describe_model()}, input {self._image_topic_name()} "
+            f"configured: model {self._describe_model()}, input {inputs} "
             f"({settings.image_qos} QoS), mask_encoding {settings.mask_encoding}; {_semantics_text(settings)}")
         return TransitionCallbackReturn.SUCCESS
 
@@ -196,23 +210,29 @@ class PamNode(LifecycleNode):
                                    f"cached in {cache_root() / 'image_encoder'}, exported there first if absent")
         started = time.monotonic()
         try:
-            from pam_ros.engine.pipeline import PerceptionPipeline
+            if settings.camera_names:  # one model in memory for every camera
+                from pam_ros.engine.host import PerceptionHost
 
-            pipeline = PerceptionPipeline.load(self._model_spec, settings.pipeline_config())
+                engine = PerceptionHost.load(self._model_spec, settings.camera_names, settings.pipeline_config())
+            else:
+                from pam_ros.engine.pipeline import PerceptionPipeline
+
+                engine = PerceptionPipeline.load(self._model_spec, settings.pipeline_config())
         except Exception as error:  # noqa: BLE001 - any load failure is reported, the node stays inactive
             if not isinstance(error, (PamError, OSError, ImportError)):
                 self.get_logger().error(traceback.format_exc())
             return self._transition_failed(
                 f"activate failed: could not load the model: {error}{self._load_hint(error)}")
         self._reporter.reset()
-        self._holder.hand_in(pipeline)
-        self._tracking.start(pipeline)
-        self._watchdog.start(time.monotonic())
-        self._subscribe_inputs(pipeline)
+        self._holder.hand_in(engine)
+        self._tracking.start(engine)
+        for io in self._cameras:
+            io.subscribe(camera_pipeline(engine, io.name))
         self._failure = ""
+        topics = ", ".join(self.resolve_topic_name(io.image_topic_name()) for io in self._cameras)
         self.get_logger().info(f"active: model loaded in {time.monotonic() - started:.1f} s, image encoder "
-                               f"{image_encoder_text(pipeline)}; "
-                               f"waiting for images on {self.resolve_topic_name(self._image_topic_name())}")
+                               f"{image_encoder_text(camera_pipeline(engine, self._cameras[0].name))}; "
+                               f"waiting for images on {topics}")
         return super().on_activate(state)
 
     def _transition_failed(self, reason: str) -> TransitionCallbackReturn:
@@ -250,7 +270,8 @@ class PamNode(LifecycleNode):
         self._destroy_outputs()
 
     def _stop_work(self, reason: str) -> None:
-        self._unsubscribe_inputs()
+        for io in self._cameras:
+            io.unsubscribe()
         self._holder.stopping.set()  # running captions and describes stop; no new lease
         self._tracking.stop()
         pipeline, finished = self._holder.take_back(STOP_TIMEOUT_S)
@@ -261,9 +282,8 @@ class PamNode(LifecycleNode):
             pipeline.close(reason)
 
     def _destroy_outputs(self) -> None:
-        outputs, self._outputs = self._outputs, None
-        if outputs is not None:
-            outputs.destroy()
+        for io in self._cameras:
+            io.destroy_outputs()
 
     def _describe_model(self) -> str:
         spec = self._model_spec
@@ -307,71 +327,12 @@ class PamNode(LifecycleNode):
         if not changed:
             return
         self._settings = settings = settings.with_values(changed)
-        pipeline = self._holder.pipeline
+        engine = self._holder.pipeline
         engine_values = {name: getattr(settings, name) for name in ENGINE_LIVE_PARAMETERS if name in changed}
-        if pipeline is not None and engine_values:
-            pipeline.update_settings(**engine_values)
+        if engine is not None and engine_values:
+            for io in self._cameras:  # every camera's pipeline (the shared worker's settings, too)
+                camera_pipeline(engine, io.name).update_settings(**engine_values)
         self.get_logger().info("applied now: " + ", ".join(f"{k}={v!r}" for k, v in changed.items()))
-
-    # ------------------------------------------------------------------ inputs
-    def _image_topic_name(self) -> str:
-        settings = self._settings
-        return "image/compressed" if settings is not None and settings.image_transport == "compressed" else "image"
-
-    def _subscribe_inputs(self, pipeline) -> None:
-        settings = self._settings
-        if settings.image_qos == "sensor_data":
-            qos = qos_profile_sensor_data
-        else:
-            qos = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
-        msg_type = CompressedImage if settings.image_transport == "compressed" else Image
-        self._image_sub = self.create_subscription(msg_type, self._image_topic_name(), self._on_image, qos,
-                                                   callback_group=self._image_group)
-        self._prompt_sub = self.create_subscription(Prompt, "prompts", self._on_prompt, 10,
-                                                    callback_group=self._prompt_group)
-        if settings.use_depth:
-            self._depth_input = DepthInput(self, qos, self._depth_group, pipeline,
-                                           float(settings.depth_scale), self._reporter.bad_input)
-            self.get_logger().info("depth on: geometry from " + " + ".join(
-                self.resolve_topic_name(t) for t in self._depth_input.topic_names))
-        self._clicks = ClickInput(
-            self, qos, self._prompt_group, tasks=lambda: self._settings.click_task_tuple, frames=self._tracking,
-            submit=self._submit, reporter=self._reporter,
-            fallback_intrinsics=lambda: self._depth_input.intrinsics if self._depth_input is not None else None)
-
-    def _unsubscribe_inputs(self) -> None:
-        for name in ("_depth_input", "_clicks"):
-            inputs = getattr(self, name)
-            if inputs is not None:
-                setattr(self, name, None)
-                inputs.destroy()
-        for name in ("_image_sub", "_prompt_sub"):
-            subscription = getattr(self, name)
-            if subscription is not None:
-                self.destroy_subscription(subscription)
-                setattr(self, name, None)
-
-    def _on_image(self, msg) -> None:
-        now = time.monotonic()
-        self._watchdog.image_arrived(now)
-        self._tracking.offer(msg, now)  # latest frame wins; a replaced frame is counted as dropped
-
-    def _on_prompt(self, msg: Prompt) -> None:
-        try:
-            request = convert.prompt_msg_to_request(msg)
-        except PamError as error:
-            self._reporter.bad_input(f"prompt refused: {error}")
-            return
-        if self._submit(request, source="topic") is None:
-            self.get_logger().warn("prompt ignored: the node is not active")
-
-    def _submit(self, request, source: str):
-        """Hand a prompt to the engine's queue; its future, or None when the node is not active."""
-        try:
-            with self._holder.pipeline_lease() as pipeline:
-                return submit_prompt(pipeline, request, source, self._reporter)
-        except NodeInactiveError:
-            return None
 
 
 def _help_epilog() -> str:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.parameter import Parameter
 
 from pam_ros.engine.types import LIVE_SETTINGS
 from pam_ros.errors import ConfigError, PamError, SettingsError
@@ -112,6 +114,11 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "new_object_tasks."),
     # --- node ---
     ParameterSpec("autostart", True, "Configure and activate on start (false: wait for lifecycle transitions)."),
+    ParameterSpec("cameras", [],
+                  "Camera names, e.g. [front, wrist]: one model serves them all, each with its own topics, services "
+                  "and action under its name (front/image, front/objects, front/manage_objects, ...; object ids are "
+                  "per camera) and find_objects ranks the objects of every camera. Empty = one camera on image, "
+                  "objects, ... (no prefix). Names: a letter, then letters, digits or _; no duplicates."),
     ParameterSpec("image_transport", "raw",
                   'Input: "raw" = sensor_msgs/Image on `image`; "compressed" = sensor_msgs/CompressedImage '
                   "(jpeg/png) on `image/compressed`.", IMAGE_TRANSPORT_CHOICES),
@@ -205,7 +212,20 @@ def descriptor(spec: ParameterSpec) -> ParameterDescriptor:
 
 def declare_parameters(node) -> None:
     for spec in PARAMETERS:
-        node.declare_parameter(spec.name, spec.default, descriptor(spec))
+        # rclpy types an empty list as a byte array: an empty string-array default is declared by its type
+        # (unset until given; read as [])
+        default = Parameter.Type.STRING_ARRAY if spec.default == [] else spec.default
+        node.declare_parameter(spec.name, default, descriptor(spec))
+
+
+def parameter_value(node, name: str) -> Any:
+    """A parameter's value; its default while unset (an empty string array: rclpy keeps [] as unset, and a
+    params file's `cameras: []` leaves it so)."""
+    try:
+        value = node.get_parameter(name).value
+    except ParameterUninitializedException:
+        return _SPECS[name].default
+    return _SPECS[name].default if value is None else value
 
 
 def check_parameter_value(name: str, value: Any) -> None:
@@ -239,6 +259,10 @@ def check_parameter_value(name: str, value: Any) -> None:
         raise SettingsError(f"parameter {name}={value!r} must be > 0")
     if name in ("depth_slop_ms", "min_depth_m") and not value >= 0:
         raise SettingsError(f"parameter {name}={value!r} must be >= 0")
+    if name == "cameras" and value:
+        from pam_ros.engine.host import check_camera_names
+
+        _check_with(check_camera_names, name, list(value))
     if name == "affordance_question":
         from pam_ros.model.tasks import check_affordance_template
 
@@ -271,6 +295,11 @@ class NodeSettings:
     def with_values(self, changed: dict) -> "NodeSettings":
         """These settings with some values changed (live parameters)."""
         return NodeSettings({**self.values, **changed})
+
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        """The cameras' names; () = one camera without a name (today's topics)."""
+        return tuple(self.cameras or ())
 
     @property
     def new_object_task_tuple(self) -> tuple[str, ...]:
@@ -334,7 +363,7 @@ class NodeSettings:
 
 def read_settings(node) -> NodeSettings:
     """All parameters from the node, validated (SettingsError names the first bad one)."""
-    values = {name: node.get_parameter(name).value for name in PARAMETER_NAMES}
+    values = {name: parameter_value(node, name) for name in PARAMETER_NAMES}
     for name, value in values.items():
         check_parameter_value(name, value)
     return NodeSettings(values)

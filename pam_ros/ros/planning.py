@@ -43,7 +43,8 @@ ARROW_SHAFT_M = 0.005  # ARROW with points: scale.x shaft diameter, y head diame
 class DepthInput:
     """Depth image + CameraInfo subscriptions that feed the pipeline's add_depth / add_camera_info."""
 
-    def __init__(self, node, qos, callback_group, pipeline, depth_scale: float, log_bad_input) -> None:
+    def __init__(self, node, qos, callback_group, pipeline, depth_scale: float, log_bad_input,
+                 prefix: str = "") -> None:
         self._pipeline = pipeline
         self._depth_scale = depth_scale
         self._log_bad_input = log_bad_input
@@ -52,8 +53,8 @@ class DepthInput:
         self._intrinsics: CameraIntrinsics | None = None
         self._node = node
         self._subscriptions = [
-            node.create_subscription(Image, DEPTH_TOPIC, self._on_depth, qos, callback_group=callback_group),
-            node.create_subscription(CameraInfo, DEPTH_INFO_TOPIC, self._on_camera_info, qos,
+            node.create_subscription(Image, prefix + DEPTH_TOPIC, self._on_depth, qos, callback_group=callback_group),
+            node.create_subscription(CameraInfo, prefix + DEPTH_INFO_TOPIC, self._on_camera_info, qos,
                                      callback_group=callback_group),
         ]
 
@@ -92,8 +93,8 @@ class DepthInput:
 class MarkerPublisher:
     """Boxes and labels of the objects with geometry; DELETE for those that lose it or are removed."""
 
-    def __init__(self, node, qos) -> None:
-        self._publisher = node.create_publisher(MarkerArray, MARKERS_TOPIC, qos)
+    def __init__(self, node, qos, prefix: str = "") -> None:
+        self._publisher = node.create_publisher(MarkerArray, prefix + MARKERS_TOPIC, qos)
         self._shown: dict[str, str] = {}  # object id -> frame id of its markers
 
     def publish(self, result: FrameResult, header: Header) -> None:
@@ -158,8 +159,10 @@ def _colour(object_id: str, alpha: float) -> ColorRGBA:
 
 
 def answer_find_objects(pipeline, request: FindObjects.Request, response: FindObjects.Response, *,
-                        timeout_s: float, frame_id: str, mask_encoding: str) -> FindObjects.Response:
-    """Fill `response` from the pipeline's ranking; PamError (bad query, unknown id) is the caller's to answer."""
+                        timeout_s: float, frame_id, mask_encoding: str) -> FindObjects.Response:
+    """Fill `response` from the ranking of a PerceptionPipeline or a PerceptionHost (whose matches name their
+    camera: ObjectMatch.camera); frame_id(camera) is the frame of that camera's images. PamError (bad query,
+    unknown id or camera) is the caller's to answer."""
     future = pipeline.find_objects(request.query, list(request.object_ids), max_results=int(request.max_results),
                                    min_score=float(request.min_score))
     try:
@@ -172,12 +175,15 @@ def answer_find_objects(pipeline, request: FindObjects.Request, response: FindOb
         return response
     matches = []
     for match in ranked:
-        header = Header(stamp=convert.ns_to_stamp(match.stamp_ns), frame_id=frame_id)
-        matches.append(ObjectMatch(object_id=match.object_id, score=float(match.score),
+        header = Header(stamp=convert.ns_to_stamp(match.stamp_ns), frame_id=frame_id(match.camera))
+        matches.append(ObjectMatch(object_id=match.object_id, camera=match.camera, score=float(match.score),
                                    log_odds=float(match.log_odds), stamp=convert.ns_to_stamp(match.stamp_ns),
                                    object=convert.object_result_to_msg(match.object, header, mask_encoding)))
     response.matches = matches
     response.success = True
-    best = f"; best: {matches[0].object_id} ({matches[0].score:.2f})" if matches else ""
+    best = ""
+    if matches:
+        where = f"{matches[0].camera}/" if matches[0].camera else ""
+        best = f"; best: {where}{matches[0].object_id} ({matches[0].score:.2f})"
     response.message = f"{len(matches)} object(s) ranked for {request.query.strip()!r}{best}"
     return response

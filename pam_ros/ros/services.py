@@ -1,4 +1,5 @@
-"""The node's services: describe, manage_objects, discover and find_objects.
+"""The node's services: per camera describe, manage_objects and discover (NodeServices); find_objects once
+per node (FindObjectsService: the objects of every camera).
 
 Each handler uses the pipeline under one pipeline_lease() (ros/lease.py): while the node is not active the
 request is answered "not active (lifecycle state: ...)" at once; a PamError is the user's ("<service>
@@ -51,37 +52,48 @@ def result_within(future, timeout_s: float, stopping: threading.Event):
             raise EngineClosedError("the node was deactivated before the request ran")
 
 
+def leased(what: str, response, work: Callable, holder, reporter: Reporter, logger):
+    """work(pipeline) under a pipeline lease; its result, or None once `response` says why it failed."""
+    try:
+        with holder.pipeline_lease() as pipeline:
+            return work(pipeline)
+    except NodeInactiveError as error:
+        response.success, response.message = False, str(error)
+    except PamError as error:
+        response.success, response.message = False, f"{what} refused: {error_text(error)}"
+        reporter.bad_input(response.message)
+    except Exception as error:  # noqa: BLE001 - a bug: answered, and logged with its traceback
+        response.success, response.message = False, f"{what} failed: {error}"
+        logger.error(f"{what} failed:\n{traceback.format_exc()}")
+    return None
+
+
 class NodeServices:
-    """Creates the four services on `node`; `frames` is the TrackingLoop (the latest frame's header and size)."""
+    """Creates one camera's three services on `node`, named `prefix` + name ("" or "front/"); `holder` gives
+    that camera's pipeline (CameraHolder), `frames` is its CameraFeed (the latest frame's header and size)."""
 
     def __init__(self, node, holder: PipelineHolder, settings: Callable, frames, reporter: Reporter,
-                 image_topic: Callable[[], str]) -> None:
+                 image_topic: Callable[[], str], prefix: str = "") -> None:
         self._node = node
         self._holder = holder
         self._settings = settings
         self._frames = frames
         self._reporter = reporter
         self._image_topic = image_topic  # the resolved input topic, for "is anything publishing on ...?"
-        for srv_type, name, handler in ((Describe, "describe", self.describe),
-                                        (ManageObjects, "manage_objects", self.manage_objects),
-                                        (Discover, "discover", self.discover),
-                                        (FindObjects, "find_objects", self.find_objects)):
-            node.create_service(srv_type, name, handler, callback_group=MutuallyExclusiveCallbackGroup())
+        self._prefix = prefix  # names the camera in prompt outcomes ("front/manage_objects")
+        self._services = [node.create_service(srv_type, prefix + name, handler,
+                                              callback_group=MutuallyExclusiveCallbackGroup())
+                          for srv_type, name, handler in ((Describe, "describe", self.describe),
+                                                          (ManageObjects, "manage_objects", self.manage_objects),
+                                                          (Discover, "discover", self.discover))]
+
+    def destroy(self) -> None:
+        for service in self._services:
+            self._node.destroy_service(service)
+        self._services = []
 
     def _leased(self, what: str, response, work: Callable):
-        """work(pipeline) under a pipeline lease; its result, or None once `response` says why it failed."""
-        try:
-            with self._holder.pipeline_lease() as pipeline:
-                return work(pipeline)
-        except NodeInactiveError as error:
-            response.success, response.message = False, str(error)
-        except PamError as error:
-            response.success, response.message = False, f"{what} refused: {error_text(error)}"
-            self._reporter.bad_input(response.message)
-        except Exception as error:  # noqa: BLE001 - a bug: answered, and logged with its traceback
-            response.success, response.message = False, f"{what} failed: {error}"
-            self._node.get_logger().error(f"{what} failed:\n{traceback.format_exc()}")
-        return None
+        return leased(what, response, work, self._holder, self._reporter, self._node.get_logger())
 
     # ------------------------------------------------------------------ describe
     def describe(self, request: Describe.Request, response: Describe.Response) -> Describe.Response:
@@ -134,7 +146,7 @@ class NodeServices:
                 for msg in request.prompts:
                     try:
                         futures.append(submit_prompt(pipeline, convert.prompt_msg_to_request(msg),
-                                                     "manage_objects", self._reporter))
+                                                     self._prefix + "manage_objects", self._reporter))
                         errors.append("")
                     except PamError as error:
                         futures.append(None)
@@ -196,10 +208,26 @@ class NodeServices:
             self._reporter.bad_input(f"discover: {outcome.message}")
         return response
 
-    # ------------------------------------------------------------------ find_objects
+
+class FindObjectsService:
+    """`find_objects` on `node`: ranks the objects of the node's engine, a PerceptionPipeline (object ids as
+    given) or a PerceptionHost (ids "camera/id"; each match names its camera). `frame_id(camera)` is the
+    frame of that camera's latest image."""
+
+    def __init__(self, node, holder: PipelineHolder, settings: Callable, frame_id: Callable[[str], str],
+                 reporter: Reporter) -> None:
+        self._node = node
+        self._holder = holder
+        self._settings = settings
+        self._frame_id = frame_id
+        self._reporter = reporter
+        node.create_service(FindObjects, "find_objects", self.find_objects,
+                            callback_group=MutuallyExclusiveCallbackGroup())
+
     def find_objects(self, request: FindObjects.Request, response: FindObjects.Response) -> FindObjects.Response:
         settings = self._settings()
-        self._leased("find_objects", response, lambda pipeline: answer_find_objects(
-            pipeline, request, response, timeout_s=float(settings.request_timeout_s),
-            frame_id=self._frames.latest_header.frame_id, mask_encoding=settings.mask_encoding))
+        leased("find_objects", response, lambda engine: answer_find_objects(
+            engine, request, response, timeout_s=float(settings.request_timeout_s),
+            frame_id=self._frame_id, mask_encoding=settings.mask_encoding),
+            self._holder, self._reporter, self._node.get_logger())
         return response

@@ -117,7 +117,7 @@ def manage_objects_response() -> ManageObjects.Response:
 
 
 def object_match(object_id: str = "mug_1") -> ObjectMatch:
-    return ObjectMatch(object_id=object_id, score=0.75, log_odds=1.125, stamp=Time(sec=1_700_000_000, nanosec=9),
+    return ObjectMatch(object_id=object_id, camera="wrist", score=0.75, log_odds=1.125, stamp=Time(sec=1_700_000_000, nanosec=9),
                        object=perceived_object(object_id))
 
 
