@@ -80,7 +80,8 @@ def peak_resident_mib() -> float:
 
 def run_in_process(size: str, cameras: int, frames: int) -> dict:
     """One process: `cameras` cameras over one model (a single pipeline when cameras is 0: one camera
-    the single-camera way), each with one object, `frames` frames each, round robin."""
+    the single-camera way), each with one object, `frames` frames each, round robin through
+    PerceptionHost.process_frames (the cameras' frames of a round share one image-encoder call)."""
     from pam_ros.engine.host import PerceptionHost
     from pam_ros.engine.pipeline import PerceptionPipeline, PipelineConfig
     from pam_ros.engine.types import PromptRequest
@@ -96,8 +97,13 @@ def run_in_process(size: str, cameras: int, frames: int) -> dict:
         pipeline.submit_prompt(PromptRequest(box=(20.0 + 10 * number, 40.0, 60.0 + 10 * number, 80.0)))
     started = time.perf_counter()
     for index in range(frames):
-        for number, pipeline in enumerate(pipelines):
-            pipeline.process(frame(index, number), index + 1)
+        if cameras == 0:
+            pipelines[0].process(frame(index, 0), index + 1)
+        else:  # as the node's tracking thread: one call per round, the cameras' frames in one encoder batch
+            for result in host.process_frames([(name, frame(index, number), index + 1)
+                                               for number, name in enumerate(host.cameras)]):
+                if not hasattr(result, "objects"):
+                    raise result
     seconds = time.perf_counter() - started
     return {"resident_mib": peak_resident_mib(), "seconds": seconds, "frames": frames * len(pipelines)}
 
