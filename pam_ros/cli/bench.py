@@ -105,7 +105,42 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                          help="comma-separated ONNX Runtime providers to time (default: all that fit the device)")
     add_summary_argument(encoder)
     encoder.set_defaults(run=run_encoder)
+    add_startup_parser(kinds)
     return bench
+
+
+def add_startup_parser(kinds) -> None:
+    startup = kinds.add_parser(
+        "startup",
+        help="cold start in fresh processes: imports, load, first mask, first answer, peak RSS; ours vs naive",
+        description="Writes a random-weight PAM + SAM 2.1 checkpoint at the official shapes once (cached under "
+                    "$PAM_ROS_BENCH_CACHE, else $XDG_CACHE_HOME/pam_ros/bench or ~/.cache/pam_ros/bench), then "
+                    "starts fresh processes that load it our way (meta device, checkpoints assigned) and the "
+                    "naive way (random init, then copy) and time each to its first mask (one box) and first "
+                    "answer (explain, 16 tokens). Last line: 'startup: first answer X s, naive Y s, ratio X/Y = R'.",
+    )
+    startup.add_argument("--size", choices=("tiny", "1.5B", "3B"), default="tiny",
+                         help="tiny: the fixture's shapes; 1.5B / 3B: Qwen2.5-1.5B / -3B + SAM 2.1 hiera-large")
+    startup.add_argument("--repeats", type=int, default=1,
+                         help="rounds of (ours, naive) processes, mirrored order; the best of each side counts")
+    add_summary_argument(startup)
+    startup.set_defaults(run=run_startup)
+
+
+def run_startup(args: argparse.Namespace) -> int:
+    """Entry point for `pam-ros bench startup`."""
+    from pam_ros.bench.startup import print_startup, run_startup_bench
+
+    if args.repeats < 1:
+        raise SystemExit("pam-ros bench startup: --repeats must be at least 1")
+    result = run_startup_bench(args.size, repeats=args.repeats)
+    print_startup(result, args.size)
+    append_summary(args.summary, [
+        ("startup", args.size, "first answer s (ours)", f"{result.fast['first_answer']:.2f}"),
+        ("startup", args.size, "first answer s (naive)", f"{result.naive['first_answer']:.2f}"),
+        ("startup", args.size, "ours / naive", f"{result.ratio:.3f}"),
+    ])
+    return 0
 
 
 def append_summary(path: Path | None, lines: list[tuple[str, ...]]) -> None:

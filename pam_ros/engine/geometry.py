@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.ndimage import distance_transform_edt
 
 from pam_ros.engine.grasp import grasp_of
 from pam_ros.errors import DepthError, DepthSizeError
@@ -250,6 +249,8 @@ def grasp_pixel_of(mask: np.ndarray) -> tuple[int, int]:
         raise ValueError("grasp_pixel_of needs a non-empty mask")
     top, left = int(rows[0]), int(cols[0])
     crop = np.pad(mask[top:rows[-1] + 1, left:cols[-1] + 1], 1, constant_values=False)
+    from scipy.ndimage import distance_transform_edt  # here, not at the top: describe without depth skips scipy
+
     distance = distance_transform_edt(crop)
     # A rectangle or a bar has a whole ridge of farthest pixels: take the one nearest their mean.
     rows_max, cols_max = np.nonzero(distance == distance.max())

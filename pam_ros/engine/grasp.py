@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 MIN_APPROACH_POINTS = 10  # fewer points near g than this: the approach is fitted on all of P
 MIN_SLAB_POINTS = 5  # fewer points in the slab than this: the width falls back to oriented_size along e2
@@ -71,6 +70,8 @@ def principal_axes(points: np.ndarray, position) -> np.ndarray:
 
 def quaternion_of(rotation: np.ndarray) -> Quaternion:
     """Step 2 / 7: (x, y, z, w) of a rotation matrix given by its columns, with w >= 0."""
+    from scipy.spatial.transform import Rotation  # here, not at the top: only depth geometry needs scipy
+
     quaternion = Rotation.from_matrix(rotation).as_quat()
     if quaternion[3] < 0:
         quaternion = -quaternion

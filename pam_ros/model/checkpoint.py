@@ -182,14 +182,42 @@ def weight_files(folder: Path) -> list[Path]:
     raise CheckpointError(f"no weights in {folder}: expected {SINGLE_WEIGHTS} or {SHARD_INDEX}")
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of one safetensors file; a truncated or corrupt file is a CheckpointError."""
-    from safetensors import safe_open
+# safetensors dtype codes -> torch dtypes (the ones a PAM or SAM 2 checkpoint can hold)
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of one safetensors file as views of the memory-mapped file (nothing is read or copied
+    until a tensor is used; a load with assign=True in the stored dtype copies nothing at all). A
+    truncated or corrupt file is a CheckpointError."""
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {name: f.get_tensor(name) for name in f.keys()}
-    except Exception as exc:  # SafetensorError is not importable as a stable type
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            if header_len <= 0 or 8 + header_len > size:
+                raise ValueError(f"header length {header_len} does not fit a file of {size} bytes")
+            header = json.loads(f.read(header_len))
+        header.pop("__metadata__", None)
+        start = 8 + header_len
+        ends = [entry["data_offsets"][1] for entry in header.values()]
+        if ends and start + max(ends) > size:
+            raise ValueError(f"data needs {start + max(ends)} bytes, the file has {size}")
+        storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
+        data = torch.empty(0, dtype=torch.uint8).set_(storage)
+        tensors = {}
+        for name, entry in header.items():
+            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+            begin, end = entry["data_offsets"]
+            raw = data[start + begin:start + end]
+            if (start + begin) % dtype.itemsize:
+                raw = raw.clone()  # misaligned for this dtype: a copy of this one tensor
+            tensors[name] = raw.view(dtype).reshape(entry["shape"])
+        return tensors
+    except Exception as exc:  # a bad header surfaces as KeyError, ValueError, JSON or runtime errors
         raise CheckpointError(
             f"{path} is truncated or corrupt (cannot read safetensors): {exc}"
         ) from None

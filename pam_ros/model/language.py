@@ -52,6 +52,18 @@ def build_projector(projector_type: str, in_dim: int, out_dim: int) -> nn.Sequen
     return nn.Sequential(*layers)
 
 
+def qwen2_config(ckpt: PamCheckpoint):
+    """The Qwen2Config of a PAM checkpoint, as the official loader ends up with it."""
+    from transformers import Qwen2Config
+
+    fields = {k: v for k, v in ckpt.config.items() if k not in _NON_QWEN_KEYS}
+    config = Qwen2Config(**fields)
+    config.vocab_size = ckpt.vocab_rows  # quirk 6: truncated to len(tokenizer)
+    config.rope_scaling = None  # quirk 10: LlavaQwenForCausalLM forces it
+    config.tie_word_embeddings = ckpt.tie_word_embeddings
+    return config
+
+
 class PamLanguageModel(nn.Module):
     """Projectors + newline embeddings + Qwen2. Parameter names follow checkpoint.map_official_name."""
 
@@ -71,18 +83,14 @@ class PamLanguageModel(nn.Module):
                         dtype: torch.dtype = torch.float32,
                         attn_implementation: str | None = None) -> "PamLanguageModel":
         """Build on the meta device (no random init of billions of weights), then load the checkpoint."""
-        from transformers import Qwen2Config, Qwen2ForCausalLM
+        from transformers import Qwen2ForCausalLM
         from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
 
         device = torch.device(device)
         attn = attn_implementation or ("sdpa" if device.type == "cuda" else "eager")
         if attn not in ATTN_IMPLEMENTATIONS:
             raise CheckpointError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn!r}")
-        fields = {k: v for k, v in ckpt.config.items() if k not in _NON_QWEN_KEYS}
-        config = Qwen2Config(**fields)
-        config.vocab_size = ckpt.vocab_rows  # quirk 6: truncated to len(tokenizer)
-        config.rope_scaling = None  # quirk 10: LlavaQwenForCausalLM forces it
-        config.tie_word_embeddings = ckpt.tie_word_embeddings
+        config = qwen2_config(ckpt)
         with torch.device("meta"):
             llm = Qwen2ForCausalLM._from_config(config, attn_implementation=attn, dtype=dtype)
             model = cls(llm, int(ckpt.config["mm_hidden_size"]), str(ckpt.config["mm_projector_type"]))

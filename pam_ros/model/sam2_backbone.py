@@ -33,7 +33,12 @@ from PIL import Image
 from pam_ros.errors import CheckpointError, ImageError, PromptError
 from pam_ros.model.image_input import check_rgb_array
 from pam_ros.model.memory_attention import memory_attention_in_chunks
-from pam_ros.model.sam2_checkpoint import load_sam2_config, load_state_dict_strict, read_sam2_checkpoint
+from pam_ros.model.sam2_checkpoint import (
+    load_sam2_config,
+    load_state_dict_strict,
+    parameters_on_meta,
+    read_sam2_checkpoint,
+)
 from pam_ros.model.visual_prompt import BOX_BOTTOM_RIGHT_LABEL, BOX_TOP_LEFT_LABEL, VisualPrompt
 
 log = logging.getLogger(__name__)
@@ -221,8 +226,10 @@ class Sam2Backbone(torch.nn.Module):
         Weights come from `checkpoint` (an official `.pt`) or `state_dict` (e.g. PAM's
         vision-tower copy, with or without its `model.vision_tower.sam2_model_predictor.` prefix).
         With neither, the module keeps its random initialisation (useful for benchmarks only);
-        a warning says so. `overrides` changes config values after PAM's (e.g. a smaller
-        {"image_size": 256} for fast CPU tests; PAM itself needs 1024).
+        a warning says so. With weights, the parameters are built on the meta device (no random
+        initialisation) and the checkpoint's tensors become them (`parameters_on_meta`).
+        `overrides` changes config values after PAM's (e.g. a smaller {"image_size": 256} for fast
+        CPU tests; PAM itself needs 1024).
         """
         from hydra.utils import instantiate
 
@@ -234,8 +241,10 @@ class Sam2Backbone(torch.nn.Module):
             weights, source = read_sam2_checkpoint(checkpoint), str(checkpoint)
         elif state_dict is not None:
             weights, source = state_dict, "the given state_dict"
+        build_context = parameters_on_meta() if weights is not None else contextlib.nullcontext()
         try:
-            sam = instantiate(model_cfg, _recursive_=True)
+            with build_context:
+                sam = instantiate(model_cfg, _recursive_=True)
         except Exception as exc:
             raise CheckpointError(f"cannot build SAM 2 from config {config}: {exc}") from exc
         if weights is not None:

@@ -1,7 +1,9 @@
 """SAM 2.1 config and checkpoint reading for PAM: the packaged or YAML config with PAM's build overrides,
-the official .pt (tensors only), and a strict load whose errors name the offending keys."""
+the official .pt (tensors only, memory-mapped), a build whose parameters stay unallocated until the
+weights arrive, and a strict load whose errors name the offending keys."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -73,12 +75,14 @@ def load_sam2_config(config: str | Path, overrides: Mapping[str, Any] | None = N
 
 
 def read_sam2_checkpoint(checkpoint: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict of an official SAM 2 `.pt` ({"model": state_dict}); tensors only, no pickles."""
+    """The state dict of an official SAM 2 `.pt` ({"model": state_dict}); tensors only, no pickles,
+    memory-mapped (nothing is read until a tensor is used)."""
     path = Path(checkpoint)
     if not path.is_file():
         raise CheckpointError(f"SAM 2 checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: the tensors are views of the file's pages, so a load with assign=True copies nothing
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         raise CheckpointError(f"cannot read SAM 2 checkpoint {path}: {exc}") from exc
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
@@ -93,11 +97,48 @@ def _short_list(keys: Sequence[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Every nn.Parameter registered inside goes to the meta device; buffers and plain tensors stay real.
+
+    SAM 2's modules initialise their weights in __init__ (kaiming, trunc_normal, ...): on meta tensors
+    that costs nothing, and the checkpoint supplies the values afterwards (`load_state_dict_strict`
+    with assign=True). What SAM 2 computes at construction and never saves (the RoPE tables
+    `freqs_cis` of the memory attention, plain tensor attributes) is computed for real, exactly as in
+    a normal build, because only parameters are diverted.
+    """
+    original = torch.nn.Module.register_parameter
+
+    def register_on_meta(module: torch.nn.Module, name: str, param) -> None:
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = original
+
+
+def meta_tensors(model: torch.nn.Module) -> list[str]:
+    """Names of parameters, buffers and plain tensor attributes still on the meta device."""
+    names = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    for module_name, module in model.named_modules():
+        for attr, value in vars(module).items():
+            if isinstance(value, torch.Tensor) and value.is_meta:
+                names.append(f"{module_name}.{attr}" if module_name else attr)
+    return names
+
+
 def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, Any], source: str) -> None:
     """Load with strict key and shape checks; errors name the offending keys.
 
-    Stored tensors of another floating dtype (e.g. bf16) are upcast to the model's dtype by the
-    copy, which is exact for bf16 -> fp32.
+    The model's parameters may be on the meta device (`parameters_on_meta`): the checkpoint's tensors
+    are assigned, not copied, so a memory-mapped checkpoint becomes the weights without a second copy.
+    Stored tensors of another floating dtype (e.g. bf16) are converted to the model's dtype (exact for
+    bf16 -> fp32) and tensors laid out with other strides are made contiguous, so the weights are the
+    same, in the same layout, as after a copy into a normally built model.
     """
     if state_dict and all(k.startswith(PAM_VISION_TOWER_PREFIX) for k in state_dict):
         state_dict = {k[len(PAM_VISION_TOWER_PREFIX) :]: v for k, v in state_dict.items()}
@@ -122,4 +163,15 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, Any]
             problems.append(f"dtype mismatch for {key}: checkpoint {value.dtype}, model {expected[key].dtype}")
     if problems:
         raise CheckpointError(f"SAM 2 weights from {source} do not fit the model: " + "; ".join(problems))
-    model.load_state_dict(state_dict, strict=True)
+    assigned = {}
+    for key, value in state_dict.items():
+        target = expected[key]
+        if value.dtype != target.dtype:
+            value = value.to(target.dtype)
+        if value.stride() != target.stride():
+            value = value.contiguous()
+        assigned[key] = value
+    model.load_state_dict(assigned, strict=True, assign=True)
+    left = meta_tensors(model)
+    if left:
+        raise CheckpointError(f"SAM 2 weights from {source} left tensors unset: {_short_list(left)}")
