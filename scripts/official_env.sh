@@ -43,7 +43,7 @@ SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 # Install before the torch .pth exists, so pip neither sees nor touches our venv's packages. accelerate
 # goes in without dependencies (its torch requirement would pull a CUDA torch); its other ones are listed.
 PINS=(transformers==4.39.3 tokenizers==0.15.2 numpy==1.26.4 hydra-core==1.3.8 safetensors==0.8.0 pillow==13.0.0
-      "huggingface_hub<1.0" iopath tqdm pyyaml psutil packaging)
+      einops==0.6.1 "huggingface_hub<1.0" iopath tqdm pyyaml psutil packaging)
 rm -f "$SITE/zz_pam_ros_torch.pth"
 if ! "$VENV/bin/python" - "${PINS[@]}" <<'EOF'
 import sys
