@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint demo interfaces clean bench gpu-check
+.PHONY: setup test lint demo interfaces clean bench bench-official gpu-check
 
 setup:
 	@bash scripts/setup.sh
@@ -26,6 +26,15 @@ demo: setup
 
 bench: setup
 	$(PY) -m pam_ros.cli bench track
+
+# Whole-process describe / clip against the official PAM code, side by side (issue #24). OFFICIAL_SRC: a copy
+# of github.com/Perceive-Anything/PAM; its venv (.venv-official) is made on first use. RUNS: timed rounds.
+OFFICIAL_SRC ?=
+RUNS ?= 5
+bench-official: setup
+	@test -n "$(OFFICIAL_SRC)" || { echo "usage: make bench-official OFFICIAL_SRC=/path/to/PAM [RUNS=5]"; exit 2; }
+	bash scripts/official_env.sh $(OFFICIAL_SRC)
+	$(PY) scripts/bench_vs_official.py --runs $(RUNS)
 
 # On a machine with an NVIDIA GPU: the benchmarks at real size on CUDA (bf16/fp16, torch.compile on/off,
 # ONNX Runtime CUDA/TensorRT), printed as one table. Fails with a message when there is no GPU.
