@@ -1,6 +1,7 @@
 """StreamingTracker: parity with PAM's offline video propagation, add/remove, bounded state, bad input."""
 from __future__ import annotations
 
+import contextlib
 import gc
 
 import numpy as np
@@ -324,3 +325,38 @@ def test_track_bench_runs_both_trackers_on_the_same_frames(small_backbone):
     assert all(r.seconds_per_frame > 0 and r.state_bytes > 0 for r in rows)
     assert [p.frames for p in points] == [4, 6]
     assert any("after      6 frames" in line for line in lines)
+
+
+def test_position_encodings_as_views_change_nothing_but_the_copies(small_backbone, monkeypatch):
+    """SAM 2's cached sine position encodings are served as views during our encoder and track calls:
+    every mask and PAM feature equals what sam2's own copying code gives, and the patch is gone after."""
+    from sam2.modeling.position_encoding import PositionEmbeddingSine
+
+    from pam_ros.model import image_encoder, sam2_backbone
+    from pam_ros.model.sam2_position import position_encodings_as_views
+
+    frames = video_frames()[:3]
+    prompts = [box(20, 40, 100, 120), point(250, 200)]
+
+    def run() -> list:
+        tracker = StreamingTracker(small_backbone, feature_dtype=None)
+        for number, prompt in enumerate(prompts):
+            tracker.add_object(f"obj_{number}", prompt)
+        return [tracker.step(frame) for frame in frames]
+
+    as_views = run()
+    encodings = [m for m in small_backbone.sam.modules() if type(m) is PositionEmbeddingSine]
+    assert encodings and all("forward" not in vars(m) for m in encodings), "sam2's own forward is back"
+    with position_encodings_as_views(small_backbone.sam):
+        level = encodings[0]
+        grid = next(iter(level.cache))
+        served = level(torch.zeros(2, 1, *grid))
+        assert served.shape[0] == 2 and served.data_ptr() == level.cache[grid].data_ptr(), "a view, not a copy"
+    monkeypatch.setattr(image_encoder, "position_encodings_as_views", lambda sam: contextlib.nullcontext())
+    monkeypatch.setattr(sam2_backbone, "position_encodings_as_views", lambda sam: contextlib.nullcontext())
+    copies = run()
+    for viewed, copied in zip(as_views, copies):
+        for track, expected in zip(viewed.objects, copied.objects):
+            assert torch.equal(track.low_res_logits, expected.low_res_logits)
+            assert torch.equal(track.features.mid_image_embed, expected.features.mid_image_embed)
+            assert torch.equal(track.features.mid_mask_tokens, expected.features.mid_mask_tokens)

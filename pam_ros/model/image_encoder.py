@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from pam_ros.errors import ConfigError, OnnxExportError, OnnxModelError
+from pam_ros.model.sam2_position import position_encodings_as_views
 from pam_ros.model.tasks import ENCODER_KINDS
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ class TorchImageEncoder:
         return f"{device}{compiled}"
 
     def __call__(self, pixels: torch.Tensor) -> dict[str, list[torch.Tensor]]:
-        with self._autocast():
+        with self._autocast(), position_encodings_as_views(self._sam):
             out = self._sam.forward_image(pixels)
         return {"backbone_fpn": list(out["backbone_fpn"]), "vision_pos_enc": list(out["vision_pos_enc"])}
 

@@ -39,6 +39,7 @@ from pam_ros.model.sam2_checkpoint import (
     parameters_on_meta,
     read_sam2_checkpoint,
 )
+from pam_ros.model.sam2_position import position_encodings_as_views
 from pam_ros.model.visual_prompt import BOX_BOTTOM_RIGHT_LABEL, BOX_TOP_LEFT_LABEL, VisualPrompt
 
 log = logging.getLogger(__name__)
@@ -387,6 +388,7 @@ class Sam2Backbone(torch.nn.Module):
         with (
             self.autocast(),
             memory_attention_in_chunks(self.sam.memory_attention, memory_attention_chunk),
+            position_encodings_as_views(self.sam),
             DecoderTap(self.sam.sam_mask_decoder) as tap,
         ):
             current_out = self.sam.track_step(
