@@ -133,3 +133,19 @@ def greedy(ckpt):
     from pam_ros.model.language import GenerationSettings
 
     return GenerationSettings.from_generation_config(ckpt.generation_config, max_new_tokens=12)
+
+
+NODE_IMAGE_SIZE = 256  # the node tests' SAM 2 input: fast on a CPU
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The tiny model's pipeline in this process: the masks a node under test must reproduce."""
+    from pam_ros.engine.pipeline import PerceptionPipeline, PipelineConfig
+    from pam_ros.model.selection import ModelSpec
+
+    pipeline = PerceptionPipeline.load(ModelSpec(name="tiny", device="cpu", dtype="float32",
+                                                 image_size=NODE_IMAGE_SIZE),
+                                       PipelineConfig(new_object_tasks=(), semantics_mode="sync"))
+    yield pipeline
+    pipeline.close()

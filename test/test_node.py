@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from action_msgs.msg import GoalStatus
 from builtin_interfaces.msg import Time
+from conftest import NODE_IMAGE_SIZE
 from geometry_msgs.msg import Point
 from lifecycle_msgs.msg import Transition
 from PIL import Image as PilImage
@@ -39,7 +40,7 @@ DISK_START = (60.0, 80.0)  # centre of the red disk in frame 0 (fixture.json vid
 NO_IMAGE_WARN_S = 2.0
 PROMPT_HOLD_S = 4.0
 MAX_NEW_TOKENS = 8
-IMAGE_SIZE = 256  # SAM 2 input size: fast on CPU; node and reference engine use the same
+IMAGE_SIZE = NODE_IMAGE_SIZE  # SAM 2 input size: fast on CPU; node and reference engine (conftest) use the same
 
 
 def frame(index: int) -> np.ndarray:
@@ -60,18 +61,6 @@ def node(tmp_path_factory):
         HF_HOME=str(tmp_path_factory.mktemp("empty_hf_home")))
     with node_client(process, wait_connected=True) as client:
         yield client
-
-
-@pytest.fixture(scope="module")
-def engine():
-    """The same engine, in this process, for the masks the node must reproduce."""
-    from pam_ros.engine.pipeline import PerceptionPipeline, PipelineConfig
-    from pam_ros.model.selection import ModelSpec
-
-    pipeline = PerceptionPipeline.load(ModelSpec(name="tiny", device="cpu", dtype="float32", image_size=IMAGE_SIZE),
-                                       PipelineConfig(new_object_tasks=(), semantics_mode="sync"))
-    yield pipeline
-    pipeline.close()
 
 
 def _assert_alive(node) -> None:

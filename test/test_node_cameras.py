@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import NODE_IMAGE_SIZE
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import Transition
 from PIL import Image as PilImage
@@ -38,7 +39,7 @@ VIDEO = Path(__file__).resolve().parent / "fixtures" / "pam_tiny" / "inputs" / "
 CAMERAS = ("front", "wrist")
 BOX = (40.0, 60.0, 80.0, 100.0)  # around the red disk of frame 0 (centre (60, 80))
 BACKGROUND = (250.0, 190.0)
-IMAGE_SIZE = 256
+IMAGE_SIZE = NODE_IMAGE_SIZE  # the reference engine's (conftest.engine)
 FRAMES_COMPARED = 4
 W, H = 320, 240
 
@@ -91,18 +92,6 @@ def node(tmp_path_factory):
         client.all_diagnostics = deque(maxlen=200)
         client.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: client.all_diagnostics.append(m), 10)
         yield client
-
-
-@pytest.fixture(scope="module")
-def engine():
-    """A lone pipeline, in this process: the masks each camera must reproduce."""
-    from pam_ros.engine.pipeline import PerceptionPipeline, PipelineConfig
-    from pam_ros.model.selection import ModelSpec
-
-    pipeline = PerceptionPipeline.load(ModelSpec(name="tiny", device="cpu", dtype="float32", image_size=IMAGE_SIZE),
-                                       PipelineConfig(new_object_tasks=(), semantics_mode="sync"))
-    yield pipeline
-    pipeline.close()
 
 
 def statuses(node) -> dict[str, dict[str, str]]:
