@@ -343,9 +343,8 @@ class _CamerasReport:
         total = {"frames_read": 0, "frames_processed": 0, "frames_skipped": 0, "prompts_submitted": 0,
                  "prompts_accepted": 0, "prompts_refused": [], "prompts_never_applied": [], "objects": {}}
         for name, report in self._reports.items():
-            for key in ("frames_read", "frames_processed", "frames_skipped", "prompts_submitted",
-                        "prompts_accepted", "prompts_refused", "prompts_never_applied"):
-                total[key] += report.get(key, 0 if not key.endswith(("refused", "applied")) else [])
+            for key in total.keys() - {"objects"}:  # counts add up, lists of refused prompts join
+                total[key] += report.get(key, type(total[key])())
             total["objects"].update({f"{name}/{oid}": obj for oid, obj in report.get("objects", {}).items()})
         return total
 

@@ -32,14 +32,6 @@ class LatestFrameSlot:
             self._condition.notify_all()
             return replaced
 
-    def take(self, timeout_s: float) -> Any:
-        """The waiting frame (emptying the slot), or None after timeout_s or once closed."""
-        with self._condition:
-            if self._frame is None and not self._closed:
-                self._condition.wait(timeout_s)
-            frame, self._frame = self._frame, None
-            return frame
-
     @property
     def depth(self) -> int:
         """Frames waiting (0 or 1)."""
@@ -47,7 +39,7 @@ class LatestFrameSlot:
             return int(self._frame is not None)
 
     def close(self) -> None:
-        """Wake a waiting take(); later takes return at once."""
+        """Wake a waiting take_waiting(); later ones return at once."""
         with self._condition:
             self._closed = True
             self._condition.notify_all()
